@@ -1,0 +1,67 @@
+"""Rule-based rewards: pure functions `fn(completion, problem) -> float`, combined by a weighted sum.
+
+    from r1lab.rewards import parse_rewards, score
+    weights = parse_rewards("accuracy,format=0.5")          # {"accuracy": 1.0, "format": 0.5}
+    total, parts, failures = score(weights, completions, problems)
+
+Extraction (the template's parse, done once when a completion is made) is separate from judging
+(the functions here). A reward that raises scores 0 and is counted in `failures`: one bad sample
+must never stop a training run.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from r1lab import R1labError
+from r1lab.rewards.accuracy import accuracy
+from r1lab.rewards.format import format_partial, format_strict
+from r1lab.rewards.language import language_en, language_zh
+from r1lab.types import Completion, Problem
+
+RewardFn = Callable[[Completion, Problem], float]
+
+REWARDS: dict[str, RewardFn] = {
+    "accuracy": accuracy,            # parsed answer vs ground truth (task scorer, math-verify, numeric tolerance)
+    "format": format_strict,         # 1 for the template's exact structure, else 0
+    "format_partial": format_partial,  # as format, with partial credit for each well-placed tag
+    "language": language_en,         # share of English words in the reasoning (paper section 2.3.2)
+    "language_zh": language_zh,      # share of Chinese words in the reasoning
+}
+
+
+def parse_rewards(spec: str | dict) -> dict[str, float]:
+    """'accuracy,format=0.5' or {'accuracy': 1, 'format': 0.5} -> {name: weight}, names checked."""
+    if isinstance(spec, str):
+        pairs = [part.strip().partition("=") for part in spec.split(",") if part.strip()]
+        try:
+            spec = {name.strip(): float(weight) if weight else 1.0 for name, _, weight in pairs}
+        except ValueError:
+            raise R1labError(f"rewards {spec!r}: weights must be numbers, as in 'accuracy,format=0.5'") from None
+    if not spec:
+        raise R1labError("rewards: at least one reward is needed; valid: " + ", ".join(REWARDS))
+    unknown = [name for name in spec if name not in REWARDS]
+    if unknown:
+        raise R1labError(f"unknown reward(s) {unknown}; valid rewards: {', '.join(REWARDS)}")
+    return {name: float(weight) for name, weight in spec.items()}
+
+
+def safe(fn: RewardFn, completion: Completion, problem: Problem) -> tuple[float, bool]:
+    """(reward, failed): never raises, and a non-finite value counts as a failure."""
+    try:
+        value = float(fn(completion, problem))
+    except Exception:
+        return 0.0, True
+    return (value, False) if value == value and abs(value) != float("inf") else (0.0, True)
+
+
+def score(weights: dict[str, float], completions: list[Completion], problems: list[Problem]):
+    """Weighted total per completion, each named reward per completion, and the number of failures."""
+    parts = {name: [] for name in weights}
+    failures = 0
+    for completion, problem in zip(completions, problems, strict=True):
+        for name in weights:
+            value, failed = safe(REWARDS[name], completion, problem)
+            parts[name].append(value)
+            failures += failed
+    total = [sum(weights[name] * parts[name][i] for name in weights) for i in range(len(completions))]
+    return total, parts, failures

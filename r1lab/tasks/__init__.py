@@ -1,0 +1,56 @@
+"""Tasks give Problems. A spec names one: `arithmetic`, `reasoning-gym:<dataset>`, `jsonl:<path>`.
+
+    from r1lab.tasks import get_task
+    task = get_task("arithmetic", operands=3, high=30)
+    task.problems("train", n=100, seed=0)
+
+A task is any object with `name` and `problems(split, n, seed) -> list[Problem]`; splits are
+"train" and "test". Options are the task class's fields; an unknown one is an error naming the valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+from r1lab import R1labError
+from r1lab.types import Problem
+
+
+class Task(Protocol):
+    name: str
+
+    def problems(self, split: str, n: int, seed: int) -> list[Problem]: ...
+
+
+def get_task(spec: str, **options) -> Task:
+    from r1lab.tasks.arithmetic import Arithmetic
+    from r1lab.tasks.gym import ReasoningGym
+    from r1lab.tasks.jsonl import JsonlTask
+
+    kind, _, argument = spec.partition(":")
+    if kind == "arithmetic" and not argument:
+        cls, positional = Arithmetic, {}
+    elif kind == "reasoning-gym" and argument:
+        cls, positional = ReasoningGym, {"dataset": argument}
+    elif kind == "jsonl" and argument:
+        cls, positional = JsonlTask, {"path": argument}
+    else:
+        raise R1labError(f"unknown task {spec!r}; expected 'arithmetic', 'reasoning-gym:<dataset>' or 'jsonl:<path>'")
+    valid = [f.name for f in dataclasses.fields(cls) if f.name not in positional]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise R1labError(f"unknown option(s) {unknown} for task {spec!r}; valid options: {', '.join(valid)}")
+    return cls(**positional, **options)
+
+
+def check_split(split: str) -> None:
+    if split not in ("train", "test"):
+        raise R1labError(f"unknown split {split!r}; expected 'train' or 'test'")
+
+
+def task_score(problem: Problem, answer: str) -> float | None:
+    """A task's own scorer for this problem (reasoning-gym's `score_answer`), or None to use math-verify."""
+    if "reasoning_gym" in problem.meta:
+        from r1lab.tasks.gym import score_gym
+        return score_gym(problem, answer)
+    return None

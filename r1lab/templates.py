@@ -1,0 +1,147 @@
+"""Prompt templates: render a question into a prompt, parse a reply into (reasoning, answer).
+
+- `r1_zero`: the DeepSeek-R1-Zero template (paper Table 1), verbatim, as plain text for any model.
+- `chat`: the model's own chat template, the same instructions as the system message.
+- `json_cot`: the talk's question "why not chain of thought with JSON output fields - Thought, then
+  Answer?": the reply is a JSON object {"thought": ..., "answer": ...}.
+
+Parsing rules (the same for `r1_zero` and `chat`), chosen so that a reward can only be earned by the
+answer the model committed to:
+- the reasoning is the text between `<think>` and the first `</think>` after it; a reply that starts
+  without `<think>` but has `</think>` (some prompts end in `<think>`) reasons up to `</think>`;
+- an unclosed `<think>` means the reply never left its reasoning: no answer;
+- the answer is the FIRST complete `<answer>...</answer>` after the reasoning; an `<answer>` inside
+  `<think>` is ignored, later answer blocks are ignored (and cost the format reward);
+- an `<answer>` without `</answer>` is no answer: a truncated reply must not be graded.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from r1lab import R1labError
+
+R1_ZERO_INSTRUCTION = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with "
+    "the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> "
+    "</answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here "
+    "</answer>."
+)
+JSON_COT_INSTRUCTION = (
+    "The user asks a question, and the Assistant solves it. Reply with a JSON object only, with two "
+    'fields: "thought" (the reasoning process, step by step) and "answer" (the final answer only), '
+    'i.e., {"thought": "reasoning process here", "answer": "answer here"}.'
+)
+TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
+_EXACT = re.compile(r"\s*<think>(.+?)</think>\s*<answer>(.+?)</answer>\s*", re.S)
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    render: Callable[[str, object], str]          # (question, tokenizer) -> prompt text
+    parse: Callable[[str], tuple[str | None, str | None]]   # reply -> (reasoning, answer)
+    format_score: Callable[[str, bool], float]    # (reply, partial_credit) -> [0, 1]
+    compose: Callable[[str, str], str]            # (reasoning, answer) -> a reply in this format
+    stop: tuple[str, ...]                         # stop strings for sampling (besides EOS)
+
+
+def _system_user(system: str, user: str, tokenizer) -> str:
+    """The model's chat template; plain 'System/User/Assistant' text for models without one."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return f"{system}\n\nUser: {user}\nAssistant:"
+
+
+def parse_tags(text: str) -> tuple[str | None, str | None]:
+    """(reasoning, answer) from a `<think>`/`<answer>` reply; rules in the module docstring."""
+    opened = text.find("<think>")
+    closed = text.find("</think>", opened + 1 if opened >= 0 else 0)
+    if closed >= 0:
+        start = opened + len("<think>") if 0 <= opened < closed else 0
+        reasoning, rest = text[start:closed].strip(), text[closed + len("</think>"):]
+    elif opened >= 0:
+        return text[opened + len("<think>"):].strip(), None
+    else:
+        reasoning, rest = None, text
+    match = _ANSWER.search(rest)
+    return reasoning, (match.group(1).strip() if match else None)
+
+
+def tags_format_score(text: str, partial: bool = False) -> float:
+    """1 for exactly `<think>..</think> <answer>..</answer>` (each tag once, nothing around);
+    with partial credit, 0.2 for each of the four tags that appears exactly once."""
+    once = [text.count(tag) == 1 for tag in TAGS]
+    if all(once) and _EXACT.fullmatch(text):
+        return 1.0
+    return 0.2 * sum(once) if partial else 0.0
+
+
+def compose_tags(reasoning: str, answer: str) -> str:
+    return f"<think> {reasoning} </think> <answer> {answer} </answer>"
+
+
+def _json_objects(text: str, max_tries: int = 32):
+    """JSON objects found in text, scanning from each '{' (bounded, so hostile input stays cheap)."""
+    decoder, position = json.JSONDecoder(), 0
+    for _ in range(max_tries):
+        position = text.find("{", position)
+        if position < 0:
+            return
+        try:
+            obj, end = decoder.raw_decode(text, position)
+        except ValueError:
+            position += 1
+            continue
+        if isinstance(obj, dict):
+            yield obj, position, end
+        position = end
+
+
+def _json_field(obj: dict, key: str) -> str | None:
+    value = obj.get(key)
+    return None if value is None or isinstance(value, (dict, list)) else str(value).strip()
+
+
+def parse_json(text: str) -> tuple[str | None, str | None]:
+    """(thought, answer) from the first JSON object in the reply that has an "answer" field."""
+    for obj, _, _ in _json_objects(text):
+        if "answer" in obj:
+            return _json_field(obj, "thought"), _json_field(obj, "answer")
+    return None, None
+
+
+def json_format_score(text: str, partial: bool = False) -> float:
+    """1 if the reply is one JSON object with string/number "thought" and "answer" and nothing else;
+    with partial credit, 0.5 if such an object is embedded in other text."""
+    for obj, start, end in _json_objects(text):
+        if _json_field(obj, "thought") is not None and _json_field(obj, "answer") is not None:
+            if not text[:start].strip() and not text[end:].strip():
+                return 1.0
+            return 0.5 if partial else 0.0
+    return 0.0
+
+
+TEMPLATES = {
+    "r1_zero": Template(
+        "r1_zero", lambda question, tokenizer: f"{R1_ZERO_INSTRUCTION} User: {question}. Assistant:",
+        parse_tags, tags_format_score, compose_tags, ("</answer>",)),
+    "chat": Template(
+        "chat", lambda question, tokenizer: _system_user(R1_ZERO_INSTRUCTION, question, tokenizer),
+        parse_tags, tags_format_score, compose_tags, ("</answer>",)),
+    "json_cot": Template(
+        "json_cot", lambda question, tokenizer: _system_user(JSON_COT_INSTRUCTION, question, tokenizer),
+        parse_json, json_format_score,
+        lambda reasoning, answer: json.dumps({"thought": reasoning, "answer": answer}, ensure_ascii=False), ()),
+}
+
+
+def get_template(name: str) -> Template:
+    if name not in TEMPLATES:
+        raise R1labError(f"unknown template {name!r}; valid templates: {', '.join(TEMPLATES)}")
+    return TEMPLATES[name]

@@ -1,0 +1,28 @@
+"""The data that flows between tasks, templates, engines, rewards and losses.
+
+Problem: what a task gives. Completion: one sampled reply, parsed by its template.
+Plain dataclasses so that they serialise to jsonl rows unchanged (`dataclasses.asdict`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str                       # stable identifier, unique within a task and split
+    prompt: str                   # the question, without any template around it
+    answer: str | None            # ground truth as text; None where a task has none (majority-vote rewards)
+    meta: dict = field(default_factory=dict)   # task-specific data (e.g. the reasoning-gym entry for its scorer)
+    steps: tuple[str, ...] = ()   # optional reference solution, one step per item (cold start, goal-directed)
+
+
+@dataclass
+class Completion:
+    text: str                      # the generated text (stop string included, special tokens removed)
+    template: str                  # name of the template that rendered the prompt and parses the text
+    reasoning: str | None = None   # the reasoning part, as parsed by the template
+    answer: str | None = None      # the answer part, as parsed by the template; None if there is none
+    token_ids: list[int] = field(default_factory=list)   # (T,) generated token ids, EOS included if sampled
+    logprobs: list[float] = field(default_factory=list)  # (T,) log-prob of each token under the sampling policy
+    finish_reason: str = "stop"    # "stop" (EOS or a stop string) or "length" (hit max_new_tokens)
