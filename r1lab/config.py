@@ -1,0 +1,130 @@
+"""Stage configs: one frozen dataclass per stage kind, loaded from YAML and/or key=value overrides.
+
+    cfg = load_config(GRPOConfig, "my.yaml", {"steps": "20"})
+
+Every field is commented with its unit and the paper default it follows. Unknown keys are errors
+that name the valid ones; impossible combinations are caught in `check()`, before any model loads.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from r1lab import R1labError
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    # what to train
+    model: str = "smollm2-135m"        # model spec (alias, HF folder, .gguf, hub id)
+    task: str = "arithmetic"           # task spec (see r1lab.tasks)
+    task_options: dict = field(default_factory=dict)   # options of the task, e.g. {operands: 2}
+    template: str = "r1_zero"          # prompt template: r1_zero (paper Table 1), chat, json_cot
+    rewards: str = "accuracy,format"   # weighted sum of named rewards, 'name=weight,...' (R1-Zero: accuracy + format)
+    # batch
+    steps: int = 20                    # optimisation batches (each: sample, score, mu updates)
+    prompts_per_step: int = 2          # problems per step
+    samples_per_prompt: int = 4        # G, completions per problem (R1: 16; DeepSeekMath GRPO: 64)
+    micro_batch_size: int = 8          # sequences per forward/backward pass, per device
+    updates_per_batch: int = 1         # mu, optimisation passes over one sampled batch (DeepSeekMath: 1)
+    # sampling
+    max_new_tokens: int = 128          # completion length cap, tokens
+    temperature: float = 1.0           # sampling temperature (R1-Zero: 1.0)
+    top_p: float = 1.0                 # nucleus mass (R1-Zero: 1.0)
+    mask_truncated: bool = False       # drop completions that hit max_new_tokens from the loss (DAPO's overlong filter)
+    # objective
+    beta: float = 0.04                 # KL weight to the frozen reference (DeepSeekMath: 0.04; R1: 0.001); 0 loads no reference
+    epsilon: float = 0.2               # clip range below 1 (and above, unless epsilon_high is set) (DeepSeekMath, PPO: 0.2)
+    epsilon_high: float | None = None  # clip range above 1 (DAPO clip-higher: 0.28); None = epsilon
+    scale_rewards: bool = True         # divide advantages by the group std (eq. 3); false = Dr. GRPO
+    loss_aggregation: str = "sample"   # sample (paper), token (DAPO), constant (Dr. GRPO)
+    # optimiser
+    learning_rate: float = 1e-6        # AdamW peak lr (DeepSeekMath GRPO: 1e-6; R1: 3e-6); small models want more
+    weight_decay: float = 0.0          # AdamW weight decay
+    warmup_steps: int = 0              # linear warm-up, steps
+    lr_schedule: str = "constant"      # constant, linear or cosine decay after warm-up
+    max_grad_norm: float = 1.0         # gradient clipping, L2 norm
+    lora_rank: int = 0                 # 0 = full fine-tuning; > 0 trains LoRA adapters (peft) on all linear layers
+    lora_alpha: int = 32               # LoRA scaling numerator
+    gradient_checkpointing: bool = False   # recompute activations in backward: less memory, ~35% slower
+    dtype: str = "float32"             # weights and compute dtype: float32 or bfloat16
+    # bookkeeping
+    seed: int = 0                      # problems, sampling and initialisation
+    save_every: int = 10               # steps between checkpoints (the last step always saves)
+    sample_every: int = 5              # steps between writing example completions to samples.jsonl
+    out: str = "runs/grpo"             # output directory
+
+    def check(self) -> None:
+        from r1lab.algorithms.losses import AGGREGATIONS
+        from r1lab.rewards import parse_rewards
+        from r1lab.templates import get_template
+
+        get_template(self.template)
+        parse_rewards(self.rewards)
+        if self.samples_per_prompt < 2:
+            raise R1labError(f"samples_per_prompt (G) must be >= 2 for group-relative advantages, got {self.samples_per_prompt}")
+        batch = self.prompts_per_step * self.samples_per_prompt
+        if batch % self.micro_batch_size:
+            raise R1labError(f"prompts_per_step x samples_per_prompt = {batch} sequences does not divide into "
+                             f"micro-batches of micro_batch_size = {self.micro_batch_size}")
+        if self.loss_aggregation not in AGGREGATIONS:
+            raise R1labError(f"loss_aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.loss_aggregation!r}")
+        if self.lr_schedule not in ("constant", "linear", "cosine"):
+            raise R1labError(f"lr_schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
+        for name in ("steps", "prompts_per_step", "micro_batch_size", "updates_per_batch", "max_new_tokens", "save_every"):
+            if getattr(self, name) < 1:
+                raise R1labError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise R1labError(f"temperature must be > 0 for RL sampling, got {self.temperature}")
+
+
+def _coerce(name: str, value, default):
+    """A CLI string (or YAML value) converted to the type of the field's default."""
+    if not isinstance(value, str) or isinstance(default, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float) or default is None:
+            return float(value) if default is not None or value.lower() != "none" else None
+        if isinstance(default, dict):
+            parsed = yaml.safe_load(value)
+            if not isinstance(parsed, dict):
+                raise ValueError
+            return parsed
+    except ValueError:
+        kind = "a mapping like {k: v}" if isinstance(default, dict) else type(default).__name__
+        raise R1labError(f"option {name}: expected {kind}, got {value!r}") from None
+    return value
+
+
+def load_config(cls, path: str | Path | None = None, overrides: dict | None = None):
+    """cls built from a YAML file (optional) updated by overrides; unknown keys name the valid ones."""
+    values = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise R1labError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise R1labError(f"{path}: invalid YAML: {e}") from None
+        if not isinstance(values, dict):
+            raise R1labError(f"{path}: expected a mapping of options at the top level")
+    values.update(overrides or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        where = f" in {path}" if path else ""
+        raise R1labError(f"unknown option(s) {unknown}{where}; valid options: {', '.join(fields)}")
+    defaults = cls()
+    config = cls(**{k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()})
+    config.check()
+    return config

@@ -1,0 +1,49 @@
+"""Rollouts: an Engine samples n completions per prompt; `rollout` adds the template around it.
+
+An Engine is any object with `generate(prompts, n, sampling) -> list[list[Sample]]` (one list of n
+samples per prompt). `hf.HFEngine` runs any transformers causal LM on CPU or GPU. The trainer only
+sees this protocol, never a particular engine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from r1lab.templates import Template
+from r1lab.types import Completion, Problem
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0       # 0 means greedy
+    top_p: float = 1.0             # nucleus sampling mass; 1 disables it
+    max_new_tokens: int = 256      # tokens per completion, EOS included
+    stop: tuple[str, ...] = field(default_factory=tuple)   # stop strings, kept in the output
+
+
+@dataclass
+class Sample:
+    token_ids: list[int]     # (T,) generated ids
+    logprobs: list[float]    # (T,) log-prob of each id under softmax(logits / temperature), before top-p
+    text: str                # decoded ids, special tokens removed
+    finish_reason: str       # "stop" (EOS or stop string) or "length"
+
+
+class Engine(Protocol):
+    def generate(self, prompts: list[str], n: int, sampling: Sampling) -> list[list[Sample]]: ...
+
+
+def to_completion(sample: Sample, template: Template) -> Completion:
+    reasoning, answer = template.parse(sample.text)
+    return Completion(text=sample.text, template=template.name, reasoning=reasoning, answer=answer,
+                      token_ids=sample.token_ids, logprobs=sample.logprobs, finish_reason=sample.finish_reason)
+
+
+def rollout(engine: Engine, problems: list[Problem], template: Template, tokenizer, n: int,
+            sampling: Sampling) -> tuple[list[str], list[list[Completion]]]:
+    """Render each problem, sample n completions for it, parse them: (prompts, completions per problem)."""
+    prompts = [template.render(p.prompt, tokenizer) for p in problems]
+    sampling = Sampling(sampling.temperature, sampling.top_p, sampling.max_new_tokens,
+                        tuple(dict.fromkeys(sampling.stop + template.stop)))
+    groups = engine.generate(prompts, n, sampling)
+    return prompts, [[to_completion(s, template) for s in group] for group in groups]

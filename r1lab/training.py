@@ -1,0 +1,106 @@
+"""What every training stage shares: device, LoRA, optimiser and schedule, metrics files, resume."""
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import yaml
+
+from r1lab import R1labError
+from r1lab.checkpoint import find_checkpoint, load_state
+from r1lab.models import load_model
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_run(out: str, config, resume: bool) -> tuple[Path, Path | None]:
+    """The run directory with config.yaml; the checkpoint to resume from, if resuming."""
+    out = Path(out)
+    checkpoint = find_checkpoint(out)
+    if checkpoint is not None and not resume:
+        raise R1labError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    return out, checkpoint
+
+
+def load_policy(spec: str, checkpoint: Path | None, dtype: str, lora_rank: int, lora_alpha: int,
+                gradient_checkpointing: bool):
+    """The trained model (from the checkpoint when resuming), LoRA-wrapped if asked, on the device."""
+    if lora_rank > 0:
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+        model, tokenizer = load_model(spec, dtype)
+        model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules="all-linear",
+                                                 task_type="CAUSAL_LM"))
+        if checkpoint is not None:
+            set_peft_model_state_dict(model, load_peft_weights(str(checkpoint / "adapter")))
+    else:
+        model, tokenizer = load_model(str(checkpoint) if checkpoint else spec, dtype)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return model.to(device()), tokenizer
+
+
+def make_optimizer(model, learning_rate: float, weight_decay: float, warmup_steps: int, schedule: str,
+                   total_steps: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if schedule == "linear":
+            return max(0.0, 1 - progress)
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def training_state(step: int, optimizer, scheduler, generator: torch.Generator | None) -> dict:
+    return {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+            "generator": generator.get_state() if generator is not None else None}
+
+
+def restore_state(checkpoint: Path | None, optimizer, scheduler, generator: torch.Generator | None) -> int:
+    """Load optimiser, scheduler and RNG states; the step to continue from (0 when starting fresh)."""
+    if checkpoint is None:
+        return 0
+    state = load_state(checkpoint)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    if generator is not None and state["generator"] is not None:
+        generator.set_state(state["generator"])
+    return state["step"]
+
+
+class JsonlLog:
+    """Append-only jsonl; on resume, rows from steps after the checkpoint (lost work) are dropped."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = Path(path)
+        if self.path.exists():
+            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            kept = [r for r in rows if r.get("step", 0) <= resume_step] if resume_step else []
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
