@@ -1,0 +1,101 @@
+import json
+
+import pytest
+
+from r1lab import R1labError
+from r1lab.tasks import get_task
+from r1lab.tasks.arithmetic import Arithmetic, split_of
+
+
+def test_arithmetic_reference_steps_follow_the_talk():
+    from r1lab.tasks.arithmetic import make_problem
+    problem = make_problem([1, "+", 2, "+", 3])
+    assert problem.prompt == "Calculate 1 + 2 + 3" and problem.answer == "6"
+    assert problem.steps == ("Firstly, I would calculate 1 + 2 = 3", "Then, I would calculate 3 + 3 = 6", "The answer is 6")
+
+
+def test_arithmetic_precedence_and_parentheses():
+    from r1lab.tasks.arithmetic import make_problem
+    p = make_problem([2, "+", [3, "-", 1], "*", 4])
+    assert p.prompt == "Calculate 2 + (3 - 1) * 4" and p.answer == "10"
+    assert p.steps[:3] == ("Firstly, I would calculate 3 - 1 = 2", "Then, I would calculate 2 * 4 = 8",
+                           "Then, I would calculate 2 + 8 = 10")
+
+
+def test_arithmetic_answers_are_right():
+    for p in Arithmetic(operands=4, operators="+-*", parentheses=0.5).problems("train", 200, seed=3):
+        assert int(p.answer) == eval(p.meta["expression"])
+
+
+def test_arithmetic_is_seeded():
+    a, b = Arithmetic().problems("train", 50, seed=1), Arithmetic().problems("train", 50, seed=1)
+    assert a == b and a != Arithmetic().problems("train", 50, seed=2)
+
+
+def test_train_and_test_are_disjoint_by_construction():
+    task = Arithmetic(operands=2, high=30)
+    train = {p.prompt for seed in range(3) for p in task.problems("train", 300, seed)}
+    test = {p.prompt for seed in range(3) for p in task.problems("test", 60, seed)}
+    assert train and test and not train & test
+    assert all(split_of(p.removeprefix("Calculate "), 10) == "test" for p in test)
+
+
+def test_too_small_problem_space_is_a_clear_error():
+    with pytest.raises(R1labError, match="only yielded"):
+        Arithmetic(operands=2, low=1, high=2).problems("train", 50)
+
+
+def test_unknown_task_and_option():
+    with pytest.raises(R1labError, match="unknown task"):
+        get_task("gsm8k")
+    with pytest.raises(R1labError, match="valid options: operands"):
+        get_task("arithmetic", operand=3)
+    with pytest.raises(R1labError, match="unknown reasoning-gym dataset"):
+        get_task("reasoning-gym:no_such_set")
+
+
+def test_reasoning_gym_steps_from_worked_solutions():
+    problems = get_task("reasoning-gym:gsm_symbolic").problems("train", 2, seed=0)
+    assert len(problems) == 2 and problems[0].steps and problems[0].answer
+
+
+def write(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_jsonl_task_with_custom_fields(tmp_path):
+    path = write(tmp_path / "d.jsonl", [json.dumps({"q": f"question {i}", "a": str(i), "steps": "s1\ns2"}) for i in range(50)])
+    task = get_task(f"jsonl:{path}", prompt_field="q", answer_field="a")
+    train, test = task.problems("train", None), task.problems("test", None)
+    assert len(train) + len(test) == 50 and not {p.prompt for p in train} & {p.prompt for p in test}
+    assert train[0].steps == ("s1", "s2")
+
+
+def test_jsonl_per_split_files(tmp_path):
+    write(tmp_path / "d_train.jsonl", ['{"prompt": "a", "answer": "1"}'])
+    write(tmp_path / "d_test.jsonl", ['{"prompt": "b", "answer": "2"}'])
+    task = get_task(f"jsonl:{tmp_path}/d_{{split}}.jsonl")
+    assert [p.prompt for p in task.problems("train")] == ["a"] and [p.prompt for p in task.problems("test")] == ["b"]
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"prompt": "a", "answer": "1"}', "{not json"], r"d.jsonl, line 2: invalid JSON"),
+    (['{"prompt": "a", "answer": "1"}', '{"prompt": "b"}'], r"line 2: missing field 'answer'"),
+    (['[1, 2]'], r"line 1: expected a JSON object"),
+])
+def test_jsonl_errors_name_file_line_and_field(tmp_path, lines, message):
+    path = write(tmp_path / "d.jsonl", lines)
+    with pytest.raises(R1labError, match=message):
+        get_task(f"jsonl:{path}").problems("train")
+
+
+def test_jsonl_missing_file(tmp_path):
+    with pytest.raises(R1labError, match="file not found"):
+        get_task(f"jsonl:{tmp_path}/nope.jsonl").problems("train")
+
+
+def test_jsonl_without_answers(tmp_path):
+    path = write(tmp_path / "d.jsonl", ['{"prompt": "a"}'] * 3)
+    problems = get_task(f"jsonl:{path}", answer_field=None, test_percent=1).problems("train")
+    assert problems and problems[0].answer is None
