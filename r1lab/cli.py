@@ -4,6 +4,8 @@
     r1lab tasks                                    task specs and reasoning-gym datasets
     r1lab generate MODEL "PROMPT" [--template r1_zero] [--n 4] [--max-new-tokens 256]
     r1lab train grpo [--config FILE] [--resume] [--OPTION VALUE ...]   (options: GRPOConfig fields)
+    r1lab eval MODEL [MODEL ...] --task arithmetic --samples 8 [--problems 50] [--out runs/eval]
+    r1lab report RUN_DIR
 """
 from __future__ import annotations
 
@@ -70,6 +72,24 @@ def cmd_train(args, extra: list[str]) -> None:
     print(f"checkpoint: {checkpoint}")
 
 
+def cmd_eval(args) -> None:
+    from r1lab.evaluate import evaluate, format_table
+
+    if args.samples < 1 or args.problems < 1:
+        raise R1labError("--samples and --problems must be >= 1")
+    markers = tuple(m.strip() for m in args.reflection_markers.split(",") if m.strip())
+    result = evaluate(args.models, args.task, args.samples, args.problems, args.template, args.temperature,
+                      args.top_p, args.max_new_tokens, args.seed, args.out, markers=markers)
+    print(format_table(result["models"], args.samples))
+    print(f"\n{args.task}, {args.problems} held-out problems, {args.samples} samples each, T={args.temperature}, "
+          f"top-p={args.top_p}; 95% bootstrap CIs in brackets; written to {args.out}/eval.json")
+
+
+def cmd_report(args) -> None:
+    from r1lab.report import write_report
+    print(f"report: {write_report(args.run_dir)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="r1lab", description="Train reasoning LMs the DeepSeek-R1 way.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("stage", choices=["grpo"])
     t.add_argument("--config", help="YAML file of options (command-line options override it)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    e = sub.add_parser("eval", help="pass@1, cons@k, length, reflection and language mixing for models")
+    e.add_argument("models", nargs="+")
+    e.add_argument("--task", default="arithmetic")
+    e.add_argument("--samples", type=int, default=8, help="k samples per problem")
+    e.add_argument("--problems", type=int, default=50, help="held-out problems")
+    e.add_argument("--template", default="r1_zero")
+    e.add_argument("--temperature", type=float, default=0.6)
+    e.add_argument("--top-p", type=float, default=0.95)
+    e.add_argument("--max-new-tokens", type=int, default=256)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", default="runs/eval")
+    from r1lab.evaluate import REFLECTION_MARKERS
+    e.add_argument("--reflection-markers", default=",".join(REFLECTION_MARKERS))
+    r = sub.add_parser("report", help="plots and report.md from a run directory's metrics files")
+    r.add_argument("run_dir")
     return parser
 
 
@@ -100,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
         elif extra:
             parser.error(f"unrecognised arguments: {' '.join(extra)}")
         else:
-            {"models": cmd_models, "tasks": cmd_tasks, "generate": cmd_generate}[args.command](args)
+            {"models": cmd_models, "tasks": cmd_tasks, "generate": cmd_generate, "eval": cmd_eval,
+             "report": cmd_report}[args.command](args)
     except R1labError as e:
         print(f"r1lab: error: {e}", file=sys.stderr)
         sys.exit(2)

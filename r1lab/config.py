@@ -50,7 +50,8 @@ class GRPOConfig:
     lora_rank: int = 0                 # 0 = full fine-tuning; > 0 trains LoRA adapters (peft) on all linear layers
     lora_alpha: int = 32               # LoRA scaling numerator
     gradient_checkpointing: bool = False   # recompute activations in backward: less memory, ~35% slower
-    dtype: str = "float32"             # weights and compute dtype: float32 or bfloat16
+    dtype: str = "float32"             # weights dtype: float32 or bfloat16
+    mixed_precision: str = "no"        # "bf16": autocast training forward/backward to bfloat16 (fp32 weights and loss math)
     # bookkeeping
     seed: int = 0                      # problems, sampling and initialisation
     save_every: int = 10               # steps between checkpoints (the last step always saves)
@@ -77,6 +78,8 @@ class GRPOConfig:
         for name in ("steps", "prompts_per_step", "micro_batch_size", "updates_per_batch", "max_new_tokens", "save_every"):
             if getattr(self, name) < 1:
                 raise R1labError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise R1labError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if self.temperature <= 0:
             raise R1labError(f"temperature must be > 0 for RL sampling, got {self.temperature}")
 

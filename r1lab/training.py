@@ -19,6 +19,11 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def autocast(mixed_precision: str):
+    """bf16 autocast for training passes when asked; the loss math stays fp32 (logits are upcast)."""
+    return torch.autocast(device().type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)

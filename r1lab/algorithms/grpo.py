@@ -22,23 +22,24 @@ from r1lab.algorithms.losses import group_advantages, grpo_loss
 from r1lab.algorithms.sequences import pad_batch, token_logprobs
 from r1lab.checkpoint import save_checkpoint
 from r1lab.config import GRPOConfig
+from r1lab.evaluate import reflects
 from r1lab.models import load_model
 from r1lab.rewards import parse_rewards, score
 from r1lab.rollout import Sampling, rollout
 from r1lab.rollout.hf import HFEngine
 from r1lab.tasks import get_task
 from r1lab.templates import get_template
-from r1lab.training import (JsonlLog, device, load_policy, make_optimizer, prepare_run, restore_state,
+from r1lab.training import (JsonlLog, autocast, device, load_policy, make_optimizer, prepare_run, restore_state,
                             seed_everything, training_state)
 
 
-def reference_logprobs(ref_model, policy, batch, temperature):
+def reference_logprobs(ref_model, policy, batch, temperature, shared):
     """Log-probs under pi_ref: the frozen copy, or the LoRA policy with its adapters disabled."""
     with torch.no_grad():
         if ref_model is not None:
-            return token_logprobs(ref_model, batch, temperature)[0]
+            return token_logprobs(ref_model, batch, temperature, shared=shared)[0]
         with policy.disable_adapter():
-            return token_logprobs(policy, batch, temperature)[0]
+            return token_logprobs(policy, batch, temperature, shared=shared)[0]
 
 
 def train_grpo(cfg: GRPOConfig, resume: bool = False):
@@ -58,6 +59,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     metrics_log, samples_log = JsonlLog(out / "metrics.jsonl", start), JsonlLog(out / "samples.jsonl", start)
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     G = cfg.samples_per_prompt
+    shared_prompts = not cfg.gradient_checkpointing       # a prompt's KV cache cannot be kept under checkpointing
     model.train()
 
     progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="grpo", unit="step")
@@ -84,11 +86,14 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
                 batch = pad_batch(prompt_ids[rows], [c.token_ids for c in completions[rows]],
                                   tokenizer.pad_token_id, device())
                 batch["completion_mask"] *= torch.tensor(keep[rows], device=device())[:, None]
-                logprobs, entropy = token_logprobs(model, batch, cfg.temperature, with_entropy=update == 0)  # (b, C)
-                if update == 0:
-                    old[start_row] = logprobs.detach()
-                    ref[start_row] = reference_logprobs(ref_model, model, batch, cfg.temperature) if cfg.beta else None
-                    stats["entropy"].append(entropy)
+                with autocast(cfg.mixed_precision):
+                    logprobs, entropy = token_logprobs(model, batch, cfg.temperature, with_entropy=update == 0,
+                                                       shared=shared_prompts)                               # (b, C)
+                    if update == 0:
+                        old[start_row] = logprobs.detach()
+                        ref[start_row] = (reference_logprobs(ref_model, model, batch, cfg.temperature, shared_prompts)
+                                          if cfg.beta else None)
+                        stats["entropy"].append(entropy)
                 loss, loss_metrics = grpo_loss(
                     logprobs, old[start_row], ref[start_row], advantages[rows].to(device()), batch["completion_mask"],
                     eps_low=cfg.epsilon, eps_high=cfg.epsilon_high, beta=cfg.beta, mode=cfg.loss_aggregation,
@@ -109,6 +114,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
                **{f"reward/{k}_std": torch.tensor(v).std().item() for k, v in parts.items()},
                "reward_failures": failures, **advantage_metrics,
                "completion_length": sampled_tokens / len(lengths), "completion_length_max": max(lengths),
+               "reflection": sum(reflects(c.text) for c in completions) / len(completions),
                "truncated": sum(c.finish_reason == "length" for c in completions) / len(completions),
                **{k: sum(v) / len(v) for k, v in stats.items() if v},
                "learning_rate": scheduler.get_last_lr()[0], "grad_norm": grad_norm,

@@ -1,0 +1,121 @@
+"""GRPO speed and memory: r1lab against TRL's GRPOTrainer, same model, prompts and settings.
+
+    .venv/bin/pip install -r bench/requirements.txt      # TRL, for the bench only
+    .venv/bin/python bench/grpo_vs_trl.py --steps 6 [--mixed-precision bf16]
+
+Each trainer runs in its own process (one after the other) so peak memory (max RSS) is its own.
+Settings, equal for both: smollm2-135m, arithmetic problems in the R1-Zero template, 2 prompts x
+G = 4 completions a step, <= 64 new tokens, temperature 1, beta 0, lr 1e-6, accuracy + format reward,
+one optimisation pass per batch, the whole batch as one micro-batch. TRL keeps its own defaults
+otherwise (gradient checkpointing on). Seconds per step are medians over the steps after the first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROMPTS, G, NEW_TOKENS, LR = 2, 4, 64, 1e-6
+
+
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def run_r1lab(steps: int, mixed_precision: str) -> dict:
+    from r1lab.algorithms.grpo import train_grpo
+    from r1lab.config import GRPOConfig
+    out = Path(tempfile.mkdtemp()) / "run"
+    train_grpo(GRPOConfig(model="smollm2-135m", task="arithmetic", template="r1_zero", rewards="accuracy,format",
+                          steps=steps, prompts_per_step=PROMPTS, samples_per_prompt=G, micro_batch_size=PROMPTS * G,
+                          max_new_tokens=NEW_TOKENS, temperature=1.0, beta=0.0, learning_rate=LR, save_every=10_000,
+                          mixed_precision=mixed_precision, out=str(out)))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
+    return {"seconds_per_step": statistics.median(r["step_seconds"] for r in rows),
+            "sample_tokens_per_s": statistics.median(r["sample_tokens_per_s"] for r in rows),
+            "train_tokens_per_s": statistics.median(r["train_tokens_per_s"] for r in rows),
+            "completion_length": statistics.mean(r["completion_length"] for r in rows), "peak_gb": peak_gb()}
+
+
+def run_trl(steps: int) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from r1lab.models import smollm2_folder
+    from r1lab.rewards import score
+    from r1lab.rollout import Sample, to_completion
+    from r1lab.tasks import get_task
+    from r1lab.templates import get_template
+
+    template = get_template("r1_zero")
+    problems = get_task("arithmetic").problems("train", steps * PROMPTS, 0)
+    by_prompt = {template.render(p.prompt, None): p for p in problems}
+
+    def reward(prompts, completions, **kwargs):
+        done = [to_completion(Sample([], [], c, "stop"), template) for c in completions]
+        return score({"accuracy": 1.0, "format": 1.0}, done, [by_prompt[p] for p in prompts])[0]
+
+    stamps, lengths = [], []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            stamps.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "completions/mean_length" in logs:
+                lengths.append(logs["completions/mean_length"])
+
+    folder = smollm2_folder()
+    args = GRPOConfig(output_dir=tempfile.mkdtemp(), use_cpu=True, per_device_train_batch_size=PROMPTS * G,
+                      num_generations=G, max_completion_length=NEW_TOKENS, temperature=1.0, beta=0.0,
+                      learning_rate=LR, max_steps=steps, logging_steps=1, report_to=[], save_strategy="no",
+                      loss_type="grpo", seed=0, disable_tqdm=True)
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder), processing_class=AutoTokenizer.from_pretrained(folder),
+                          reward_funcs=reward, args=args, callbacks=[Clock()],
+                          train_dataset=Dataset.from_list([{"prompt": k} for k in by_prompt]))
+    stamps.append(time.perf_counter())
+    trainer.train()
+    seconds = statistics.median(b - a for a, b in zip(stamps[1:], stamps[2:]))
+    length = statistics.mean(lengths[1:]) if len(lengths) > 1 else float("nan")
+    return {"seconds_per_step": seconds, "sample_tokens_per_s": float("nan"), "train_tokens_per_s": float("nan"),
+            "completion_length": length, "peak_gb": peak_gb()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
+    parser.add_argument("--only", choices=["r1lab", "trl"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.only:
+        result = run_r1lab(args.steps, args.mixed_precision) if args.only == "r1lab" else run_trl(args.steps)
+        print("RESULT " + json.dumps(result))
+        return
+    results = {}
+    for name in ("trl", "r1lab"):
+        command = [sys.executable, __file__, "--only", name, "--steps", str(args.steps), "--mixed-precision", args.mixed_precision]
+        output = subprocess.run(command, capture_output=True, text=True)
+        line = next((l for l in output.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            sys.exit(f"{name} failed:\n{output.stderr[-3000:]}")
+        results[name] = json.loads(line[7:])
+    print(f"GRPO, smollm2-135m, {PROMPTS} prompts x {G} completions, <= {NEW_TOKENS} new tokens, beta 0, "
+          f"{args.steps} steps (median after the first), mixed precision: {args.mixed_precision}")
+    print(f"{'':8}{'s/step':>10}{'gen tok/s':>12}{'train tok/s':>13}{'mean len':>10}{'peak GB':>10}")
+    for name, r in results.items():
+        print(f"{name:8}{r['seconds_per_step']:10.2f}{r['sample_tokens_per_s']:12.1f}{r['train_tokens_per_s']:13.1f}"
+              f"{r['completion_length']:10.1f}{r['peak_gb']:10.2f}")
+    t, o = results["trl"], results["r1lab"]
+    print(f"r1lab steps/s vs TRL: {t['seconds_per_step'] / o['seconds_per_step']:.2f}x; "
+          f"peak memory r1lab/TRL: {o['peak_gb'] / t['peak_gb']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

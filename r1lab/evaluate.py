@@ -1,0 +1,128 @@
+"""Evaluation as the paper reports it: k samples per problem, pass@1, cons@k and the talk's behaviours.
+
+    r1lab eval smollm2-135m runs/x/grpo/checkpoint --task arithmetic --samples 8 --problems 50
+
+Per model: pass@1 and cons@k with bootstrap CIs, pass@k, format rate, mean/median response length
+(tokens), reflection rate (share of responses whose reasoning has a marker such as "wait"), and
+language-mixing rate (share whose reasoning mixes scripts). All models see the same problems and the
+same sampling seed. Each problem's samples are appended to `<out>/<model>.jsonl` as they finish, so an
+interrupted eval resumes by problem; `<out>/eval.json` holds the summary table.
+"""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+from tqdm import tqdm
+
+from r1lab.metrics import bootstrap_ci, cons_at_k, pass_at_1, pass_at_k
+from r1lab.rewards import score
+from r1lab.rewards.accuracy import equivalent
+from r1lab.rewards.language import language_share
+
+REFLECTION_MARKERS = ("wait", "let me check", "let me verify", "double-check", "double check", "re-evaluate",
+                      "reevaluate", "let's verify", "let me re-check")
+
+
+def reflects(text: str, markers=REFLECTION_MARKERS) -> bool:
+    return any(re.search(rf"\b{re.escape(m)}\b", text, re.IGNORECASE) for m in markers)
+
+
+def mixes_languages(reasoning: str | None) -> bool:
+    return 0.0 < language_share(reasoning, "en") < 1.0 and language_share(reasoning, "zh") > 0.0
+
+
+def slug(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", model.strip("/"))[-80:]
+
+
+def sample_model(model_spec: str, problems, template, samples: int, sampling, seed: int, path: Path,
+                 batch_problems: int, dtype: str = "float32") -> list[dict]:
+    """Rows (one per problem) of k samples each, resuming from the rows already in `path`."""
+    from r1lab.models import load_model
+    from r1lab.rollout import rollout
+    from r1lab.rollout.hf import HFEngine
+
+    done = {}
+    if path.exists():
+        done = {r["id"]: r for r in map(json.loads, path.read_text().splitlines()) if r.get("id")}
+    todo = [p for p in problems if p.id not in done]
+    if todo:
+        model, tokenizer = load_model(model_spec, dtype)
+        engine = HFEngine(model, tokenizer, max_batch=batch_problems * samples, seed=seed)
+        with path.open("a") as f, tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"eval {model_spec}",
+                                        unit="problem") as bar:
+            for start in range(0, len(todo), batch_problems):
+                chunk = todo[start:start + batch_problems]
+                _, groups = rollout(engine, chunk, template, tokenizer, samples, sampling)
+                for problem, group in zip(chunk, groups):
+                    _, parts, _ = score({"accuracy": 1.0, "format": 1.0}, group, [problem] * len(group))
+                    row = {"id": problem.id, "prompt": problem.prompt, "truth": problem.answer,
+                           "answers": [c.answer for c in group], "correct": parts["accuracy"], "format": parts["format"],
+                           "lengths": [len(c.token_ids) for c in group], "texts": [c.text for c in group],
+                           "reasonings": [c.reasoning for c in group]}
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    f.flush()
+                    done[problem.id] = row
+                bar.update(len(chunk))
+    return [done[p.id] for p in problems]
+
+
+def summarise(rows: list[dict], samples: int, markers=REFLECTION_MARKERS, seed: int = 0) -> dict:
+    """The table row for one model from its per-problem rows."""
+    per_problem_pass1 = [sum(r["correct"]) / len(r["correct"]) for r in rows]
+    per_problem_cons = [cons_at_k(r["answers"], r["correct"], equivalent) for r in rows]
+    texts = [t for r in rows for t in r["texts"]]
+    reasonings = [x for r in rows for x in r["reasonings"]]
+    lengths = [n for r in rows for n in r["lengths"]]
+    return {
+        "problems": len(rows), "samples": samples,
+        "pass@1": pass_at_1([r["correct"] for r in rows]), "pass@1_ci": bootstrap_ci(per_problem_pass1, seed=seed),
+        f"cons@{samples}": sum(per_problem_cons) / len(rows), f"cons@{samples}_ci": bootstrap_ci(per_problem_cons, seed=seed),
+        f"pass@{samples}": sum(pass_at_k(len(r["correct"]), int(sum(c >= 1 for c in r["correct"])), samples)
+                               for r in rows) / len(rows),
+        "format": sum(f for r in rows for f in r["format"]) / len(texts),
+        "length_mean": statistics.mean(lengths), "length_median": statistics.median(lengths),
+        "reflection": sum(reflects(r or t, markers) for r, t in zip(reasonings, texts)) / len(texts),
+        "language_mixing": sum(mixes_languages(r) for r in reasonings) / len(texts),
+    }
+
+
+def format_table(summary: dict[str, dict], samples: int) -> str:
+    """Models as rows, metrics as columns (the talk's "Is RL really needed?" layout), CIs in brackets."""
+    head = (f"{'model':36} {'pass@1':>20} {f'cons@{samples}':>20} {f'pass@{samples}':>8} {'format':>7} "
+            f"{'len mean':>8} {'len med':>7} {'reflect':>7} {'mixing':>7}")
+    lines = [head, "-" * len(head)]
+    for name, s in summary.items():
+        p, c = s["pass@1_ci"], s[f"cons@{samples}_ci"]
+        lines.append(f"{name[-36:]:36} {100 * s['pass@1']:6.1f} [{100 * p[0]:5.1f},{100 * p[1]:5.1f}] "
+                     f"{100 * s[f'cons@{samples}']:6.1f} [{100 * c[0]:5.1f},{100 * c[1]:5.1f}] "
+                     f"{100 * s[f'pass@{samples}']:8.1f} {100 * s['format']:7.1f} {s['length_mean']:8.1f} "
+                     f"{s['length_median']:7.1f} {100 * s['reflection']:7.1f} {100 * s['language_mixing']:7.1f}")
+    return "\n".join(lines)
+
+
+def evaluate(models: list[str], task_spec: str, samples: int = 8, problems: int = 50, template: str = "r1_zero",
+             temperature: float = 0.6, top_p: float = 0.95, max_new_tokens: int = 256, seed: int = 0,
+             out: str = "runs/eval", task_options: dict | None = None, batch_problems: int = 8,
+             markers=REFLECTION_MARKERS) -> dict:
+    from r1lab.rollout import Sampling
+    from r1lab.tasks import get_task
+    from r1lab.templates import get_template
+
+    template_obj = get_template(template)
+    test = get_task(task_spec, **(task_options or {})).problems("test", problems, seed)
+    sampling = Sampling(temperature, top_p, max_new_tokens)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for model in models:
+        rows = sample_model(model, test, template_obj, samples, sampling, seed, out_dir / f"{slug(model)}.jsonl",
+                            batch_problems)
+        summary[model] = summarise(rows, samples, markers, seed)
+    result = {"task": task_spec, "template": template, "samples": samples, "temperature": temperature,
+              "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed, "models": summary}
+    (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,60 @@
+"""Pure estimators for the paper's evaluation table.
+
+- pass@1 (paper section 3): the mean correctness of k samples per problem, averaged over problems.
+- pass@k: the unbiased estimator 1 - C(n-c, k) / C(n, k) (Chen et al., 2021) from n samples, c correct.
+- cons@k: majority vote over the k parsed answers. Answers are grouped by the same equivalence the
+  accuracy reward uses (math-verify), samples without an answer do not vote, and a tie goes to the
+  answer that appeared first among the samples (a fixed, order-based rule; samples are in seed order).
+- bootstrap confidence intervals over problems (percentile method, seeded).
+"""
+from __future__ import annotations
+
+import random
+from math import comb
+from typing import Callable, Sequence
+
+
+def pass_at_1(correct: Sequence[Sequence[float]]) -> float:
+    """correct[i][j]: score of sample j of problem i (0/1, or partial credit)."""
+    return sum(sum(row) / len(row) for row in correct) / len(correct)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Probability that at least one of k samples drawn without replacement from n (c correct) is correct."""
+    if k > n:
+        raise ValueError(f"k ({k}) cannot exceed n ({n})")
+    return 1.0 if n - c < k else 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def majority(answers: Sequence[str | None], same: Callable[[str, str], bool]) -> int | None:
+    """Index of a representative of the most common answer (ties: first to appear); None if nobody answered."""
+    clusters: list[list[int]] = []          # indices of equivalent answers, in order of first appearance
+    for i, answer in enumerate(answers):
+        if answer is None:
+            continue
+        for cluster in clusters:
+            first = answers[cluster[0]]
+            if answer.strip() == first.strip() or same(answer, first):
+                cluster.append(i)
+                break
+        else:
+            clusters.append([i])
+    if not clusters:
+        return None
+    best = max(len(c) for c in clusters)
+    return next(c[0] for c in clusters if len(c) == best)
+
+
+def cons_at_k(answers: Sequence[str | None], correct: Sequence[float], same: Callable[[str, str], bool]) -> float:
+    """1 if the majority answer of one problem's samples is correct (its representative's score), else 0."""
+    winner = majority(answers, same)
+    return 0.0 if winner is None else float(correct[winner] >= 1.0)
+
+
+def bootstrap_ci(values: Sequence[float], resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-problem values."""
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    tail = (1 - level) / 2
+    return means[int(tail * resamples)], means[min(resamples - 1, int((1 - tail) * resamples))]

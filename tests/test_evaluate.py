@@ -1,0 +1,55 @@
+import json
+
+from r1lab.cli import main
+from r1lab.evaluate import mixes_languages, reflects, summarise
+from r1lab.report import write_report
+
+
+def test_reflection_and_language_mixing_markers():
+    assert reflects("Wait, wait. Let me check") and reflects("I should double-check") and not reflects("awaited")
+    assert mixes_languages("I think 答案 is 6") and not mixes_languages("all English") and not mixes_languages(None)
+
+
+def test_summarise_hand_computed():
+    rows = [{"correct": [1, 0], "answers": ["6", "7"], "format": [1, 1], "lengths": [10, 20],
+             "texts": ["wait", "x"], "reasonings": ["wait", "x"]},
+            {"correct": [1, 1], "answers": ["3", "3.0"], "format": [0, 1], "lengths": [30, 40],
+             "texts": ["a", "b"], "reasonings": ["a", "b"]}]
+    s = summarise(rows, 2)
+    assert s["pass@1"] == 0.75 and s["cons@2"] == 1.0 and s["pass@2"] == 1.0   # tie on problem 1: first answer "6"
+    assert s["format"] == 0.75 and s["length_mean"] == 25 and s["length_median"] == 25 and s["reflection"] == 0.25
+
+
+def test_eval_cli_prints_the_table_and_resumes(tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["eval", "tiny-random", "--task", "arithmetic", "--samples", "3", "--problems", "4",
+            "--max-new-tokens", "8", "--out", str(out)]
+    main(args)
+    printed = capsys.readouterr().out
+    assert "pass@1" in printed and "cons@3" in printed and "tiny-random" in printed
+    result = json.loads((out / "eval.json").read_text())
+    assert result["models"]["tiny-random"]["problems"] == 4
+    rows = (out / "tiny-random.jsonl").read_text().splitlines()
+    (out / "tiny-random.jsonl").write_text("\n".join(rows[:2]) + "\n")        # as if killed after two problems
+    main(args)
+    again = json.loads((out / "eval.json").read_text())["models"]["tiny-random"]
+    assert again["problems"] == 4 and len((out / "tiny-random.jsonl").read_text().splitlines()) == 4
+
+
+def test_report_writes_plots_and_markdown(tmp_path):
+    stage = tmp_path / "grpo"
+    stage.mkdir()
+    stage.joinpath("metrics.jsonl").write_text("".join(
+        json.dumps({"step": i, "reward": i / 10, "accuracy": i / 20, "completion_length": 50 + i, "reflection": 0.1})
+        + "\n" for i in range(1, 6)))
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "eval.json").write_text(json.dumps({
+        "task": "arithmetic", "samples": 4, "temperature": 0.6, "top_p": 0.95,
+        "models": {"base": {"pass@1": 0.2, "pass@1_ci": [0.1, 0.3], "cons@4": 0.25, "cons@4_ci": [0.1, 0.4],
+                            "pass@4": 0.4, "format": 0.5, "length_mean": 30, "length_median": 28,
+                            "reflection": 0.0, "language_mixing": 0.0}}}))
+    report = write_report(str(tmp_path))
+    for name in ("reward.png", "length.png", "reflection.png", "eval.png"):
+        assert (tmp_path / name).stat().st_size > 5000
+    text = report.read_text()
+    assert "![Reward and accuracy over training](reward.png)" in text and "cons@4" in text
