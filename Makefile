@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/r1lab generate smollm2-135m "Calculate 1 + 2 + 3"
+	R1LAB=$(BIN)/r1lab bash scripts/demo.sh
 
 clean:
 	rm -rf $(VENV)

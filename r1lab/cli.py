@@ -3,7 +3,8 @@
     r1lab models                                   aliases, sources, cache
     r1lab tasks                                    task specs and reasoning-gym datasets
     r1lab generate MODEL "PROMPT" [--template r1_zero] [--n 4] [--max-new-tokens 256]
-    r1lab train grpo [--config FILE] [--resume] [--OPTION VALUE ...]   (options: GRPOConfig fields)
+    r1lab train grpo|sft [--config FILE] [--resume] [--OPTION VALUE ...]   (options: the stage's config fields)
+    r1lab data cold-start --task arithmetic --n 150 --out cold.jsonl
     r1lab eval MODEL [MODEL ...] --task arithmetic --samples 8 [--problems 50] [--out runs/eval]
     r1lab report RUN_DIR
 """
@@ -65,11 +66,18 @@ def cmd_generate(args) -> None:
 
 def cmd_train(args, extra: list[str]) -> None:
     from r1lab.algorithms.grpo import train_grpo
-    from r1lab.config import GRPOConfig, load_config
+    from r1lab.algorithms.sft import train_sft
+    from r1lab.config import GRPOConfig, SFTConfig, load_config
 
-    config = load_config(GRPOConfig, args.config, options_to_dict(extra))
-    checkpoint = train_grpo(config, resume=args.resume)
+    kind, train = {"grpo": (GRPOConfig, train_grpo), "sft": (SFTConfig, train_sft)}[args.stage]
+    checkpoint = train(load_config(kind, args.config, options_to_dict(extra)), resume=args.resume)
     print(f"checkpoint: {checkpoint}")
+
+
+def cmd_data(args) -> None:
+    from r1lab.data import write_cold_start
+    written, skipped = write_cold_start(args.task, args.n, args.out, args.template, args.seed)
+    print(f"wrote {written} examples to {args.out}" + (f" ({skipped} problems without steps skipped)" if skipped else ""))
 
 
 def cmd_eval(args) -> None:
@@ -105,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=0.95)
     g.add_argument("--seed", type=int, default=0)
     t = sub.add_parser("train", help="run a training stage; other --options are the stage's config fields")
-    t.add_argument("stage", choices=["grpo"])
+    t.add_argument("stage", choices=["grpo", "sft"])
     t.add_argument("--config", help="YAML file of options (command-line options override it)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     e = sub.add_parser("eval", help="pass@1, cons@k, length, reflection and language mixing for models")
@@ -121,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="runs/eval")
     from r1lab.evaluate import REFLECTION_MARKERS
     e.add_argument("--reflection-markers", default=",".join(REFLECTION_MARKERS))
+    d = sub.add_parser("data", help="write training data")
+    d.add_argument("kind", choices=["cold-start"])
+    d.add_argument("--task", default="arithmetic")
+    d.add_argument("--n", type=int, default=500)
+    d.add_argument("--out", required=True)
+    d.add_argument("--template", default="r1_zero")
+    d.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("report", help="plots and report.md from a run directory's metrics files")
     r.add_argument("run_dir")
     return parser
@@ -136,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"unrecognised arguments: {' '.join(extra)}")
         else:
             {"models": cmd_models, "tasks": cmd_tasks, "generate": cmd_generate, "eval": cmd_eval,
-             "report": cmd_report}[args.command](args)
+             "report": cmd_report, "data": cmd_data}[args.command](args)
     except R1labError as e:
         print(f"r1lab: error: {e}", file=sys.stderr)
         sys.exit(2)

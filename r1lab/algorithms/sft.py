@@ -1,0 +1,81 @@
+"""Supervised fine-tuning on (prompt, completion) pairs: cold start, rejection-sampling SFT, distillation.
+
+    r1lab data cold-start --task arithmetic --n 150 --out cold.jsonl
+    r1lab train sft --model smollm2-135m --data cold.jsonl --template chat
+
+The loss is on completion tokens only (the prompt is rendered with the template, as at RL time), a
+token mean over each optimiser batch. Each batch is cut into micro-batches of similar length (sorted
+within the batch) so little padding is paid for. Same checkpoint, resume and metrics files as GRPO.
+"""
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+from tqdm import tqdm
+
+from r1lab import R1labError
+from r1lab.algorithms.losses import sft_loss
+from r1lab.algorithms.sequences import pad_batch, token_logprobs
+from r1lab.checkpoint import save_checkpoint
+from r1lab.config import SFTConfig
+from r1lab.tasks.jsonl import read_jsonl
+from r1lab.templates import get_template
+from r1lab.training import (JsonlLog, autocast, device, load_policy, make_optimizer, prepare_run, restore_state,
+                            seed_everything, training_state)
+
+
+def load_pairs(path: str) -> list[tuple[str, str]]:
+    pairs = []
+    for number, row in read_jsonl(path):
+        for key in ("prompt", "completion"):
+            if not isinstance(row.get(key), str):
+                raise R1labError(f"{path}, line {number}: field {key!r} must be a string")
+        pairs.append((row["prompt"], row["completion"]))
+    if not pairs:
+        raise R1labError(f"{path}: no rows")
+    return pairs
+
+
+def train_sft(cfg: SFTConfig, resume: bool = False):
+    out, checkpoint = prepare_run(cfg.out, cfg, resume)
+    seed_everything(cfg.seed)
+    pairs = load_pairs(cfg.data)
+    template = get_template(cfg.template)
+    model, tokenizer = load_policy(cfg.model, checkpoint, cfg.dtype, cfg.lora_rank, cfg.lora_alpha,
+                                   cfg.gradient_checkpointing)
+    examples = [(tokenizer(template.render(p, tokenizer), add_special_tokens=False)["input_ids"],
+                 tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]) for p, c in pairs]
+    order = [i for epoch in range(cfg.epochs) for i in random.Random(cfg.seed + epoch).sample(range(len(examples)), len(examples))]
+    steps = len(order) // cfg.batch_size
+    if steps == 0:
+        raise R1labError(f"{cfg.data}: {len(examples)} examples x {cfg.epochs} epochs is less than one batch of {cfg.batch_size}")
+    optimizer, scheduler = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.warmup_steps, cfg.lr_schedule, steps)
+    start = restore_state(checkpoint, optimizer, scheduler, None)
+    log = JsonlLog(out / "metrics.jsonl", start)
+    model.train()
+    for step in tqdm(range(start, steps), initial=start, total=steps, desc="sft", unit="step"):
+        began = time.perf_counter()
+        batch = sorted((examples[i] for i in order[step * cfg.batch_size:(step + 1) * cfg.batch_size]),
+                       key=lambda e: len(e[0]) + len(e[1]))                     # similar lengths share a micro-batch
+        batch_tokens = sum(len(c) for _, c in batch)
+        total = 0.0
+        for first in range(0, len(batch), cfg.micro_batch_size):
+            rows = batch[first:first + cfg.micro_batch_size]
+            tensors = pad_batch([p for p, _ in rows], [c for _, c in rows], tokenizer.pad_token_id, device())
+            with autocast(cfg.mixed_precision):
+                logprobs, _ = token_logprobs(model, tensors, shared=False)      # (b, C)
+            loss = sft_loss(logprobs, tensors["completion_mask"], batch_tokens=batch_tokens)
+            loss.backward()
+            total += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - began
+        log.write({"step": step + 1, "loss": total, "grad_norm": grad_norm, "learning_rate": scheduler.get_last_lr()[0],
+                   "tokens_per_s": sum(len(p) + len(c) for p, c in batch) / seconds, "step_seconds": seconds})
+        if (step + 1) % cfg.save_every == 0 or step + 1 == steps:
+            save_checkpoint(out, model, tokenizer, training_state(step + 1, optimizer, scheduler, None))
+    return out / "checkpoint"
