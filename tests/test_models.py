@@ -1,5 +1,3 @@
-import time
-
 import pytest
 import torch
 
@@ -10,18 +8,15 @@ from r1lab.rollout import Sampling
 from r1lab.rollout.hf import HFEngine
 
 
-def test_tiny_random_is_small_fast_and_identical_each_time():
+def test_tiny_random_is_small_and_identical_each_time():
     a, tokenizer = load_model("tiny-random")
     b, _ = load_model("tiny-random")
     assert len(tokenizer) <= 512 and sum(p.numel() for p in a.parameters()) < 200_000
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     text = "Calculate 12 + 5 - 3"
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
-    began = time.perf_counter()
-    HFEngine(a, tokenizer).generate(["Calculate 1 + 2"], 4, Sampling(max_new_tokens=32))
-    loss = a(**tokenizer(["Calculate 1 + 2"], return_tensors="pt"), labels=tokenizer(["Calculate 1 + 2"], return_tensors="pt")["input_ids"]).loss
-    loss.backward()
-    assert time.perf_counter() - began < 5   # generous: this is "well under a second" on a quiet machine
+    samples = HFEngine(a, tokenizer).generate(["Calculate 1 + 2"], 4, Sampling(max_new_tokens=32))
+    assert len(samples[0]) == 4 and all(1 <= len(s.token_ids) <= 32 for s in samples[0])
 
 
 def test_save_and_reload_round_trip(tmp_path):
@@ -34,10 +29,8 @@ def test_save_and_reload_round_trip(tmp_path):
 
 def test_unreachable_hub_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    began = time.perf_counter()
     with pytest.raises(R1labError, match="pass the local folder"):
         load_model("someone/some-model-that-is-not-here")
-    assert time.perf_counter() - began < 30
 
 
 def test_folder_without_config_and_missing_gguf(tmp_path):
@@ -59,9 +52,7 @@ def test_embedded_model_converts_once_and_generates(tmp_path, monkeypatch):
     monkeypatch.setenv("R1LAB_CACHE", str(tmp_path))
     folder = smollm2_folder()
     assert (folder / "model.safetensors").is_file() and not list(folder.parent.glob(".*tmp*"))
-    began = time.perf_counter()
     model, tokenizer = load_model("smollm2-135m")
-    assert time.perf_counter() - began < 15
     assert sum(p.numel() for p in model.parameters()) == 134_515_008 and tokenizer.eos_token == "<|im_end|>"
     out = HFEngine(model, tokenizer).generate([tokenizer.apply_chat_template(
         [{"role": "user", "content": "Say hello"}], add_generation_prompt=True, tokenize=False)], 1,
