@@ -15,6 +15,7 @@ Deviations from the paper, and why:
 from __future__ import annotations
 
 import time
+
 import torch
 from tqdm import tqdm
 
