@@ -1,7 +1,7 @@
 """GRPO speed and memory: r1lab against TRL's GRPOTrainer, same model, prompts and settings.
 
     .venv/bin/pip install -r bench/requirements.txt      # TRL, for the bench only
-    .venv/bin/python bench/grpo_vs_trl.py --steps 6 [--mixed-precision bf16]
+    .venv/bin/python bench/grpo_vs_trl.py --steps 6 [--mixed-precision bf16]   (bf16: autocast training + bf16 rollouts)
 
 Each trainer runs in its own process (one after the other) so peak memory (max RSS) is its own.
 Settings, equal for both: smollm2-135m, arithmetic problems in the R1-Zero template, 2 prompts x
@@ -35,7 +35,8 @@ def run_r1lab(steps: int, mixed_precision: str) -> dict:
     train_grpo(GRPOConfig(model="smollm2-135m", task="arithmetic", template="r1_zero", rewards="accuracy,format",
                           steps=steps, prompts_per_step=PROMPTS, samples_per_prompt=G, micro_batch_size=PROMPTS * G,
                           max_new_tokens=NEW_TOKENS, temperature=1.0, beta=0.0, learning_rate=LR, save_every=10_000,
-                          mixed_precision=mixed_precision, out=str(out)))
+                          mixed_precision=mixed_precision, rollout_dtype="bfloat16" if mixed_precision == "bf16" else "float32",
+                          out=str(out)))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
     return {"seconds_per_step": statistics.median(r["step_seconds"] for r in rows),
             "sample_tokens_per_s": statistics.median(r["sample_tokens_per_s"] for r in rows),

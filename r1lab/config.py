@@ -34,6 +34,7 @@ class GRPOConfig:
     max_new_tokens: int = 128          # completion length cap, tokens
     temperature: float = 1.0           # sampling temperature (R1-Zero: 1.0)
     top_p: float = 1.0                 # nucleus mass (R1-Zero: 1.0)
+    rollout_dtype: str = "float32"     # "bfloat16": sample from a bf16 copy of the policy, refreshed each step (faster where bf16 is)
     mask_truncated: bool = False       # drop completions that hit max_new_tokens from the loss (DAPO's overlong filter)
     # objective
     beta: float = 0.04                 # KL weight to the frozen reference (DeepSeekMath: 0.04; R1: 0.001); 0 loads no reference
@@ -80,6 +81,8 @@ class GRPOConfig:
                 raise R1labError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.mixed_precision not in ("no", "bf16"):
             raise R1labError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if self.rollout_dtype not in ("float32", "bfloat16"):
+            raise R1labError(f"rollout_dtype must be float32 or bfloat16, got {self.rollout_dtype!r}")
         if self.temperature <= 0:
             raise R1labError(f"temperature must be > 0 for RL sampling, got {self.temperature}")
 

@@ -47,3 +47,27 @@ def test_shared_prompt_gradient_matches_full_rows():
         (logprobs * batch["completion_mask"]).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_bf16_decoder_follows_the_policy_weights():
+    from r1lab.rollout import Sampling
+    from r1lab.rollout.hf import HFEngine
+    model, tokenizer = load_model("tiny-random")
+    engine = HFEngine(model, tokenizer, decode_dtype="bfloat16")
+    engine.generate(["Calculate 1 + 2"], 2, Sampling(max_new_tokens=4))
+    assert engine.model is not model and next(engine.model.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)
+    samples = engine.generate(["Calculate 1 + 2"], 2, Sampling(max_new_tokens=4))
+    assert torch.equal(engine.model.lm_head.weight, model.lm_head.weight.to(torch.bfloat16))
+    assert next(model.parameters()).dtype == torch.float32 and len(samples[0]) == 2
+
+
+def test_sample_tokens_draws_from_the_distribution_and_the_nucleus():
+    from r1lab.rollout.hf import sample_tokens
+    generator = torch.Generator().manual_seed(0)
+    logprobs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().repeat(20000, 1)
+    share = torch.bincount(sample_tokens(logprobs, 1.0, generator), minlength=4) / 20000
+    assert torch.allclose(share, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.015)
+    share = torch.bincount(sample_tokens(logprobs, 0.7, generator), minlength=4) / 20000   # nucleus {0.5, 0.3}
+    assert torch.allclose(share, torch.tensor([0.625, 0.375, 0.0, 0.0]), atol=0.015)

@@ -55,7 +55,8 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
         ref_model = load_model(cfg.model, cfg.dtype)[0].to(device()).eval().requires_grad_(False)
     optimizer, scheduler = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.warmup_steps,
                                           cfg.lr_schedule, cfg.steps * cfg.updates_per_batch)
-    engine = HFEngine(model, tokenizer, max_batch=cfg.prompts_per_step * cfg.samples_per_prompt, seed=cfg.seed)
+    engine = HFEngine(model, tokenizer, max_batch=cfg.prompts_per_step * cfg.samples_per_prompt, seed=cfg.seed,
+                      decode_dtype=cfg.rollout_dtype)
     start = restore_state(checkpoint, optimizer, scheduler, engine.generator)
     metrics_log, samples_log = JsonlLog(out / "metrics.jsonl", start), JsonlLog(out / "samples.jsonl", start)
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens)

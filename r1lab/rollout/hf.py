@@ -7,8 +7,15 @@ needs, and two things generate does not:
 - finished sequences leave the batch (their cache rows are dropped), so the remaining ones run faster.
 Log-probs are those of softmax(logits / temperature) before top-p truncation, the distribution the
 trainer recomputes (TRL and verl make the same choice).
+
+`decode_dtype="bfloat16"` samples from a bf16 copy of the policy, refreshed from the policy's weights at
+every `generate` call (as RL frameworks roll out in bf16 while training in fp32). On this CPU (AVX-512
+bf16) the decode step's matrix products take 27 ms instead of 64 ms; the trainer recomputes all
+log-probs with its own weights, so only which tokens get sampled is affected, not the loss.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 from transformers import DynamicCache
@@ -17,26 +24,43 @@ from r1lab.rollout import Sample, Sampling
 
 
 def sample_tokens(logprobs: torch.Tensor, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Draw one id per row from log-probs (B, V), restricted to the top-p nucleus. Returns (B,)."""
-    if top_p >= 1.0:
-        return torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(-1)
-    sorted_logprobs, order = logprobs.sort(dim=-1, descending=True)       # (B, V)
-    probs = sorted_logprobs.exp()
-    outside = probs.cumsum(-1) - probs > top_p                            # mass before this token already >= top_p
-    choice = torch.multinomial(probs.masked_fill(outside, 0.0), 1, generator=generator)  # (B, 1)
-    return order.gather(-1, choice).squeeze(-1)
+    """Draw one id per row from log-probs (B, V), restricted to the top-p nucleus. Returns (B,).
+
+    Inverse-CDF sampling with one uniform per row (a float64 cumulative sum and a binary search): an
+    exact draw that, on a 49k vocabulary, costs a fraction of torch.multinomial (8 ms a step at B = 8)."""
+    probs, order = logprobs.double().exp(), None
+    if top_p < 1.0:
+        probs, order = probs.sort(dim=-1, descending=True)                # (B, V)
+        probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p, 0.0)   # mass before this token already >= top_p
+    cdf = probs.cumsum(-1)                                                 # (B, V)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    chosen = torch.searchsorted(cdf, u, right=True).clamp_max(cdf.shape[1] - 1)   # (B, 1)
+    return (chosen if order is None else order.gather(-1, chosen)).squeeze(-1)
 
 
 class HFEngine:
-    def __init__(self, model, tokenizer, max_batch: int = 64, seed: int = 0):
-        self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
+    def __init__(self, model, tokenizer, max_batch: int = 64, seed: int = 0, decode_dtype: str | None = None):
+        self.policy, self.tokenizer, self.max_batch = model, tokenizer, max_batch
+        self.decode_dtype = getattr(torch, decode_dtype) if decode_dtype else None
+        self.model = model
         self.generator = torch.Generator(device=model.device).manual_seed(seed)
         eos = tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         extra = getattr(model.generation_config, "eos_token_id", None)
         self.eos_ids |= set(extra if isinstance(extra, list) else [extra] if extra is not None else [])
 
+    def _refresh_decoder(self) -> None:
+        """Point `self.model` at a copy of the policy in decode_dtype, with the policy's current weights."""
+        if self.decode_dtype is None or self.decode_dtype == next(self.policy.parameters()).dtype:
+            return
+        if self.model is self.policy:
+            self.model = copy.deepcopy(self.policy).to(self.decode_dtype).requires_grad_(False)
+        with torch.no_grad():
+            for mine, theirs in zip(self.model.parameters(), self.policy.parameters(), strict=True):
+                mine.copy_(theirs)
+
     def generate(self, prompts: list[str], n: int, sampling: Sampling) -> list[list[Sample]]:
+        self._refresh_decoder()
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         per_chunk = max(1, self.max_batch // n)
         samples: list[Sample] = []
