@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	R1LAB=$(BIN)/r1lab bash scripts/demo.sh
+	$(BIN)/r1lab run recipes/quickstart.yaml
 
 clean:
 	rm -rf $(VENV)

@@ -3,7 +3,8 @@
     r1lab models                                   aliases, sources, cache
     r1lab tasks                                    task specs and reasoning-gym datasets
     r1lab generate MODEL "PROMPT" [--template r1_zero] [--n 4] [--max-new-tokens 256]
-    r1lab train grpo|sft [--config FILE] [--resume] [--OPTION VALUE ...]   (options: the stage's config fields)
+    r1lab run RECIPE [key=value | stage.key=value ...]
+    r1lab train grpo|sft|rejection|distill [--config FILE] [--resume] [--OPTION VALUE ...]   (options: the stage's config fields)
     r1lab data cold-start --task arithmetic --n 150 --out cold.jsonl
     r1lab eval MODEL [MODEL ...] --task arithmetic --samples 8 [--problems 50] [--out runs/eval]
     r1lab report RUN_DIR
@@ -69,9 +70,25 @@ def cmd_train(args, extra: list[str]) -> None:
     from r1lab.algorithms.sft import train_sft
     from r1lab.config import GRPOConfig, SFTConfig, load_config
 
-    kind, train = {"grpo": (GRPOConfig, train_grpo), "sft": (SFTConfig, train_sft)}[args.stage]
-    checkpoint = train(load_config(kind, args.config, options_to_dict(extra)), resume=args.resume)
-    print(f"checkpoint: {checkpoint}")
+    from r1lab.algorithms.distill import run_distill
+    from r1lab.algorithms.rejection import run_rejection
+    from r1lab.config import DistillConfig, RejectionConfig
+
+    kind, train = {"grpo": (GRPOConfig, train_grpo), "sft": (SFTConfig, train_sft),
+                   "rejection": (RejectionConfig, lambda c, resume: run_rejection(c)),
+                   "distill": (DistillConfig, lambda c, resume: run_distill(c))}[args.stage]
+    print(f"output: {train(load_config(kind, args.config, options_to_dict(extra)), resume=args.resume)}")
+
+
+def cmd_run(args) -> None:
+    from r1lab.pipeline import run_recipe
+    overrides = {}
+    for item in args.overrides:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise R1labError(f"override {item!r}: expected key=value (or stage.key=value)")
+        overrides[key] = value
+    print(f"report: {run_recipe(args.recipe, overrides)}")
 
 
 def cmd_data(args) -> None:
@@ -113,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=0.95)
     g.add_argument("--seed", type=int, default=0)
     t = sub.add_parser("train", help="run a training stage; other --options are the stage's config fields")
-    t.add_argument("stage", choices=["grpo", "sft"])
+    t.add_argument("stage", choices=["grpo", "sft", "rejection", "distill"])
     t.add_argument("--config", help="YAML file of options (command-line options override it)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     e = sub.add_parser("eval", help="pass@1, cons@k, length, reflection and language mixing for models")
@@ -129,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="runs/eval")
     from r1lab.evaluate import REFLECTION_MARKERS
     e.add_argument("--reflection-markers", default=",".join(REFLECTION_MARKERS))
+    u = sub.add_parser("run", help="run a recipe (YAML): its stages in order, resuming finished ones")
+    u.add_argument("recipe")
+    u.add_argument("overrides", nargs="*", help="key=value or stage.key=value")
     d = sub.add_parser("data", help="write training data")
     d.add_argument("kind", choices=["cold-start"])
     d.add_argument("--task", default="arithmetic")
@@ -151,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"unrecognised arguments: {' '.join(extra)}")
         else:
             {"models": cmd_models, "tasks": cmd_tasks, "generate": cmd_generate, "eval": cmd_eval,
-             "report": cmd_report, "data": cmd_data}[args.command](args)
+             "report": cmd_report, "data": cmd_data,
+             "run": cmd_run}[args.command](args)
     except R1labError as e:
         print(f"r1lab: error: {e}", file=sys.stderr)
         sys.exit(2)

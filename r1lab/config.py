@@ -121,6 +121,117 @@ class SFTConfig:
             raise R1labError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
 
 
+@dataclass(frozen=True)
+class ReadabilityFilters:
+    """The paper's readability filters for rejection sampling and distillation (section 2.3.3)."""
+    language: str = "en"               # target language of the reasoning ("en" or "zh")
+    min_language_share: float = 0.95   # reasoning must be at least this share target-language words (no mixing)
+    max_paragraph_chars: int = 1200    # no paragraph (text between blank lines) longer than this
+    allow_code_blocks: bool = False    # the paper filters out chains of thought with code blocks
+
+
+@dataclass(frozen=True)
+class RejectionConfig:
+    model: str = "smollm2-135m"        # the checkpoint to sample from (in recipes: the previous stage's)
+    task: str = "arithmetic"           # task spec; its train split is sampled
+    task_options: dict = field(default_factory=dict)
+    template: str = "r1_zero"          # prompt template (and format of the kept completions)
+    problems: int = 200                # train problems to sample
+    samples_per_prompt: int = 4        # k completions per problem
+    temperature: float = 0.6           # R1's sampling temperature
+    top_p: float = 0.95                # R1's nucleus mass
+    max_new_tokens: int = 256          # completion length cap, tokens
+    max_per_prompt: int = 1            # keep at most this many distinct correct completions per problem
+    filters: dict = field(default_factory=dict)   # ReadabilityFilters fields, e.g. {max_paragraph_chars: 800}
+    seed: int = 0                      # problems and sampling
+    out: str = "runs/rejection"        # output directory: data.jsonl, summary.json
+
+    def check(self) -> None:
+        from r1lab.templates import get_template
+        get_template(self.template)
+        readability(self.filters)
+        for name in ("problems", "samples_per_prompt", "max_new_tokens", "max_per_prompt"):
+            if getattr(self, name) < 1:
+                raise R1labError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    teacher: str = "smollm2-135m"      # a model spec, or an OpenAI-compatible base URL (http...; key from api_key_env)
+    teacher_model: str = "deepseek-reasoner"   # model name sent to an endpoint
+    api_key_env: str = "OPENAI_API_KEY"        # environment variable holding the endpoint's key
+    task: str = "arithmetic"           # task spec; its train split is given to the teacher
+    task_options: dict = field(default_factory=dict)
+    template: str = "r1_zero"          # format of the written traces (and the local teacher's prompt)
+    problems: int = 200                # train problems
+    samples_per_prompt: int = 1        # traces requested per problem
+    temperature: float = 0.6           # R1's sampling temperature
+    top_p: float = 0.95                # R1's nucleus mass
+    max_new_tokens: int = 1024         # per trace
+    concurrency: int = 8               # endpoint requests in flight at once
+    max_retries: int = 5               # per request, on 429/5xx/connection errors, exponential backoff
+    filters: dict = field(default_factory=dict)   # ReadabilityFilters fields
+    seed: int = 0
+    out: str = "runs/distill"          # output directory: teacher.jsonl (resumable cache), data.jsonl, summary.json
+
+    def check(self) -> None:
+        from r1lab.templates import get_template
+        get_template(self.template)
+        readability(self.filters)
+        for name in ("problems", "samples_per_prompt", "max_new_tokens", "concurrency"):
+            if getattr(self, name) < 1:
+                raise R1labError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    models: list = field(default_factory=list)   # model specs or, in recipes, stage names / "base"
+    task: str = "arithmetic"           # task spec; its test split is used
+    task_options: dict = field(default_factory=dict)
+    template: str = "r1_zero"
+    samples: int = 8                   # k samples per problem
+    problems: int = 50                 # held-out problems
+    temperature: float = 0.6           # the paper's evaluation temperature
+    top_p: float = 0.95                # the paper's evaluation top-p
+    max_new_tokens: int = 256
+    seed: int = 0
+    out: str = "runs/eval"
+
+    def check(self) -> None:
+        from r1lab.templates import get_template
+        get_template(self.template)
+        if self.samples < 1 or self.problems < 1:
+            raise R1labError("samples and problems must be >= 1")
+
+
+@dataclass(frozen=True)
+class ColdStartConfig:
+    task: str = "arithmetic"           # task whose reference steps become chains of thought
+    task_options: dict = field(default_factory=dict)
+    template: str = "r1_zero"          # format of the written completions
+    n: int = 500                       # examples
+    seed: int = 0
+    out: str = "runs/cold_start"       # output directory: data.jsonl
+
+    def check(self) -> None:
+        from r1lab.templates import get_template
+        get_template(self.template)
+        if self.n < 1:
+            raise R1labError(f"n must be >= 1, got {self.n}")
+
+
+def readability(values: dict) -> ReadabilityFilters:
+    """ReadabilityFilters from a mapping; unknown keys name the valid ones."""
+    valid = [f.name for f in dataclasses.fields(ReadabilityFilters)]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise R1labError(f"unknown filter option(s) {unknown}; valid: {', '.join(valid)}")
+    filters = ReadabilityFilters(**values)
+    if filters.language not in ("en", "zh"):
+        raise R1labError(f"filters.language must be 'en' or 'zh', got {filters.language!r}")
+    return filters
+
+
 def _coerce(name: str, value, default):
     """A CLI string (or YAML value) converted to the type of the field's default."""
     if not isinstance(value, str) or isinstance(default, str):
@@ -134,13 +245,15 @@ def _coerce(name: str, value, default):
             return int(value)
         if isinstance(default, float) or default is None:
             return float(value) if default is not None or value.lower() != "none" else None
-        if isinstance(default, dict):
+        if isinstance(default, (dict, list)):
             parsed = yaml.safe_load(value)
-            if not isinstance(parsed, dict):
+            if isinstance(default, list) and isinstance(parsed, str):
+                parsed = [x.strip() for x in parsed.split(",") if x.strip()]
+            if not isinstance(parsed, type(default)):
                 raise ValueError
             return parsed
     except ValueError:
-        kind = "a mapping like {k: v}" if isinstance(default, dict) else type(default).__name__
+        kind = {dict: "a mapping like {k: v}", list: "a list like [a, b]"}.get(type(default), type(default).__name__)
         raise R1labError(f"option {name}: expected {kind}, got {value!r}") from None
     return value
 

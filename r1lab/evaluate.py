@@ -126,3 +126,11 @@ def evaluate(models: list[str], task_spec: str, samples: int = 8, problems: int 
               "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed, "models": summary}
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def run_eval(cfg) -> dict:
+    """The recipe's eval stage (an EvalConfig): evaluate, print the table, return the result."""
+    result = evaluate(cfg.models, cfg.task, cfg.samples, cfg.problems, cfg.template, cfg.temperature, cfg.top_p,
+                      cfg.max_new_tokens, cfg.seed, cfg.out, cfg.task_options)
+    print(format_table(result["models"], cfg.samples))
+    return result

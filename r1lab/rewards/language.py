@@ -15,11 +15,11 @@ _WORD = re.compile(r"[A-Za-z]+|[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W\d_
 _TARGET = {"en": re.compile(r"[A-Za-z]+"), "zh": re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")}
 
 
-def language_share(text: str | None, language: str) -> float:
-    """Share of words in text that belong to the target language ("en" or "zh")."""
+def language_share(text: str | None, language: str, no_words: float = 0.0) -> float:
+    """Share of words in text that belong to the target language ("en" or "zh"); `no_words` if there are none."""
     words = _WORD.findall(text or "")
     if not words:
-        return 0.0
+        return no_words
     return sum(1 for w in words if _TARGET[language].fullmatch(w)) / len(words)
 
 

@@ -1,0 +1,167 @@
+"""Recipes: an ordered list of stages, each stage's output (checkpoint or data) feeding the next.
+
+    r1lab run recipes/r1.yaml [model=...] [task=...] [grpo.steps=50] ...
+
+A recipe is YAML: `name`, shared defaults (`model`, `task`, `task_options`, `template`, `seed`) and
+`stages`, each with a `name`, a `kind` and that kind's config fields (see r1lab/config.py):
+
+    cold_start -> data.jsonl      sft, grpo -> checkpoint/      rejection, distill -> data.jsonl
+    eval       -> eval.json
+
+Inputs are wired by name: `model: <stage>` (or `teacher:` for distill) takes that stage's checkpoint,
+`model: base` the recipe's model, `data: <stage>` that stage's data.jsonl. Left out, a training
+stage starts from the latest checkpoint before it (else the base model) and an SFT stage reads the
+latest data before it; an eval stage without `models` compares the base with every checkpoint so far.
+Stage `s` writes `runs/<name>/<s>/`; a finished stage leaves `.done` there and is skipped when the
+recipe runs again; an interrupted training stage resumes from its last checkpoint. Every stage is
+checked when the recipe loads, before any model does: unknown kinds, keys and references, and
+missing input files, are errors naming the file, the stage and the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from r1lab import R1labError
+from r1lab.config import (ColdStartConfig, DistillConfig, EvalConfig, GRPOConfig, RejectionConfig, SFTConfig,
+                          load_config)
+
+KINDS = {  # kind -> (config class, what the stage produces)
+    "cold_start": (ColdStartConfig, "data"), "sft": (SFTConfig, "checkpoint"), "grpo": (GRPOConfig, "checkpoint"),
+    "rejection": (RejectionConfig, "data"), "distill": (DistillConfig, "data"), "eval": (EvalConfig, "eval"),
+}
+SHARED = ("model", "task", "task_options", "template", "seed")
+TOP_LEVEL = ("name", "runs_dir", "stages") + SHARED
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    kind: str
+    config: object      # the kind's frozen config, inputs resolved to paths
+    out: Path
+
+
+def _set_override(recipe: dict, key: str, value: str, path: Path) -> None:
+    stage_name, dot, field = key.partition(".")
+    if not dot:
+        if key not in TOP_LEVEL or key == "stages":
+            raise R1labError(f"override {key}={value}: unknown recipe key; valid: {', '.join(TOP_LEVEL[:2] + SHARED)} "
+                             f"or <stage>.<key>")
+        recipe[key] = yaml.safe_load(value) if key == "task_options" else value
+        return
+    for stage in recipe.get("stages", []):
+        if stage.get("name") == stage_name:
+            stage[field] = value
+            return
+    raise R1labError(f"override {key}={value}: {path} has no stage named {stage_name!r}")
+
+
+def load_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> list[Stage]:
+    """The recipe's stages with their configs, all checked, nothing loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise R1labError(f"{path}: recipe not found")
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise R1labError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("stages"), list) or not recipe["stages"]:
+        raise R1labError(f"{path}: a recipe is a mapping with a non-empty 'stages' list")
+    for key, value in (overrides or {}).items():
+        _set_override(recipe, key, value, path)
+    unknown = sorted(set(recipe) - set(TOP_LEVEL))
+    if unknown:
+        raise R1labError(f"{path}: unknown recipe key(s) {unknown}; valid: {', '.join(TOP_LEVEL)}")
+    runs = Path(recipe.get("runs_dir", "runs")) / str(recipe.get("name", path.stem))
+    base = recipe.get("model", "smollm2-135m")
+    stages: list[Stage] = []
+    produced: dict[str, str] = {}           # stage name -> what it produces
+    for number, raw in enumerate(recipe["stages"], 1):
+        if not isinstance(raw, dict):
+            raise R1labError(f"{path}, stage {number}: expected a mapping with 'name' and 'kind'")
+        values = dict(raw)
+        name, kind = str(values.pop("name", f"stage{number}")), values.pop("kind", None)
+        where = f"{path}, stage {name!r}"
+        if kind not in KINDS:
+            raise R1labError(f"{where}: unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+        if name in produced or name == "base":
+            raise R1labError(f"{where}: the stage name is used twice (or is the reserved name 'base')")
+        cls, output = KINDS[kind]
+        fields = {f.name for f in dataclasses.fields(cls)}
+
+        def checkpoint_of(ref, key):
+            if ref == "base":
+                return base
+            if ref in produced:
+                if produced[ref] != "checkpoint":
+                    raise R1labError(f"{where}, key {key!r}: stage {ref!r} produces {produced[ref]}, not a checkpoint")
+                return str(runs / ref / "checkpoint")
+            return ref                       # a model spec
+
+        latest = lambda what: next((n for n in reversed(list(produced)) if produced[n] == what), None)  # noqa: E731
+        for key in SHARED:
+            if key in fields and key not in values and key in recipe and key != "model":
+                values[key] = recipe[key]
+        if "model" in fields and kind != "eval":
+            values["model"] = checkpoint_of(values.get("model", latest("checkpoint") or "base"), "model")
+        if kind == "distill" and "teacher" in values:
+            values["teacher"] = checkpoint_of(values["teacher"], "teacher")
+        if kind == "sft":
+            data = values.get("data", latest("data"))
+            if data is None:
+                raise R1labError(f"{where}, key 'data': no earlier stage produces data; name a jsonl file")
+            if data in produced:
+                if produced[data] != "data":
+                    raise R1labError(f"{where}, key 'data': stage {data!r} produces {produced[data]}, not data")
+                data = str(runs / data / "data.jsonl")
+            elif not Path(data).is_file():
+                raise R1labError(f"{where}, key 'data': {data} is neither an earlier stage nor an existing file")
+            values["data"] = data
+        if kind == "eval":
+            models = values.get("models") or ["base"] + [n for n in produced if produced[n] == "checkpoint"]
+            values["models"] = [checkpoint_of(m, "models") for m in models]
+        values["out"] = str(runs / name)
+        try:
+            config = load_config(cls, None, values)
+        except R1labError as e:
+            raise R1labError(f"{where}: {e}") from None
+        stages.append(Stage(name, kind, config, runs / name))
+        produced[name] = output
+    return stages
+
+
+def run_stage(stage: Stage) -> None:
+    from r1lab.algorithms.distill import run_distill
+    from r1lab.algorithms.grpo import train_grpo
+    from r1lab.algorithms.rejection import run_rejection
+    from r1lab.algorithms.sft import train_sft
+    from r1lab.data import write_cold_start
+    from r1lab.evaluate import run_eval
+
+    c = stage.config
+    if stage.kind == "cold_start":
+        write_cold_start(c.task, c.n, str(stage.out / "data.jsonl"), c.template, c.seed, c.task_options)
+    elif stage.kind in ("sft", "grpo"):
+        (train_sft if stage.kind == "sft" else train_grpo)(c, resume=True)
+    else:
+        {"rejection": run_rejection, "distill": run_distill, "eval": run_eval}[stage.kind](c)
+
+
+def run_recipe(path: str, overrides: dict[str, str] | None = None) -> Path:
+    """Run every unfinished stage in order; the report path."""
+    from r1lab.report import write_report
+
+    stages = load_recipe(path, overrides)
+    for stage in stages:
+        if (stage.out / ".done").exists():
+            print(f"[{stage.name}] finished earlier, skipped")
+            continue
+        print(f"[{stage.name}] {stage.kind} -> {stage.out}")
+        run_stage(stage)
+        stage.out.mkdir(parents=True, exist_ok=True)
+        (stage.out / ".done").touch()
+    return write_report(str(stages[0].out.parent))

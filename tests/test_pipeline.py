@@ -1,0 +1,96 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from r1lab import R1labError
+from r1lab.models import load_model
+from r1lab.pipeline import load_recipe, run_recipe
+
+RECIPE = """
+name: tiny
+runs_dir: {runs}
+model: tiny-random
+task: arithmetic
+template: r1_zero
+stages:
+  - {{name: cold, kind: cold_start, n: 16}}
+  - {{name: sft, kind: sft, batch_size: 8, micro_batch_size: 8, learning_rate: 1.0e-3}}
+  - {{name: grpo, kind: grpo, steps: 4, save_every: 2, prompts_per_step: 2, samples_per_prompt: 2,
+      micro_batch_size: 4, max_new_tokens: 8, rewards: format_partial, learning_rate: 1.0e-3}}
+  - {{name: rejection, kind: rejection, problems: 3, samples_per_prompt: 2, max_new_tokens: 8}}
+  - {{name: eval, kind: eval, samples: 2, problems: 3, max_new_tokens: 8}}
+"""
+
+
+def write_recipe(tmp_path, text=RECIPE):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text.format(runs=tmp_path / "runs"))
+    return path
+
+
+def test_recipe_runs_end_to_end_and_each_output_loads(tmp_path):
+    report = run_recipe(str(write_recipe(tmp_path)))
+    runs = tmp_path / "runs" / "tiny"
+    assert len((runs / "cold" / "data.jsonl").read_text().splitlines()) == 16
+    for stage in ("sft", "grpo"):
+        model, _ = load_model(str(runs / stage / "checkpoint"))
+        assert type(model).__name__ == "LlamaForCausalLM"
+    summary = json.loads((runs / "rejection" / "summary.json").read_text())
+    assert summary["sampled"] == 6 and summary["kept"] + sum(summary["dropped"].values()) == 6
+    result = json.loads((runs / "eval" / "eval.json").read_text())
+    assert list(result["models"]) == ["tiny-random", str(runs / "sft" / "checkpoint"), str(runs / "grpo" / "checkpoint")]
+    assert report.is_file() and all((runs / s / ".done").exists() for s in ("cold", "sft", "grpo", "rejection", "eval"))
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_recipe_finishes_without_redoing_finished_stages(tmp_path, monkeypatch):
+    import r1lab.algorithms.grpo as grpo
+    import r1lab.algorithms.sft as sft
+    path = write_recipe(tmp_path)
+    real_save = grpo.save_checkpoint
+
+    def die_after_first_save(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise Killed
+    monkeypatch.setattr(grpo, "save_checkpoint", die_after_first_save)
+    with pytest.raises(Killed):
+        run_recipe(str(path))
+    monkeypatch.setattr(grpo, "save_checkpoint", real_save)
+    sft_calls = []
+    monkeypatch.setattr(sft, "train_sft", lambda *a, **k: sft_calls.append(1))
+    run_recipe(str(path))
+    runs = tmp_path / "runs" / "tiny"
+    assert not sft_calls
+    assert [json.loads(line)["step"] for line in (runs / "grpo" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert (runs / "eval" / ".done").exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("kind: sft,", "kind: sfft,"), r"recipe.yaml, stage 'sft': unknown kind 'sfft'"),
+    (("{name: sft, kind: sft, batch_size", "{name: sft, kind: sft, batch_sise"), r"stage 'sft': unknown option\(s\) \['batch_sise'\]"),
+    (("kind: sft,", "kind: sft, data: nope.jsonl,"), r"stage 'sft', key 'data': nope.jsonl is neither"),
+    (("kind: sft,", "kind: sft, model: cold,"), r"key 'model': stage 'cold' produces data"),
+    (("samples_per_prompt: 2,\n", "samples_per_prompt: 1,\n"), r"stage 'grpo': samples_per_prompt \(G\) must be >= 2"),
+])
+def test_bad_recipes_fail_at_load_naming_file_stage_and_key(tmp_path, edit, message):
+    path = write_recipe(tmp_path, RECIPE.replace(*edit))
+    with pytest.raises(R1labError, match=message):
+        load_recipe(path)
+
+
+def test_overrides(tmp_path):
+    path = write_recipe(tmp_path)
+    stages = load_recipe(path, {"grpo.steps": "7", "task_options": "{operands: 2}"})
+    grpo = next(s for s in stages if s.name == "grpo")
+    assert grpo.config.steps == 7 and grpo.config.task_options == {"operands": 2}
+    with pytest.raises(R1labError, match="no stage named 'grpp'"):
+        load_recipe(path, {"grpp.steps": "7"})
+
+
+@pytest.mark.parametrize("name", ["quickstart", "r1_zero", "r1", "distill"])
+def test_shipped_recipes_load(name):
+    assert load_recipe(Path("recipes") / f"{name}.yaml")
