@@ -4,8 +4,10 @@
     r1lab tasks                                    task specs and reasoning-gym datasets
     r1lab generate MODEL "PROMPT" [--template r1_zero] [--n 4] [--max-new-tokens 256]
     r1lab run RECIPE [key=value | stage.key=value ...]
-    r1lab train grpo|sft|rejection|distill [--config FILE] [--resume] [--OPTION VALUE ...]   (options: the stage's config fields)
+    r1lab experiment is-rl-needed [--seeds 3] [key=value ...]
+    r1lab train grpo|sft|compete|rejection|distill [--config FILE] [--resume] [--OPTION VALUE ...]   (options: the stage's config fields)
     r1lab data cold-start --task arithmetic --n 150 --out cold.jsonl
+    r1lab data goal-directed IN.jsonl --out OUT.jsonl [--augment start,goal,hindsight]
     r1lab eval MODEL [MODEL ...] --task arithmetic --samples 8 [--problems 50] [--out runs/eval]
     r1lab report RUN_DIR
 """
@@ -70,29 +72,47 @@ def cmd_train(args, extra: list[str]) -> None:
     from r1lab.algorithms.sft import train_sft
     from r1lab.config import GRPOConfig, SFTConfig, load_config
 
+    from r1lab.algorithms.compete import train_compete
     from r1lab.algorithms.distill import run_distill
     from r1lab.algorithms.rejection import run_rejection
-    from r1lab.config import DistillConfig, RejectionConfig
+    from r1lab.config import CompeteConfig, DistillConfig, RejectionConfig
 
-    kind, train = {"grpo": (GRPOConfig, train_grpo), "sft": (SFTConfig, train_sft),
+    kind, train = {"grpo": (GRPOConfig, train_grpo), "sft": (SFTConfig, train_sft), "compete": (CompeteConfig, train_compete),
                    "rejection": (RejectionConfig, lambda c, resume: run_rejection(c)),
                    "distill": (DistillConfig, lambda c, resume: run_distill(c))}[args.stage]
     print(f"output: {train(load_config(kind, args.config, options_to_dict(extra)), resume=args.resume)}")
 
 
-def cmd_run(args) -> None:
-    from r1lab.pipeline import run_recipe
+def cmd_experiment(args) -> None:
+    from r1lab.experiment import run_experiment
+    print(f"experiment: {run_experiment(args.recipe, args.seeds, parse_overrides(args.overrides))}")
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
     overrides = {}
-    for item in args.overrides:
+    for item in items:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise R1labError(f"override {item!r}: expected key=value (or stage.key=value)")
         overrides[key] = value
-    print(f"report: {run_recipe(args.recipe, overrides)}")
+    return overrides
+
+
+def cmd_run(args) -> None:
+    from r1lab.pipeline import run_recipe
+    print(f"report: {run_recipe(args.recipe, parse_overrides(args.overrides))}")
 
 
 def cmd_data(args) -> None:
+    from r1lab.algorithms.goal_directed import write_goal_directed
     from r1lab.data import write_cold_start
+
+    if args.kind == "goal-directed":
+        if not args.source:
+            raise R1labError("data goal-directed needs an input jsonl: r1lab data goal-directed IN.jsonl --out OUT.jsonl")
+        counts = write_goal_directed(args.source, args.out, args.task, args.template, tuple(args.augment.split(",")))
+        print(f"wrote {sum(counts.values())} examples to {args.out}: {counts}")
+        return
     written, skipped = write_cold_start(args.task, args.n, args.out, args.template, args.seed)
     print(f"wrote {written} examples to {args.out}" + (f" ({skipped} problems without steps skipped)" if skipped else ""))
 
@@ -130,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=0.95)
     g.add_argument("--seed", type=int, default=0)
     t = sub.add_parser("train", help="run a training stage; other --options are the stage's config fields")
-    t.add_argument("stage", choices=["grpo", "sft", "rejection", "distill"])
+    t.add_argument("stage", choices=["grpo", "sft", "compete", "rejection", "distill"])
     t.add_argument("--config", help="YAML file of options (command-line options override it)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     e = sub.add_parser("eval", help="pass@1, cons@k, length, reflection and language mixing for models")
@@ -149,8 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("run", help="run a recipe (YAML): its stages in order, resuming finished ones")
     u.add_argument("recipe")
     u.add_argument("overrides", nargs="*", help="key=value or stage.key=value")
+    x = sub.add_parser("experiment", help="the talk's experiments: is-rl-needed")
+    x.add_argument("which", choices=["is-rl-needed"])
+    x.add_argument("overrides", nargs="*", help="key=value or stage.key=value, for every seed")
+    x.add_argument("--seeds", type=int, default=3)
+    x.add_argument("--recipe", default="recipes/is_rl_needed.yaml")
     d = sub.add_parser("data", help="write training data")
-    d.add_argument("kind", choices=["cold-start"])
+    d.add_argument("kind", choices=["cold-start", "goal-directed"])
+    d.add_argument("source", nargs="?", help="goal-directed: input jsonl of trajectories (prompt, answer, completion)")
+    d.add_argument("--augment", default="start,goal,hindsight", help="goal-directed: start, goal, hindsight")
     d.add_argument("--task", default="arithmetic")
     d.add_argument("--n", type=int, default=500)
     d.add_argument("--out", required=True)
@@ -172,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             {"models": cmd_models, "tasks": cmd_tasks, "generate": cmd_generate, "eval": cmd_eval,
              "report": cmd_report, "data": cmd_data,
-             "run": cmd_run}[args.command](args)
+             "run": cmd_run, "experiment": cmd_experiment}[args.command](args)
     except R1labError as e:
         print(f"r1lab: error: {e}", file=sys.stderr)
         sys.exit(2)

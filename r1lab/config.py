@@ -122,6 +122,48 @@ class SFTConfig:
 
 
 @dataclass(frozen=True)
+class CompeteConfig:
+    """Learning from competition without RL (the talk's proposal); sampling as GRPO, training by SFT."""
+    model: str = "smollm2-135m"        # the trained policy
+    task: str = "arithmetic"
+    task_options: dict = field(default_factory=dict)
+    template: str = "r1_zero"          # the policy's prompt style
+    rewards: str = "accuracy,format"   # 'majority' needs no ground truth
+    sources: list = field(default_factory=list)   # extra group members: [{model: SPEC, template: NAME, samples: N}]; never trained
+    rounds: int = 20                   # sample-score-train rounds (expert iteration)
+    prompts_per_step: int = 4          # problems per round
+    samples_per_prompt: int = 4        # the policy's members per group
+    micro_batch_size: int = 8          # sequences per forward/backward pass
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    weight_by_advantage: bool = False  # weight imitated / pushed-down members by |eq. 3 advantage| instead of 1
+    unlikelihood_weight: float = 1.0   # weight of pushing below-average members down; 0 switches it off
+    learning_rate: float = 1e-5        # AdamW lr
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"        # "bf16" autocasts training passes
+    rollout_dtype: str = "float32"     # "bfloat16": sample from a bf16 copy of the policy
+    seed: int = 0
+    save_every: int = 10               # rounds between checkpoints (the last always saves)
+    out: str = "runs/compete"
+
+    def check(self) -> None:
+        from r1lab.rewards import parse_rewards
+        from r1lab.templates import get_template
+        get_template(self.template)
+        parse_rewards(self.rewards)
+        for i, source in enumerate(self.sources):
+            if not isinstance(source, dict) or "model" not in source or set(source) - {"model", "template", "samples"}:
+                raise R1labError(f"sources[{i}]: expected {{model: SPEC, template: NAME, samples: N}}, got {source!r}")
+            get_template(source.get("template", self.template))
+        if self.samples_per_prompt + sum(s.get("samples", 1) for s in self.sources) < 2:
+            raise R1labError("a group needs at least 2 members (samples_per_prompt + sources' samples)")
+        for name in ("rounds", "prompts_per_step", "samples_per_prompt", "micro_batch_size", "max_new_tokens", "save_every"):
+            if getattr(self, name) < 1:
+                raise R1labError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class ReadabilityFilters:
     """The paper's readability filters for rejection sampling and distillation (section 2.3.3)."""
     language: str = "en"               # target language of the reasoning ("en" or "zh")
@@ -218,6 +260,23 @@ class ColdStartConfig:
         get_template(self.template)
         if self.n < 1:
             raise R1labError(f"n must be >= 1, got {self.n}")
+
+
+@dataclass(frozen=True)
+class GoalDirectedConfig:
+    data: str = "trajectories.jsonl"   # trajectories: rows with prompt, answer, completion (in recipes: a data stage)
+    task: str = "arithmetic"           # the task that rewrites problems (goal, hindsight)
+    template: str = "r1_zero"          # format of the trajectories and of the written rows
+    augment: list = field(default_factory=lambda: ["start", "goal", "hindsight"])   # which augmentations
+    out: str = "runs/goal_directed"    # output directory: data.jsonl
+
+    def check(self) -> None:
+        from r1lab.algorithms.goal_directed import AUGMENTATIONS
+        from r1lab.templates import get_template
+        get_template(self.template)
+        unknown = set(self.augment) - set(AUGMENTATIONS)
+        if unknown or not self.augment:
+            raise R1labError(f"augment must be a non-empty list of {', '.join(AUGMENTATIONS)}, got {self.augment}")
 
 
 def readability(values: dict) -> ReadabilityFilters:

@@ -34,6 +34,12 @@ def mixes_languages(reasoning: str | None) -> bool:
     return 0.0 < language_share(reasoning, "en") < 1.0 and language_share(reasoning, "zh") > 0.0
 
 
+def model_label(model: str) -> str:
+    """A short name for a model: the run stage that wrote a checkpoint, else the spec itself."""
+    path = Path(model)
+    return path.parent.name if path.name == "checkpoint" and path.parent.name else model
+
+
 def slug(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", model.strip("/"))[-80:]
 

@@ -5,12 +5,12 @@
 A recipe is YAML: `name`, shared defaults (`model`, `task`, `task_options`, `template`, `seed`) and
 `stages`, each with a `name`, a `kind` and that kind's config fields (see r1lab/config.py):
 
-    cold_start -> data.jsonl      sft, grpo -> checkpoint/      rejection, distill -> data.jsonl
+    cold_start, rejection, distill, goal_directed -> data.jsonl      sft, grpo, compete -> checkpoint/
     eval       -> eval.json
 
 Inputs are wired by name: `model: <stage>` (or `teacher:` for distill) takes that stage's checkpoint,
 `model: base` the recipe's model, `data: <stage>` that stage's data.jsonl. Left out, a training
-stage starts from the latest checkpoint before it (else the base model) and an SFT stage reads the
+stage starts from the latest checkpoint before it (else the base model) and an SFT stage (or goal_directed) reads the
 latest data before it; an eval stage without `models` compares the base with every checkpoint so far.
 Stage `s` writes `runs/<name>/<s>/`; a finished stage leaves `.done` there and is skipped when the
 recipe runs again; an interrupted training stage resumes from its last checkpoint. Every stage is
@@ -26,12 +26,13 @@ from pathlib import Path
 import yaml
 
 from r1lab import R1labError
-from r1lab.config import (ColdStartConfig, DistillConfig, EvalConfig, GRPOConfig, RejectionConfig, SFTConfig,
-                          load_config)
+from r1lab.config import (ColdStartConfig, CompeteConfig, DistillConfig, EvalConfig, GoalDirectedConfig, GRPOConfig,
+                          RejectionConfig, SFTConfig, load_config)
 
 KINDS = {  # kind -> (config class, what the stage produces)
     "cold_start": (ColdStartConfig, "data"), "sft": (SFTConfig, "checkpoint"), "grpo": (GRPOConfig, "checkpoint"),
-    "rejection": (RejectionConfig, "data"), "distill": (DistillConfig, "data"), "eval": (EvalConfig, "eval"),
+    "compete": (CompeteConfig, "checkpoint"),
+    "rejection": (RejectionConfig, "data"), "goal_directed": (GoalDirectedConfig, "data"), "distill": (DistillConfig, "data"), "eval": (EvalConfig, "eval"),
 }
 SHARED = ("model", "task", "task_options", "template", "seed")
 TOP_LEVEL = ("name", "runs_dir", "stages") + SHARED
@@ -110,7 +111,7 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> li
             values["model"] = checkpoint_of(values.get("model", latest("checkpoint") or "base"), "model")
         if kind == "distill" and "teacher" in values:
             values["teacher"] = checkpoint_of(values["teacher"], "teacher")
-        if kind == "sft":
+        if kind in ("sft", "goal_directed"):
             data = values.get("data", latest("data"))
             if data is None:
                 raise R1labError(f"{where}, key 'data': no earlier stage produces data; name a jsonl file")
@@ -135,7 +136,9 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> li
 
 
 def run_stage(stage: Stage) -> None:
+    from r1lab.algorithms.compete import train_compete
     from r1lab.algorithms.distill import run_distill
+    from r1lab.algorithms.goal_directed import write_goal_directed
     from r1lab.algorithms.grpo import train_grpo
     from r1lab.algorithms.rejection import run_rejection
     from r1lab.algorithms.sft import train_sft
@@ -145,8 +148,10 @@ def run_stage(stage: Stage) -> None:
     c = stage.config
     if stage.kind == "cold_start":
         write_cold_start(c.task, c.n, str(stage.out / "data.jsonl"), c.template, c.seed, c.task_options)
-    elif stage.kind in ("sft", "grpo"):
-        (train_sft if stage.kind == "sft" else train_grpo)(c, resume=True)
+    elif stage.kind == "goal_directed":
+        write_goal_directed(c.data, str(stage.out / "data.jsonl"), c.task, c.template, tuple(c.augment))
+    elif stage.kind in ("sft", "grpo", "compete"):
+        {"sft": train_sft, "grpo": train_grpo, "compete": train_compete}[stage.kind](c, resume=True)
     else:
         {"rejection": run_rejection, "distill": run_distill, "eval": run_eval}[stage.kind](c)
 

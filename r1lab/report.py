@@ -45,6 +45,7 @@ def _line_plot(series, keys, title, ylabel, path):
 
 
 def _eval_bars(evals: dict[str, dict], path: Path):
+    from r1lab.evaluate import model_label
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -53,7 +54,7 @@ def _eval_bars(evals: dict[str, dict], path: Path):
     for where, result in evals.items():
         k = result["samples"]
         for model, s in result["models"].items():
-            names.append(f"{where}\n{Path(model).name or model}"[-40:])
+            names.append(f"{where}\n{model_label(model)}"[-40:])
             metrics.append((s["pass@1"], s["pass@1_ci"], s[f"cons@{k}"], s[f"cons@{k}_ci"], k))
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(names)), 4))
     width = 0.38

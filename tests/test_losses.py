@@ -105,3 +105,19 @@ def test_sft_loss_hand_computed():
     assert sft_loss(logp, mask).item() == pytest.approx((math.log(2) + math.log(4) + math.log(2)) / 3)
     weighted = sft_loss(logp, mask, weights=torch.tensor([2.0, 0.0]))
     assert weighted.item() == pytest.approx(2 * (math.log(2) + math.log(4)) / 3)
+
+
+def test_compete_weights_hand_computed():
+    from r1lab.algorithms.losses import compete_weights
+    imitate, push = compete_weights(torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0, 2.0, 0.5, 0.5]), 4)
+    assert imitate.tolist() == [1, 0, 0, 0, 1, 1, 0, 0] and push.tolist() == [0, 1, 1, 1, 0, 0, 1, 1]
+    imitate, push = compete_weights(torch.tensor([1.0, 0.0, 0.0, 0.0, 3.0, 3.0, 3.0, 3.0]), 4, by_advantage=True)
+    assert torch.allclose(imitate, torch.tensor([1.5, 0, 0, 0, 0, 0, 0, 0]))      # eq. 3: [1.5, -.5, -.5, -.5]
+    assert torch.allclose(push, torch.tensor([0, 0.5, 0.5, 0.5, 0, 0, 0, 0]))     # equal-reward group: nothing
+
+
+def test_unlikelihood_hand_computed():
+    from r1lab.algorithms.losses import unlikelihood_loss
+    logp = torch.log(torch.tensor([[0.5, 0.75], [0.9, 0.9]]))
+    loss = unlikelihood_loss(logp, torch.tensor([[1, 1], [1, 0]]), torch.tensor([1.0, 0.0]), batch_tokens=3)
+    assert loss.item() == pytest.approx((-math.log(0.5) - math.log(0.25)) / 3)

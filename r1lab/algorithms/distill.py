@@ -106,16 +106,12 @@ def endpoint_traces(cfg: DistillConfig, problems: list[Problem], template: Templ
 
 def local_traces(cfg: DistillConfig, problems: list[Problem], template: Template) -> list[list[Completion]]:
     from r1lab.models import load_model
-    from r1lab.rollout import Sampling, rollout
+    from r1lab.rollout import Sampling, rollout_all
     from r1lab.rollout.hf import HFEngine
 
     model, tokenizer = load_model(cfg.teacher)
-    engine = HFEngine(model, tokenizer, seed=cfg.seed)
-    groups = []
-    for start in tqdm(range(0, len(problems), 8), desc="teacher", unit="batch"):
-        groups += rollout(engine, problems[start:start + 8], template, tokenizer, cfg.samples_per_prompt,
-                          Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens))[1]
-    return groups
+    return rollout_all(HFEngine(model, tokenizer, seed=cfg.seed), problems, template, tokenizer, cfg.samples_per_prompt,
+                       Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens), desc="teacher")
 
 
 def run_distill(cfg: DistillConfig) -> Path:

@@ -74,7 +74,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
         completions = [c for group in groups for c in group]                         # B = N * G, groups contiguous
         owners = [p for p in batch_problems for _ in range(G)]
         # 2. score and normalise within groups (eq. 3)
-        totals, parts, failures = score(weights, completions, owners)
+        totals, parts, failures = score(weights, completions, owners, group_size=G)
         rewards = torch.tensor(totals)                                               # (B,)
         advantages, advantage_metrics = group_advantages(rewards, G, cfg.scale_rewards)
         prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts for _ in range(G)]

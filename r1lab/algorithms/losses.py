@@ -91,3 +91,23 @@ def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor |
     if weights is not None:
         per_token = per_token * weights[:, None]
     return per_token.sum() / (batch_tokens if batch_tokens is not None else mask.sum().clamp_min(1))
+
+
+def compete_weights(rewards: torch.Tensor, group_size: int, by_advantage: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learning from competition without RL: which members of each group to imitate and which to push down.
+
+    rewards (N*G,), groups contiguous. A member above its group's mean is imitated, one below it is
+    pushed down; equal-reward groups teach nothing. Weights are 1, or with `by_advantage` the member's
+    eq. 3 advantage (|A| for the pushed-down). Returns (imitate (N*G,), push_down (N*G,)), both >= 0."""
+    advantages, _ = group_advantages(rewards, group_size, scale=True)
+    if by_advantage:
+        return advantages.clamp(min=0), (-advantages).clamp(min=0)
+    return (advantages > 0).to(rewards.dtype), (advantages < 0).to(rewards.dtype)
+
+
+def unlikelihood_loss(logprobs: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, batch_tokens: int) -> torch.Tensor:
+    """-log(1 - pi(o_t)) on the masked tokens of pushed-down sequences (Welleck et al., 2019), (B, T) -> scalar,
+    each sequence scaled by weights (B,), summed over the whole batch's `batch_tokens`."""
+    probs = logprobs.exp().clamp(max=1 - 1e-6)
+    per_token = -torch.log1p(-probs) * mask.to(logprobs.dtype) * weights[:, None]
+    return per_token.sum() / max(batch_tokens, 1)

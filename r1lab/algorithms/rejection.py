@@ -16,8 +16,6 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from tqdm import tqdm
-
 from r1lab.config import ReadabilityFilters, RejectionConfig, readability
 from r1lab.rewards.accuracy import accuracy
 from r1lab.rewards.language import language_share
@@ -86,7 +84,7 @@ def write_data(out: Path, rows: list[dict], summary: dict) -> Path:
 
 def run_rejection(cfg: RejectionConfig) -> Path:
     from r1lab.models import load_model
-    from r1lab.rollout import Sampling, rollout
+    from r1lab.rollout import Sampling, rollout_all
     from r1lab.rollout.hf import HFEngine
     from r1lab.tasks import get_task
     from r1lab.templates import get_template
@@ -96,10 +94,8 @@ def run_rejection(cfg: RejectionConfig) -> Path:
     model, tokenizer = load_model(cfg.model)
     engine = HFEngine(model, tokenizer, seed=cfg.seed)
     template = get_template(cfg.template)
-    groups = []
-    for start in tqdm(range(0, len(problems), 8), desc="rejection sampling", unit="batch"):
-        groups += rollout(engine, problems[start:start + 8], template, tokenizer, cfg.samples_per_prompt,
-                          Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens))[1]
+    groups = rollout_all(engine, problems, template, tokenizer, cfg.samples_per_prompt,
+                         Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens), desc="rejection sampling")
     rows, reasons = select(groups, problems, filters, cfg.max_per_prompt)
     summary = {"sampled": len(problems) * cfg.samples_per_prompt, "kept": len(rows), "dropped": dict(reasons)}
     print(f"rejection sampling: kept {len(rows)} of {summary['sampled']}; dropped: {dict(reasons)}")

@@ -26,13 +26,16 @@ from r1lab.training import (JsonlLog, autocast, device, load_policy, make_optimi
                             seed_everything, training_state)
 
 
-def load_pairs(path: str) -> list[tuple[str, str]]:
+def load_pairs(path: str) -> list[tuple[str, str, str]]:
+    """(prompt, prefix, completion) rows; `prefix` (optional) is reply text given in the prompt, with no loss."""
     pairs = []
     for number, row in read_jsonl(path):
         for key in ("prompt", "completion"):
             if not isinstance(row.get(key), str):
                 raise R1labError(f"{path}, line {number}: field {key!r} must be a string")
-        pairs.append((row["prompt"], row["completion"]))
+        if not isinstance(row.get("prefix", ""), str):
+            raise R1labError(f"{path}, line {number}: field 'prefix' must be a string")
+        pairs.append((row["prompt"], row.get("prefix", ""), row["completion"]))
     if not pairs:
         raise R1labError(f"{path}: no rows")
     return pairs
@@ -45,8 +48,9 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
     template = get_template(cfg.template)
     model, tokenizer = load_policy(cfg.model, checkpoint, cfg.dtype, cfg.lora_rank, cfg.lora_alpha,
                                    cfg.gradient_checkpointing)
-    examples = [(tokenizer(template.render(p, tokenizer), add_special_tokens=False)["input_ids"],
-                 tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]) for p, c in pairs]
+    examples = [(tokenizer(template.render(p, tokenizer) + prefix, add_special_tokens=False)["input_ids"],
+                 tokenizer((" " if prefix else "") + c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+                for p, prefix, c in pairs]
     order = [i for epoch in range(cfg.epochs) for i in random.Random(cfg.seed + epoch).sample(range(len(examples)), len(examples))]
     steps = len(order) // cfg.batch_size
     if steps == 0:

@@ -16,6 +16,7 @@ from r1lab import R1labError
 from r1lab.rewards.accuracy import accuracy
 from r1lab.rewards.format import format_partial, format_strict
 from r1lab.rewards.language import language_en, language_zh
+from r1lab.rewards.majority import majority_reward
 from r1lab.types import Completion, Problem
 
 RewardFn = Callable[[Completion, Problem], float]
@@ -26,6 +27,10 @@ REWARDS: dict[str, RewardFn] = {
     "format_partial": format_partial,  # as format, with partial credit for each well-placed tag
     "language": language_en,         # share of English words in the reasoning (paper section 2.3.2)
     "language_zh": language_zh,      # share of Chinese words in the reasoning
+}
+GroupRewardFn = Callable[[list[Completion], Problem], list[float]]
+GROUP_REWARDS: dict[str, GroupRewardFn] = {
+    "majority": majority_reward,     # agreement with the group's majority answer (no ground truth needed)
 }
 
 
@@ -39,9 +44,9 @@ def parse_rewards(spec: str | dict) -> dict[str, float]:
             raise R1labError(f"rewards {spec!r}: weights must be numbers, as in 'accuracy,format=0.5'") from None
     if not spec:
         raise R1labError("rewards: at least one reward is needed; valid: " + ", ".join(REWARDS))
-    unknown = [name for name in spec if name not in REWARDS]
+    unknown = [name for name in spec if name not in REWARDS and name not in GROUP_REWARDS]
     if unknown:
-        raise R1labError(f"unknown reward(s) {unknown}; valid rewards: {', '.join(REWARDS)}")
+        raise R1labError(f"unknown reward(s) {unknown}; valid rewards: {', '.join([*REWARDS, *GROUP_REWARDS])}")
     return {name: float(weight) for name, weight in spec.items()}
 
 
@@ -54,14 +59,33 @@ def safe(fn: RewardFn, completion: Completion, problem: Problem) -> tuple[float,
     return (value, False) if value == value and abs(value) != float("inf") else (0.0, True)
 
 
-def score(weights: dict[str, float], completions: list[Completion], problems: list[Problem]):
-    """Weighted total per completion, each named reward per completion, and the number of failures."""
+def safe_group(fn: GroupRewardFn, group: list[Completion], problem: Problem) -> tuple[list[float], bool]:
+    try:
+        values = [float(v) for v in fn(group, problem)]
+        if len(values) == len(group) and all(v == v and abs(v) != float("inf") for v in values):
+            return values, False
+    except Exception:
+        pass
+    return [0.0] * len(group), True
+
+
+def score(weights: dict[str, float], completions: list[Completion], problems: list[Problem], group_size: int | None = None):
+    """Weighted total per completion, each named reward per completion, and the number of failures.
+    Group rewards (majority) see contiguous groups of `group_size` completions (default: all of them)."""
     parts = {name: [] for name in weights}
     failures = 0
     for completion, problem in zip(completions, problems, strict=True):
         for name in weights:
-            value, failed = safe(REWARDS[name], completion, problem)
-            parts[name].append(value)
-            failures += failed
+            if name in REWARDS:
+                value, failed = safe(REWARDS[name], completion, problem)
+                parts[name].append(value)
+                failures += failed
+    size = group_size or len(completions)
+    for name in weights:
+        if name in GROUP_REWARDS:
+            for start in range(0, len(completions), size):
+                values, failed = safe_group(GROUP_REWARDS[name], completions[start:start + size], problems[start])
+                parts[name] += values
+                failures += failed
     total = [sum(weights[name] * parts[name][i] for name in weights) for i in range(len(completions))]
     return total, parts, failures

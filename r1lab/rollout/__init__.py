@@ -47,3 +47,14 @@ def rollout(engine: Engine, problems: list[Problem], template: Template, tokeniz
                         tuple(dict.fromkeys(sampling.stop + template.stop)))
     groups = engine.generate(prompts, n, sampling)
     return prompts, [[to_completion(s, template) for s in group] for group in groups]
+
+
+def rollout_all(engine: Engine, problems: list[Problem], template: Template, tokenizer, n: int, sampling: Sampling,
+                per_batch: int = 8, desc: str = "sampling") -> list[list[Completion]]:
+    """`rollout` over many problems, `per_batch` problems at a time, with a progress bar."""
+    from tqdm import tqdm
+
+    groups: list[list[Completion]] = []
+    for start in tqdm(range(0, len(problems), per_batch), desc=desc, unit="batch"):
+        groups += rollout(engine, problems[start:start + per_batch], template, tokenizer, n, sampling)[1]
+    return groups

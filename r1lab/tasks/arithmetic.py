@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass
 
 from r1lab import R1labError
@@ -63,6 +64,45 @@ def make_problem(items: list) -> Problem:
                    steps=reference_steps(calculations, value))
 
 
+_CALCULATION = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = (-?\d+)")
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2}
+
+
+def parse_calculation(step: str) -> tuple[int, str, int, int] | None:
+    """(a, op, b, c) of a step that computes exactly one 'a op b = c' (three numbers in the step), else None."""
+    match = _CALCULATION.search(step)
+    if not match or len(re.findall(r"\d+", step)) != 3:
+        return None
+    a, op, b, c = match.groups()
+    return int(a), op, int(b), int(c)
+
+
+def expressions_from_steps(steps: list[str]) -> list[tuple[int, str, int]] | None:
+    """What each calculation step of a trajectory has computed, as (step index, expression, value), rebuilt from the
+    steps alone: an operand equal to an earlier, not yet used result is that result (latest first),
+    any other operand is a number of the problem. None if a step's arithmetic is wrong.
+
+    "1 + 2 = 3", "3 + 3 = 6" -> [(0, "1 + 2", 3), (1, "1 + 2 + 3", 6)]."""
+    results: list[tuple[str, int, int]] = []      # (expression, value, precedence of its top operator)
+    built = []
+    for index, step in enumerate(steps):
+        calculation = parse_calculation(step)
+        if calculation is None:
+            continue
+        a, op, b, c = calculation
+        if _APPLY[op](a, b) != c:
+            return None
+        operands = []
+        for value, right in ((a, False), (b, True)):
+            found = next((i for i in range(len(results) - 1, -1, -1) if results[i][1] == value), None)
+            text, _, precedence = results.pop(found) if found is not None else (str(value), value, 3)
+            weaker = precedence < _PRECEDENCE[op] or (right and op == "-" and precedence == _PRECEDENCE[op])
+            operands.append(f"({text})" if weaker else text)
+        results.append((f"{operands[0]} {op} {operands[1]}", c, _PRECEDENCE[op]))
+        built.append((index, results[-1][0], c))
+    return built
+
+
 @dataclass(frozen=True)
 class Arithmetic:
     operands: int = 3           # numbers per expression (>= 2)
@@ -111,3 +151,16 @@ class Arithmetic:
             raise R1labError(f"arithmetic: asked for {n} {split} problems but this configuration only "
                              f"yielded {len(found)} distinct ones; widen low/high or add operands")
         return list(found.values())
+
+    # Goal-directed fine-tuning (the talk's proposals), problems rewritten from a trajectory's own steps.
+
+    def goal_problems(self, steps: list[str]) -> list[tuple[int, Problem]]:
+        """Goal-state shift: for each calculation step (its index), the problem whose answer is its result
+        ("Firstly, I would calculate 1 + 2 = 3" -> "Calculate 1 + 2", answer 3). Empty if the arithmetic is wrong."""
+        return [(i, Problem(id=e, prompt=f"Calculate {e}", answer=str(v), meta={"task": "arithmetic", "expression": e}))
+                for i, e, v in (expressions_from_steps(steps) or [])]
+
+    def hindsight_problem(self, steps: list[str]) -> Problem | None:
+        """Hindsight relabelling: the problem the trajectory did solve ("1 + 2 = 3", "3 + 2 = 5" -> "Calculate 1 + 2 + 2")."""
+        problems = self.goal_problems(steps)
+        return problems[-1][1] if problems else None

@@ -1,0 +1,109 @@
+"""Learning from competition without RL (the talk: "can we apply the competition method of learning
+... without RL?"). One visible loop, rounds of expert iteration:
+
+    r1lab train compete --model smollm2-135m --task arithmetic --rewards accuracy,format
+
+Each round samples a group per problem as GRPO does, scores it, and trains by supervised learning
+only: members above their group's mean reward are imitated (NLL), members below it are pushed down
+(unlikelihood, weight `unlikelihood_weight`, 0 switches it off); optionally each is weighted by its
+eq. 3 advantage. No ratio, no reference model, no value model.
+
+Groups can mix agents and prompt styles (`sources`): each extra source (a model spec, a template)
+adds members to every group; each member records its source and the metrics are kept per source. Only
+the policy is trained, on every member, each under the prompt its own template rendered — the policy
+learns from what the others did well and badly.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import torch
+from tqdm import tqdm
+
+from r1lab.algorithms.losses import compete_weights, sft_loss, unlikelihood_loss
+from r1lab.algorithms.sequences import pad_batch, token_logprobs
+from r1lab.checkpoint import save_checkpoint
+from r1lab.config import CompeteConfig
+from r1lab.models import load_model
+from r1lab.rewards import parse_rewards, score
+from r1lab.rollout import Sampling, rollout
+from r1lab.rollout.hf import HFEngine
+from r1lab.tasks import get_task
+from r1lab.templates import get_template
+from r1lab.training import (JsonlLog, autocast, device, load_policy, make_optimizer, prepare_run, restore_state,
+                            seed_everything, training_state)
+
+
+def train_compete(cfg: CompeteConfig, resume: bool = False):
+    out, checkpoint = prepare_run(cfg.out, cfg, resume)
+    seed_everything(cfg.seed)
+    weights = parse_rewards(cfg.rewards)
+    problems = get_task(cfg.task, **cfg.task_options).problems("train", cfg.rounds * cfg.prompts_per_step, cfg.seed)
+    model, tokenizer = load_policy(cfg.model, checkpoint, "float32", 0, 0, False)
+    optimizer, scheduler = make_optimizer(model, cfg.learning_rate, 0.0, 0, "constant", cfg.rounds)
+    policy_engine = HFEngine(model, tokenizer, seed=cfg.seed, decode_dtype=cfg.rollout_dtype)
+    # (name, engine, its tokenizer, template, members per group); the policy first
+    agents = [("policy", policy_engine, tokenizer, get_template(cfg.template), cfg.samples_per_prompt)]
+    for i, source in enumerate(cfg.sources):
+        other, other_tokenizer = load_model(source["model"])
+        agents.append((f"{i + 1}:{source['model']}:{source.get('template', cfg.template)}",
+                       HFEngine(other.to(device()).eval(), other_tokenizer, seed=cfg.seed + i + 1),
+                       other_tokenizer, get_template(source.get("template", cfg.template)), source.get("samples", 1)))
+    group_size = sum(a[4] for a in agents)
+    start = restore_state(checkpoint, optimizer, scheduler, policy_engine.generator)
+    log = JsonlLog(out / "metrics.jsonl", start)
+    sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+    model.train()
+
+    for step in tqdm(range(start, cfg.rounds), initial=start, total=cfg.rounds, desc="compete", unit="round"):
+        began = time.perf_counter()
+        batch_problems = [problems[(step * cfg.prompts_per_step + i) % len(problems)] for i in range(cfg.prompts_per_step)]
+        # 1. every agent answers every problem; members of a problem's group stay contiguous
+        members = [[] for _ in batch_problems]                  # per problem: (source, prompt ids, completion)
+        for name, engine, agent_tokenizer, template, n in agents:
+            _, groups = rollout(engine, batch_problems, template, agent_tokenizer, n, sampling)
+            for slot, (problem, group) in enumerate(zip(batch_problems, groups)):
+                prompt_ids = tokenizer(template.render(problem.prompt, tokenizer), add_special_tokens=False)["input_ids"]
+                members[slot] += [(name, prompt_ids, c) for c in group]
+        flat = [m for group in members for m in group]
+        completions = [c for _, _, c in flat]
+        # 2. score; above the group mean -> imitate, below -> push down
+        totals, parts, failures = score(weights, completions, [p for p in batch_problems for _ in range(group_size)], group_size)
+        imitate, push_down = compete_weights(torch.tensor(totals), group_size, cfg.weight_by_advantage)
+        # the policy's own samples train on their sampled ids; other agents' text is re-encoded (vocabularies differ)
+        targets = [c.token_ids if name == "policy" else tokenizer(c.text, add_special_tokens=False)["input_ids"]
+                   + ([tokenizer.eos_token_id] if c.finish_reason == "stop" else []) for name, _, c in flat]
+        active = [i for i in range(len(flat)) if imitate[i] > 0 or push_down[i] > 0]
+        batch_tokens = sum(len(targets[i]) for i in active)
+        for first in range(0, len(active), cfg.micro_batch_size):
+            rows = active[first:first + cfg.micro_batch_size]
+            batch = pad_batch([flat[i][1] for i in rows], [targets[i] for i in rows], tokenizer.pad_token_id, device())
+            with autocast(cfg.mixed_precision):
+                logprobs, _ = token_logprobs(model, batch)                                     # (b, C)
+            mask = batch["completion_mask"]
+            loss = sft_loss(logprobs, mask, imitate[rows].to(device()), batch_tokens)
+            if cfg.unlikelihood_weight:
+                loss = loss + cfg.unlikelihood_weight * unlikelihood_loss(logprobs, mask, push_down[rows].to(device()), batch_tokens)
+            loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item() if active else 0.0
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        # 3. metrics per source, checkpoint
+        by_source = defaultdict(list)
+        for (name, _, _), total in zip(flat, totals):
+            by_source[name].append(total)
+        row = {"step": step + 1, "reward": sum(totals) / len(totals),
+               **{f"reward/{k}": sum(v) / len(v) for k, v in parts.items()},
+               **{f"source/{k}/reward": sum(v) / len(v) for k, v in by_source.items()},
+               "imitated": int((imitate > 0).sum()), "pushed_down": int((push_down > 0).sum()),
+               "reward_failures": failures, "grad_norm": grad_norm,
+               "completion_length": sum(len(c.token_ids) for c in completions) / len(completions),
+               "step_seconds": time.perf_counter() - began}
+        if "accuracy" in parts:
+            row["accuracy"] = row["reward/accuracy"]
+        log.write(row)
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.rounds:
+            save_checkpoint(out, model, tokenizer, training_state(step + 1, optimizer, scheduler, policy_engine.generator))
+    return out / "checkpoint"

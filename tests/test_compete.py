@@ -1,0 +1,57 @@
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from r1lab.algorithms.compete import train_compete
+from r1lab.config import CompeteConfig, GRPOConfig, load_config
+from r1lab.models import load_model
+from r1lab.rewards import REWARDS, score
+from r1lab.rewards.majority import majority_reward
+from r1lab.rollout import Sample, to_completion
+from r1lab.templates import get_template
+from r1lab.types import Problem
+
+
+def c(answer):
+    return to_completion(Sample([], [], f"<think> x </think> <answer> {answer} </answer>" if answer else "nothing", "stop"),
+                         get_template("r1_zero"))
+
+
+def test_majority_reward_needs_no_ground_truth():
+    problem = Problem("p", "Calculate something", None)
+    assert majority_reward([c("6"), c("6.0"), c("7"), c(None)], problem) == [1.0, 1.0, 0.0, 0.0]
+    assert majority_reward([c(None), c(None)], problem) == [0.0, 0.0]
+
+
+def test_majority_is_scored_per_group():
+    problems = [Problem("a", "q", None)] * 3 + [Problem("b", "q", None)] * 3
+    total, parts, failures = score({"majority": 1.0}, [c("1"), c("1"), c("2"), c("5"), c("4"), c("4")], problems, group_size=3)
+    assert total == [1, 1, 0, 0, 1, 1] and failures == 0
+
+
+def low_ids(completion, problem):
+    return sum(t < 258 for t in completion.token_ids) / max(1, len(completion.token_ids))
+
+
+def test_compete_learns_and_only_the_policy_changes(tmp_path, monkeypatch):
+    monkeypatch.setitem(REWARDS, "low_ids", low_ids)
+    cfg = load_config(CompeteConfig, None, {
+        "model": "tiny-random", "rewards": "low_ids", "rounds": 25, "prompts_per_step": 4, "samples_per_prompt": 6,
+        "micro_batch_size": 16, "max_new_tokens": 12, "learning_rate": 1e-2, "save_every": 100,
+        "sources": [{"model": "tiny-random", "template": "chat", "samples": 2}], "out": str(tmp_path / "c")})
+    checkpoint = train_compete(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    policy = [r["source/policy/reward"] for r in rows]
+    assert sum(policy[-5:]) / 5 > sum(policy[:5]) / 5 + 0.15, policy
+    assert all("source/1:tiny-random:chat/reward" in r and r["imitated"] > 0 for r in rows)
+    other = [r["source/1:tiny-random:chat/reward"] for r in rows]
+    assert abs(sum(other[-5:]) / 5 - sum(other[:5]) / 5) < 0.15       # the other agent is never trained
+    before, _ = load_model("tiny-random")
+    after = load_file(checkpoint / "model.safetensors")
+    assert not torch.equal(before.state_dict()["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+
+
+def test_grpo_accepts_majority_without_answers(tmp_path):
+    cfg = load_config(GRPOConfig, None, {"rewards": "majority,format", "task": f"jsonl:{tmp_path}/d.jsonl"})
+    assert cfg.rewards == "majority,format"
