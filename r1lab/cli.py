@@ -5,6 +5,7 @@
     r1lab generate MODEL "PROMPT" [--template r1_zero] [--n 4] [--max-new-tokens 256]
     r1lab run RECIPE [key=value | stage.key=value ...]
     r1lab experiment is-rl-needed [--seeds 3] [key=value ...]
+    r1lab serve MODEL [--host 127.0.0.1] [--port 8000] [--api-key-env VAR]
     r1lab train grpo|sft|compete|rejection|distill [--config FILE] [--resume] [--OPTION VALUE ...]   (options: the stage's config fields)
     r1lab data cold-start --task arithmetic --n 150 --out cold.jsonl
     r1lab data goal-directed IN.jsonl --out OUT.jsonl [--augment start,goal,hindsight]
@@ -81,6 +82,18 @@ def cmd_train(args, extra: list[str]) -> None:
                    "rejection": (RejectionConfig, lambda c, resume: run_rejection(c)),
                    "distill": (DistillConfig, lambda c, resume: run_distill(c))}[args.stage]
     print(f"output: {train(load_config(kind, args.config, options_to_dict(extra)), resume=args.resume)}")
+
+
+def cmd_serve(args) -> None:
+    import os
+
+    from r1lab.serve import serve
+    key = None
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise R1labError(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
+    serve(args.model, args.host, args.port, key)
 
 
 def cmd_experiment(args) -> None:
@@ -169,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("run", help="run a recipe (YAML): its stages in order, resuming finished ones")
     u.add_argument("recipe")
     u.add_argument("overrides", nargs="*", help="key=value or stage.key=value")
+    v = sub.add_parser("serve", help="OpenAI-compatible API for a model (reasoning_content split out)")
+    v.add_argument("model")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--api-key-env", help="require 'Authorization: Bearer $VAR'")
     x = sub.add_parser("experiment", help="the talk's experiments: is-rl-needed")
     x.add_argument("which", choices=["is-rl-needed"])
     x.add_argument("overrides", nargs="*", help="key=value or stage.key=value, for every seed")
@@ -199,7 +217,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             {"models": cmd_models, "tasks": cmd_tasks, "generate": cmd_generate, "eval": cmd_eval,
              "report": cmd_report, "data": cmd_data,
-             "run": cmd_run, "experiment": cmd_experiment}[args.command](args)
+             "run": cmd_run, "experiment": cmd_experiment,
+             "serve": cmd_serve}[args.command](args)
     except R1labError as e:
         print(f"r1lab: error: {e}", file=sys.stderr)
         sys.exit(2)
