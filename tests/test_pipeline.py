@@ -94,3 +94,30 @@ def test_overrides(tmp_path):
 @pytest.mark.parametrize("name", ["quickstart", "r1_zero", "r1", "distill"])
 def test_shipped_recipes_load(name):
     assert load_recipe(Path("recipes") / f"{name}.yaml")
+
+
+def test_sigkill_in_the_middle_of_a_stage_then_rerun_finishes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    text = RECIPE.replace("steps: 4, save_every: 2", "steps: 60, save_every: 3")
+    path = write_recipe(tmp_path, text)
+    runs = tmp_path / "runs" / "tiny"
+    command = [sys.executable, "-m", "r1lab", "run", str(path)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (runs / "grpo" / "checkpoint").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (runs / "grpo" / ".done").exists(), "the kill should land inside the GRPO stage"
+    sft_done = (runs / "sft" / ".done").stat().st_mtime_ns
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert (runs / "sft" / ".done").stat().st_mtime_ns == sft_done            # not redone
+    steps = [json.loads(line)["step"] for line in (runs / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 61))
+    assert all((runs / s / ".done").exists() for s in ("cold", "sft", "grpo", "rejection", "eval"))
