@@ -10,9 +10,9 @@ runs it as shared generate calls (one per distinct n and sampling settings).
 
 Safety: loopback by default; an optional Bearer key (401 without it); bad JSON, an unknown model,
 max_tokens over the limit, too many messages or bytes get 4xx errors in OpenAI's error shape.
-Deviation: streaming sends the reply as server-sent events once it is generated (the engine has no
-per-token callback yet), so a client that disconnects never holds a generation slot, but the first
-token arrives with the last.
+Streaming sends each new token as it is sampled (reasoning and answer deltas apart; text that may be
+the start of a tag is held back until it is known); a client that disconnects mid-stream has its rows
+dropped from the running batch at the next token.
 """
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ class _Request:
     n: int
     sampling: Sampling
     future: Future
+    watch: object = None     # optional watch(j, tokens) -> keep going?, for sample j of this request
 
 
 class Batcher:
@@ -68,9 +69,9 @@ class Batcher:
         self.queue: queue.Queue[_Request] = queue.Queue()
         threading.Thread(target=self._loop, daemon=True, name="r1lab-batcher").start()
 
-    def submit(self, prompt: str, n: int, sampling: Sampling) -> Future:
+    def submit(self, prompt: str, n: int, sampling: Sampling, watch=None) -> Future:
         future: Future = Future()
-        self.queue.put(_Request(prompt, n, sampling, future))
+        self.queue.put(_Request(prompt, n, sampling, future, watch))
         return future
 
     def _loop(self) -> None:
@@ -86,8 +87,11 @@ class Batcher:
             for request in batch:
                 alike[(request.n, request.sampling)].append(request)
             for (n, sampling), requests in alike.items():
+                def watch(k, tokens, requests=requests, n=n):
+                    request = requests[k // n]
+                    return request.watch is None or request.watch(k % n, tokens)
                 try:
-                    results = self.engine.generate([r.prompt for r in requests], n, sampling)
+                    results = self.engine.generate([r.prompt for r in requests], n, sampling, watch)
                 except Exception as e:     # the server stays up; each waiting request gets the error
                     for r in requests:
                         r.future.set_exception(e)
@@ -163,8 +167,25 @@ def _trim(text: str, stop: tuple[str, ...]) -> str:
     return text if cut < 0 else text[:cut]
 
 
-def _pieces(text: str) -> list[str]:
-    return re.findall(r"\s*\S+", text) + ([text[len(text.rstrip()):]] if text != text.rstrip() else [])
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
+def partial_split(text: str) -> tuple[str, str]:
+    """(reasoning, answer) of a reply still being written, safe to stream: a tail that may be the start
+    of a tag is held back, and trailing whitespace waits for the next word."""
+    for k in range(min(len(text), max(map(len, _TAGS))), 0, -1):
+        if any(tag.startswith(text[-k:]) for tag in _TAGS):
+            text = text[:-k]
+            break
+    if "</think>" in text:
+        before, after = text.split("</think>", 1)
+        reasoning = before.split("<think>", 1)[-1]
+        answer = after.replace("<answer>", "").replace("</answer>", "")
+    elif "<think>" in text:
+        reasoning, answer = text.split("<think>", 1)[1], ""
+    else:
+        reasoning, answer = "", text
+    return reasoning.strip(), answer.strip()
 
 
 def build_app(engine, tokenizer, served: str, api_key: str | None = None, limits: Limits = Limits(),
@@ -186,6 +207,52 @@ def build_app(engine, tokenizer, served: str, api_key: str | None = None, limits
             raise APIError(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error",
                            code="invalid_api_key")
 
+    async def stream_events(prompt: str, n: int, sampling: Sampling, ident: str, created: int):
+        """Server-sent events: a delta per new token, reasoning and answer apart; disconnect cancels."""
+        loop, updates, gone = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
+
+        def watch(j, tokens):
+            loop.call_soon_threadsafe(updates.put_nowait, (j, list(tokens)))
+            return not gone.is_set()
+        future = batcher.submit(prompt, n, sampling, watch)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(updates.put_nowait, None))
+
+        def chunk(index, delta, finish=None):
+            return "data: " + json.dumps({"id": ident, "object": "chat.completion.chunk", "created": created,
+                                          "model": served, "choices": [{"index": index, "delta": delta,
+                                                                        "finish_reason": finish}]}) + "\n\n"
+        sent = [("", "") for _ in range(n)]
+
+        def deltas(j, reasoning, answer):
+            old_reasoning, old_answer = sent[j]
+            if reasoning.startswith(old_reasoning) and len(reasoning) > len(old_reasoning):
+                yield chunk(j, {"reasoning_content": reasoning[len(old_reasoning):]})
+                old_reasoning = reasoning
+            if answer.startswith(old_answer) and len(answer) > len(old_answer):
+                yield chunk(j, {"content": answer[len(old_answer):]})
+                old_answer = answer
+            sent[j] = (old_reasoning, old_answer)
+        try:
+            for j in range(n):
+                yield chunk(j, {"role": "assistant", "content": ""})
+            while (update := await updates.get()) is not None:
+                j, tokens = update
+                for event in deltas(j, *partial_split(_trim(tokenizer.decode(tokens, skip_special_tokens=True), sampling.stop))):
+                    yield event
+            try:
+                samples = future.result()
+            except Exception as e:
+                yield "data: " + json.dumps(APIError(500, f"generation failed: {e}", "server_error").body) + "\n\n"
+                return
+            for j, sample in enumerate(samples):
+                reasoning, answer = split_reasoning(_trim(sample.text, sampling.stop))
+                for event in deltas(j, reasoning or "", answer):
+                    yield event
+                yield chunk(j, {}, sample.finish_reason)
+            yield "data: [DONE]\n\n"
+        finally:
+            gone.set()     # a client that went away: its rows leave the batch at the next token
+
     @app.get("/v1/models")
     async def models(request: Request):
         authorise(request)
@@ -196,32 +263,19 @@ def build_app(engine, tokenizer, served: str, api_key: str | None = None, limits
         authorise(request)
         messages, n, sampling, stream = parse_request(await request.body(), served, limits)
         prompt = chat_prompt(tokenizer, messages)
+        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if stream:
+            return StreamingResponse(stream_events(prompt, n, sampling, ident, created), media_type="text/event-stream")
         samples: list[Sample] = await asyncio.wrap_future(batcher.submit(prompt, n, sampling))
         prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         replies = [(split_reasoning(_trim(s.text, sampling.stop)), s.finish_reason) for s in samples]
-        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        if not stream:
-            return {"id": ident, "object": "chat.completion", "created": created, "model": served,
-                    "choices": [{"index": i, "finish_reason": finish, "logprobs": None,
-                                 "message": {"role": "assistant", "content": content, "reasoning_content": reasoning}}
-                                for i, ((reasoning, content), finish) in enumerate(replies)],
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": sum(len(s.token_ids) for s in samples),
-                              "total_tokens": prompt_tokens + sum(len(s.token_ids) for s in samples)}}
-
-        def events():
-            def chunk(index, delta, finish=None):
-                return "data: " + json.dumps({"id": ident, "object": "chat.completion.chunk", "created": created,
-                                              "model": served, "choices": [{"index": index, "delta": delta,
-                                                                            "finish_reason": finish}]}) + "\n\n"
-            for i, ((reasoning, content), finish) in enumerate(replies):
-                yield chunk(i, {"role": "assistant", "content": ""})
-                for piece in _pieces(reasoning or ""):
-                    yield chunk(i, {"reasoning_content": piece})
-                for piece in _pieces(content):
-                    yield chunk(i, {"content": piece})
-                yield chunk(i, {}, finish)
-            yield "data: [DONE]\n\n"
-        return StreamingResponse(events(), media_type="text/event-stream")
+        completion_tokens = sum(len(s.token_ids) for s in samples)
+        return {"id": ident, "object": "chat.completion", "created": created, "model": served,
+                "choices": [{"index": i, "finish_reason": finish, "logprobs": None,
+                             "message": {"role": "assistant", "content": content, "reasoning_content": reasoning}}
+                            for i, ((reasoning, content), finish) in enumerate(replies)],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}
 
     return app
 

@@ -21,19 +21,31 @@ LIMITS = Limits(max_tokens=64, max_messages=4, max_bytes=20_000, max_n=4)
 
 
 class ScriptedEngine:
-    """Replies from a function of (system, user), parsed back out of the ChatML prompt; records batch sizes."""
+    """Replies from a function of (system, user), parsed back out of the ChatML prompt, token by token
+    (a watcher sees each, as with the real engine); records batch sizes and cancelled samples."""
 
-    def __init__(self, reply):
-        self.reply, self.batches = reply, []
+    def __init__(self, reply, tokenizer, delay=0.0):
+        self.reply, self.tokenizer, self.delay, self.batches, self.cancelled = reply, tokenizer, delay, [], 0
 
-    def generate(self, prompts, n, sampling):
+    def generate(self, prompts, n, sampling, watch=None):
         self.batches.append(len(prompts))
         out = []
-        for prompt in prompts:
+        for i, prompt in enumerate(prompts):
             system = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", prompt, re.S)
             user = re.findall(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", prompt, re.S)
             text = self.reply(system.group(1) if system else "", user[-1] if user else "")
-            out.append([Sample(list(range(len(text.split()))), [0.0] * len(text.split()), text, "stop") for _ in range(n)])
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            group = []
+            for j in range(n):
+                kept, finish = [], "stop"
+                for token in ids:
+                    kept.append(token)
+                    time.sleep(self.delay)
+                    if watch is not None and not watch(i * n + j, kept):
+                        finish, self.cancelled = "cancelled", self.cancelled + 1
+                        break
+                group.append(Sample(kept, [0.0] * len(kept), self.tokenizer.decode(kept), finish))
+            out.append(group)
         return out
 
 
@@ -59,8 +71,8 @@ def tiny():
 def scripted(tiny):
     servers = []
 
-    def start(reply, api_key=None):
-        engine = ScriptedEngine(reply)
+    def start(reply, api_key=None, delay=0.0):
+        engine = ScriptedEngine(reply, tiny[1], delay)
         server, url = start_server(engine, tiny[1], api_key)
         servers.append(server)
         return engine, url
@@ -71,6 +83,31 @@ def scripted(tiny):
 
 def arithmetic_reply(system, user):
     return f"<think> The user asked: {user} </think> <answer> 6 </answer>"
+
+
+def test_partial_split_holds_back_unfinished_tags():
+    from r1lab.serve import partial_split
+    assert partial_split("<thi") == ("", "")
+    assert partial_split("<think> 1 + 2 = 3 </th") == ("1 + 2 = 3", "")
+    assert partial_split("<think> a </think> <answer> 6") == ("a", "6")
+    assert partial_split("plain answer <") == ("", "plain answer")
+
+
+def test_streaming_sends_tokens_as_they_come_and_a_disconnect_cancels(scripted):
+    engine, url = scripted(lambda system, user: "<think> " + "step " * 200 + "</think> <answer> 6 </answer>", delay=0.01)
+    client = openai.OpenAI(base_url=url, api_key="none")
+    stream = client.chat.completions.create(model="tiny-random", messages=[{"role": "user", "content": "go"}], stream=True)
+    pieces = []
+    for chunk in stream:
+        pieces.append(getattr(chunk.choices[0].delta, "reasoning_content", None) or "")
+        if len("".join(pieces)) >= 20:
+            break
+    assert "".join(pieces).startswith("step step")
+    stream.close()                                     # the client goes away mid-reply
+    deadline = time.monotonic() + 10
+    while not engine.cancelled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.cancelled == 1
 
 
 def test_split_reasoning():
@@ -90,6 +127,10 @@ def test_plain_request_on_tiny_random(tiny):
                                                max_tokens=8, temperature=0.6)
         assert len(reply.choices) == 1 and reply.choices[0].finish_reason in ("stop", "length")
         assert 1 <= reply.usage.completion_tokens <= 8 and reply.usage.prompt_tokens > 3
+        chunks = list(client.chat.completions.create(model="tiny-random", messages=[{"role": "user", "content": "Hi"}],
+                                                     max_tokens=8, stream=True, n=2))
+        assert {c.choices[0].finish_reason for c in chunks} >= {"stop", "length"} & {c.choices[0].finish_reason for c in chunks}
+        assert sorted(c.choices[0].index for c in chunks if c.choices[0].finish_reason) == [0, 1]
     finally:
         server.should_exit = True
 

@@ -26,11 +26,11 @@ class Sample:
     token_ids: list[int]     # (T,) generated ids
     logprobs: list[float]    # (T,) log-prob of each id under softmax(logits / temperature), before top-p
     text: str                # decoded ids, special tokens removed
-    finish_reason: str       # "stop" (EOS or stop string) or "length"
+    finish_reason: str       # "stop" (EOS or stop string), "length", or "cancelled" (dropped by a watcher)
 
 
 class Engine(Protocol):
-    def generate(self, prompts: list[str], n: int, sampling: Sampling) -> list[list[Sample]]: ...
+    def generate(self, prompts: list[str], n: int, sampling: Sampling, watch=None) -> list[list[Sample]]: ...
 
 
 def to_completion(sample: Sample, template: Template) -> Completion:

@@ -59,7 +59,10 @@ class HFEngine:
             for mine, theirs in zip(self.model.parameters(), self.policy.parameters(), strict=True):
                 mine.copy_(theirs)
 
-    def generate(self, prompts: list[str], n: int, sampling: Sampling) -> list[list[Sample]]:
+    def generate(self, prompts: list[str], n: int, sampling: Sampling, watch=None) -> list[list[Sample]]:
+        """n samples per prompt. `watch(k, tokens)`, if given, sees sample k's (= prompt * n + j) tokens
+        after each new one and returns False to drop it (finish_reason "cancelled"): streaming, and
+        freeing a disconnected client's rows."""
         self._refresh_decoder()
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         per_chunk = max(1, self.max_batch // n)
@@ -68,7 +71,7 @@ class HFEngine:
         self.model.eval()
         try:
             for start in range(0, len(ids), per_chunk):
-                samples += self._generate_chunk(ids[start:start + per_chunk], n, sampling)
+                samples += self._generate_chunk(ids[start:start + per_chunk], n, sampling, watch, start * n)
         finally:
             self.model.train(was_training)
         return [samples[i * n:(i + 1) * n] for i in range(len(prompts))]
@@ -82,7 +85,7 @@ class HFEngine:
         return any(s in tail for s in stop)
 
     @torch.no_grad()
-    def _generate_chunk(self, prompt_ids: list[list[int]], n: int, s: Sampling) -> list[Sample]:
+    def _generate_chunk(self, prompt_ids: list[list[int]], n: int, s: Sampling, watch=None, offset: int = 0) -> list[Sample]:
         device = self.model.device
         width = max(len(p) for p in prompt_ids)
         input_ids = torch.full((len(prompt_ids), width), self.tokenizer.pad_token_id, device=device)
@@ -114,8 +117,11 @@ class HFEngine:
             for j, (row, token) in enumerate(zip(rows, chosen.tolist())):
                 tokens[row].append(token)
                 logprobs[row].append(chosen_logprobs[j])
+                wanted = watch is None or watch(offset + row, tokens[row])
                 if self._stopped(tokens[row], s.stop):
                     finish[row] = "stop"
+                elif not wanted:
+                    finish[row] = "cancelled"
                 else:
                     keep.append(j)
             if not keep or step == s.max_new_tokens - 1:
