@@ -8,7 +8,9 @@ when streaming) and the answer as `content`, as DeepSeek's API does; `usage` cou
 Concurrent requests are batched: a worker thread collects what arrives within `batch_wait_s` and
 runs it as shared generate calls (one per distinct n and sampling settings).
 
-Safety: loopback by default; an optional Bearer key (401 without it); bad JSON, an unknown model,
+`GET /` is a chat page over the same API (r1lab/static/chat.html): streamed replies with the reasoning
+in a collapsible block above the answer, sampling settings, a template picker, a stop button, the
+conversation kept in the browser's storage. Safety: loopback by default; an optional Bearer key (401 without it); bad JSON, an unknown model,
 max_tokens over the limit, too many messages or bytes get 4xx errors in OpenAI's error shape.
 Streaming sends each new token as it is sampled (reasoning and answer deltas apart; text that may be
 the start of a tag is held back until it is known); a client that disconnects mid-stream has its rows
@@ -26,9 +28,10 @@ import uuid
 from collections import defaultdict
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from r1lab.rollout import Sample, Sampling
 from r1lab.templates import parse_tags
@@ -253,6 +256,11 @@ def build_app(engine, tokenizer, served: str, api_key: str | None = None, limits
         finally:
             gone.set()     # a client that went away: its rows leave the batch at the next token
 
+    @app.get("/", response_class=HTMLResponse)
+    async def chat_page():
+        """A chat page over this API (no external assets: it works offline)."""
+        return (Path(__file__).parent / "static" / "chat.html").read_text(encoding="utf-8")
+
     @app.get("/v1/models")
     async def models(request: Request):
         authorise(request)
@@ -288,5 +296,5 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | 
 
     network_model, tokenizer = load_model(model)
     app = build_app(HFEngine(network_model.eval(), tokenizer, max_batch=64), tokenizer, model, api_key)
-    print(f"r1lab serving {model} at http://{host}:{port}/v1  (model name: {model!r})")
+    print(f"r1lab serving {model}: chat page http://{host}:{port}/ , API http://{host}:{port}/v1 (model name {model!r})")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,7 +1,4 @@
 import json
-import re
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -9,56 +6,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-import uvicorn
 
 from r1lab.llm import make_llm
 from r1lab.models import load_model
-from r1lab.rollout import Sample
 from r1lab.rollout.hf import HFEngine
-from r1lab.serve import Limits, build_app, split_reasoning
-
-LIMITS = Limits(max_tokens=64, max_messages=4, max_bytes=20_000, max_n=4)
-
-
-class ScriptedEngine:
-    """Replies from a function of (system, user), parsed back out of the ChatML prompt, token by token
-    (a watcher sees each, as with the real engine); records batch sizes and cancelled samples."""
-
-    def __init__(self, reply, tokenizer, delay=0.0):
-        self.reply, self.tokenizer, self.delay, self.batches, self.cancelled = reply, tokenizer, delay, [], 0
-
-    def generate(self, prompts, n, sampling, watch=None):
-        self.batches.append(len(prompts))
-        out = []
-        for i, prompt in enumerate(prompts):
-            system = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", prompt, re.S)
-            user = re.findall(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", prompt, re.S)
-            text = self.reply(system.group(1) if system else "", user[-1] if user else "")
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            group = []
-            for j in range(n):
-                kept, finish = [], "stop"
-                for token in ids:
-                    kept.append(token)
-                    time.sleep(self.delay)
-                    if watch is not None and not watch(i * n + j, kept):
-                        finish, self.cancelled = "cancelled", self.cancelled + 1
-                        break
-                group.append(Sample(kept, [0.0] * len(kept), self.tokenizer.decode(kept), finish))
-            out.append(group)
-        return out
-
-
-def start_server(engine, tokenizer, api_key=None):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(build_app(engine, tokenizer, "tiny-random", api_key, LIMITS, batch_wait_s=0.05),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.02)
-    return server, f"http://127.0.0.1:{port}/v1"
+from r1lab.serve import split_reasoning
+from serving import ScriptedEngine, start_server
 
 
 @pytest.fixture(scope="module")
