@@ -97,10 +97,18 @@ def restore_state(checkpoint: Path | None, optimizer, scheduler, generator: torc
 
 
 class JsonlLog:
-    """Append-only jsonl; on resume, rows from steps after the checkpoint (lost work) are dropped."""
+    """Append-only jsonl; on resume, rows from steps after the checkpoint (lost work) are dropped.
+    With `tensorboard`, numeric values also go to TensorBoard (`<dir>/tensorboard/`) when it is installed."""
 
-    def __init__(self, path: Path, resume_step: int):
+    def __init__(self, path: Path, resume_step: int, tensorboard: bool = False):
         self.path = Path(path)
+        self.board = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.board = SummaryWriter(str(self.path.parent / "tensorboard"))
+            except ImportError:
+                pass
         if self.path.exists():
             rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
             kept = [r for r in rows if r.get("step", 0) <= resume_step] if resume_step else []
@@ -109,3 +117,8 @@ class JsonlLog:
     def write(self, row: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if self.board is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.board.add_scalar(key, value, row.get("step", 0))
+            self.board.flush()

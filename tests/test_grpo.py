@@ -109,3 +109,9 @@ def test_yaml_config_and_cli_overrides(tmp_path):
     path.write_text("bogus: 1\n")
     with pytest.raises(R1labError, match=r"c.yaml; valid options"):
         load_config(GRPOConfig, path)
+
+
+def test_metrics_also_go_to_tensorboard_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    out = train_grpo(config(tmp_path, steps=1, rewards="low_ids")).parent
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))

@@ -52,7 +52,7 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
                        other_tokenizer, get_template(source.get("template", cfg.template)), source.get("samples", 1)))
     group_size = sum(a[4] for a in agents)
     start = restore_state(checkpoint, optimizer, scheduler, policy_engine.generator)
-    log = JsonlLog(out / "metrics.jsonl", start)
+    log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True)
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     model.train()
 

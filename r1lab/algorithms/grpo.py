@@ -58,7 +58,8 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     engine = HFEngine(model, tokenizer, max_batch=cfg.prompts_per_step * cfg.samples_per_prompt, seed=cfg.seed,
                       decode_dtype=cfg.rollout_dtype)
     start = restore_state(checkpoint, optimizer, scheduler, engine.generator)
-    metrics_log, samples_log = JsonlLog(out / "metrics.jsonl", start), JsonlLog(out / "samples.jsonl", start)
+    metrics_log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True)
+    samples_log = JsonlLog(out / "samples.jsonl", start)
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     G = cfg.samples_per_prompt
     shared_prompts = not cfg.gradient_checkpointing       # a prompt's KV cache cannot be kept under checkpointing

@@ -57,7 +57,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
         raise R1labError(f"{cfg.data}: {len(examples)} examples x {cfg.epochs} epochs is less than one batch of {cfg.batch_size}")
     optimizer, scheduler = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.warmup_steps, cfg.lr_schedule, steps)
     start = restore_state(checkpoint, optimizer, scheduler, None)
-    log = JsonlLog(out / "metrics.jsonl", start)
+    log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True)
     model.train()
     for step in tqdm(range(start, steps), initial=start, total=steps, desc="sft", unit="step"):
         began = time.perf_counter()
