@@ -269,6 +269,9 @@ def build_app(engine, tokenizer, served: str, api_key: str | None = None, limits
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         authorise(request)
+        declared = request.headers.get("content-length", "0")
+        if declared.isdigit() and int(declared) > limits.max_bytes:      # refuse before reading a huge body
+            raise APIError(413, f"request body is {declared} bytes; the limit is {limits.max_bytes}")
         messages, n, sampling, stream = parse_request(await request.body(), served, limits)
         prompt = chat_prompt(tokenizer, messages)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
