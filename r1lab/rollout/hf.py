@@ -9,8 +9,8 @@ Log-probs are those of softmax(logits / temperature) before top-p truncation, th
 trainer recomputes (TRL and verl make the same choice).
 
 `decode_dtype="bfloat16"` samples from a bf16 copy of the policy, refreshed from the policy's weights at
-every `generate` call (as RL frameworks roll out in bf16 while training in fp32). On this CPU (AVX-512
-bf16) the decode step's matrix products take 27 ms instead of 64 ms; the trainer recomputes all
+every `generate` call (as RL frameworks roll out in bf16 while training in fp32); on CPUs with bf16
+units (AVX-512 bf16, as here) decoding is much faster (see bench/grpo_vs_trl.py). The trainer recomputes all
 log-probs with its own weights, so only which tokens get sampled is affected, not the loss.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ def sample_tokens(logprobs: torch.Tensor, top_p: float, generator: torch.Generat
     """Draw one id per row from log-probs (B, V), restricted to the top-p nucleus. Returns (B,).
 
     Inverse-CDF sampling with one uniform per row (a float64 cumulative sum and a binary search): an
-    exact draw that, on a 49k vocabulary, costs a fraction of torch.multinomial (8 ms a step at B = 8)."""
+    exact draw that, on a 49k vocabulary, costs a fraction of torch.multinomial."""
     probs, order = logprobs.double().exp(), None
     if top_p < 1.0:
         probs, order = probs.sort(dim=-1, descending=True)                # (B, V)
