@@ -1,0 +1,248 @@
+"""Run untrusted Python (a model's program) against trusted tests, contained.
+
+    from r1lab.sandbox import Sandbox, Limits
+    box = Sandbox(Limits(wall_s=5))
+    result = box.run("def add(a, b):\\n    return a + b", ["assert add(1, 2) == 3"])
+    result.passed, result.total, result.status          # 1, 1, "ok"
+    box.run_many([{"program": ..., "tests": [...]}, ...])   # in parallel, up to `workers` at a time
+
+Each run gets a fresh temporary directory (removed afterwards) and two processes: the trusted judge
+(`sandbox_jail.py`, which runs the tests) and the program process (the untrusted code); only plain
+data crosses between them, so exiting early, patching assertions or an always-equal `__eq__` earn
+nothing. What is enforced, and how (Linux; `Sandbox().describe()` or `r1lab sandbox` prints it):
+
+| limit                      | how                                                                   |
+|----------------------------|-----------------------------------------------------------------------|
+| wall clock                 | the host kills the whole run at `wall_s` (tests passed before count)  |
+| CPU time, memory, file size, open files, core dumps | rlimits on the program process (RLIMIT_CPU, AS, FSIZE, NOFILE, CORE) |
+| process count              | RLIMIT_NPROC on the program: per run as root (each run has its own uid), per *user* otherwise |
+| output                     | stdout/stderr read up to `output_bytes`; more kills the run           |
+| environment                | nothing inherited: PATH, HOME=/tmp, LANG, thread counts only         |
+| namespaces (`unshare`)     | no network (empty net namespace); own pid namespace (host processes are invisible, everything dies with the run); own mount namespace: only /usr, /lib*, the Python installation (read-only, nosuid), /dev/null/zero/random, /proc and a `disk_mb` tmpfs at /tmp are visible - no home directories, no /etc/passwd, no project files |
+| privileges                 | as root: the program runs as an unprivileged per-run uid; otherwise all capabilities are dropped in the user namespace; no_new_privs; the judge is not dumpable (the program cannot ptrace it or open its fds) |
+
+Not enforced: where `unshare` or user namespaces are unavailable (macOS, locked-down containers) only
+the rlimits, the timeout, the clean environment and the temporary directory remain, so the program
+could read your files, use the network and outlive the run (a warning says so once). CPU share and
+disk bandwidth are not throttled; memory is per process (RLIMIT_AS), not per run (no cgroups).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from r1lab import R1labError
+
+JAIL = str(Path(__file__).with_name("sandbox_jail.py"))
+UID_BASE = 2_000_000_000           # per-run uids, far above any real user's (used only as root)
+ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+       "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_s: float = 10.0         # whole run: the program's start-up and every test
+    cpu_s: int = 5               # CPU seconds of the program process (each process it forks too)
+    memory_mb: int = 1024        # address space of each program process
+    processes: int = 32          # processes of the program, itself included
+    disk_mb: int = 64            # the writable /tmp (and the largest file)
+    output_bytes: int = 65536    # stdout and stderr, each
+
+    def __post_init__(self):
+        for name in ("wall_s", "cpu_s", "memory_mb", "processes", "disk_mb", "output_bytes"):
+            if not getattr(self, name) > 0:
+                raise R1labError(f"sandbox limit {name} must be > 0, got {getattr(self, name)!r}")
+
+
+@dataclass
+class Result:
+    passed: int                  # tests passed
+    total: int                   # tests run or to run (0 if the judge never started)
+    status: str                  # "ok", "timeout", "output_limit" or "error" (the sandbox itself failed)
+    errors: list[str] = field(default_factory=list)   # why each failed test failed
+    stdout: str = ""
+    stderr: str = ""
+    seconds: float = 0.0
+
+    @property
+    def fraction(self) -> float:
+        return self.passed / self.total if self.total else 0.0
+
+
+@functools.cache
+def isolation() -> str:
+    """'root' (namespaces, per-run uids), 'userns' (namespaces in a user namespace) or 'none'."""
+    if not sys.platform.startswith("linux") or not shutil.which("unshare"):
+        mode, reason = "none", "not Linux, or no `unshare` (util-linux)"
+    else:
+        mode = "root" if os.geteuid() == 0 else "userns"
+        probe = Sandbox(Limits(wall_s=30), mode=mode).run("def one():\n    return 1", ["assert one() == 1"])
+        reason = (probe.stderr.strip().splitlines() or [probe.status])[-1]
+        if probe.passed != 1:
+            mode = "none"
+    if mode == "none":
+        warnings.warn(f"r1lab sandbox: namespaces unavailable ({reason}); untrusted programs run with rlimits "
+                      "and a timeout only: they can read your files, use the network and outlive the run")
+    return mode
+
+
+class Sandbox:
+    def __init__(self, limits: Limits = Limits(), workers: int = 8, mode: str | None = None, tmp_root: str | None = None):
+        self.limits, self.workers, self.tmp_root = limits, workers, tmp_root
+        self._mode = mode
+        self._slots: set[int] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def mode(self) -> str:
+        if self._mode is None:
+            self._mode = isolation()
+        return self._mode
+
+    def describe(self) -> str:
+        lines = {"root": "namespaces (network, pid, mount, ipc, uts), per-run unprivileged uid, rlimits, timeout",
+                 "userns": "namespaces (user, network, pid, mount, ipc, uts), capabilities dropped, rlimits, timeout",
+                 "none": "rlimits and timeout only: NO file system, network or process isolation"}
+        return f"sandbox isolation: {self.mode} - {lines[self.mode]}; limits: {self.limits}"
+
+    def run_many(self, jobs: list[dict]) -> list[Result]:
+        """Each job is run()'s keyword arguments; results in the jobs' order."""
+        self.mode  # noqa: B018 - probe once, before the threads start
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            return list(pool.map(lambda job: self.run(**job), jobs))
+
+    def run(self, program: str, tests: list[str], setup: str = "", entry_point: str | None = None) -> Result:
+        """Run `program`, then each test statement (trusted code, in the judge) against its functions.
+        `setup` is trusted code run before the tests (helpers, imports); `entry_point` is also bound as
+        `candidate` (HumanEval's convention). Never raises for anything the program does."""
+        started = time.monotonic()
+        with self._slot() as slot, tempfile.TemporaryDirectory(prefix="r1lab-sandbox-", dir=self.tmp_root) as workdir:
+            uid = UID_BASE + slot if os.geteuid() == 0 else None
+            result_r, result_w = os.pipe()
+            try:
+                process = self._start(workdir, uid, result_w, program, tests, setup, entry_point)
+            finally:
+                os.close(result_w)
+            try:
+                streams, status = self._collect(process, result_r, started)
+            finally:
+                os.close(result_r)
+                _kill(process, uid)
+        return _result(streams, status, time.monotonic() - started)
+
+    def _start(self, workdir, uid, result_fd, program, tests, setup, entry_point) -> subprocess.Popen:
+        namespaces = self.mode != "none"
+        prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+        job = {"program": program, "result_fd": result_fd, "uid": uid, "namespaces": namespaces,
+               "python_paths": sorted(prefixes, key=len), "cpu_s": self.limits.cpu_s,
+               "memory_mb": self.limits.memory_mb, "processes": self.limits.processes, "disk_mb": self.limits.disk_mb}
+        Path(workdir, "job.json").write_text(json.dumps(job))
+        Path(workdir, "tests.json").write_text(json.dumps({"tests": list(tests), "setup": setup, "entry_point": entry_point}))
+        env = dict(ENV)
+        if not namespaces:
+            os.mkdir(Path(workdir, "tmp"))
+            env["HOME"] = env["TMPDIR"] = str(Path(workdir, "tmp"))
+            if uid is not None:
+                os.chown(Path(workdir, "tmp"), uid, uid)
+        command = [sys.executable, "-I", JAIL, workdir]
+        if namespaces:
+            user = ["--user", "--map-root-user"] if self.mode == "userns" else []
+            command = ["unshare", *user, "--net", "--pid", "--mount", "--ipc", "--uts", "--fork", "--kill-child", *command]
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                pass_fds=(result_fd,), env=env, cwd=workdir, start_new_session=True)
+
+    def _collect(self, process, result_fd, started) -> tuple[dict, str]:
+        """Read results, stdout and stderr until all close, the deadline passes or output overflows."""
+        streams = {"results": b"", "stdout": b"", "stderr": b""}
+        caps = {"results": 64 << 20, "stdout": self.limits.output_bytes, "stderr": self.limits.output_bytes}
+        selector = selectors.DefaultSelector()
+        selector.register(result_fd, selectors.EVENT_READ, "results")
+        selector.register(process.stdout, selectors.EVENT_READ, "stdout")
+        selector.register(process.stderr, selectors.EVENT_READ, "stderr")
+        status = "ok"
+        while selector.get_map():
+            remaining = self.limits.wall_s - (time.monotonic() - started)
+            events = selector.select(timeout=max(remaining, 0)) if remaining > 0 else []
+            if not events:
+                status = "timeout"
+                break
+            for key, _ in events:
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    continue
+                streams[key.data] += chunk
+                if len(streams[key.data]) > caps[key.data]:
+                    streams[key.data] = streams[key.data][:caps[key.data]]
+                    status = "output_limit"
+            if status == "output_limit":
+                break
+        selector.close()
+        return streams, status
+
+    def _slot(self):
+        """The smallest free slot number (a per-run uid), held for the run."""
+        sandbox = self
+
+        class Slot:
+            def __enter__(self):
+                with sandbox._lock:
+                    self.slot = min(set(range(len(sandbox._slots) + 1)) - sandbox._slots)
+                    sandbox._slots.add(self.slot)
+                return self.slot
+
+            def __exit__(self, *exc):
+                with sandbox._lock:
+                    sandbox._slots.discard(self.slot)
+        return Slot()
+
+
+def _kill(process: subprocess.Popen, uid: int | None) -> None:
+    """Kill the run's process group (and, as root, every process of its uid), then reap it."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if uid is not None:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                uids = next(line for line in open(f"/proc/{pid}/status") if line.startswith("Uid:")).split()[1:]
+                if str(uid) in uids:
+                    os.kill(int(pid), signal.SIGKILL)
+            except (OSError, StopIteration):
+                pass
+    process.stdout.close()
+    process.stderr.close()
+    process.wait()
+
+
+def _result(streams: dict, status: str, seconds: float) -> Result:
+    total, passed, errors, done = 0, 0, [], False
+    for line in streams["results"].decode(errors="replace").splitlines():
+        try:
+            message = json.loads(line)
+        except json.JSONDecodeError:      # the last line, cut by a kill
+            continue
+        total = message.get("tests", total)
+        done = done or message.get("done", False)
+        if "test" in message:
+            passed += message["passed"]
+            if not message["passed"]:
+                errors.append(f"test {message['test']}: {message['error']}")
+    if status == "ok" and not done:
+        status = "error"
+    stdout, stderr = (streams[k].decode(errors="replace") for k in ("stdout", "stderr"))
+    return Result(passed, total, status, errors, stdout, stderr, seconds)

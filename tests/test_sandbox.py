@@ -1,0 +1,201 @@
+"""The sandbox: correct judging, hostile programs contained, reward hacking scores 0.
+
+Every hostile program is given one test that it would pass if it were a correct solution, so
+"contained" means both: the host is unaffected AND the run scores what it earned.
+"""
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from r1lab.sandbox import Limits, Sandbox, isolation
+
+ISOLATED = isolation() != "none"
+needs_namespaces = pytest.mark.skipif(not ISOLATED, reason="no namespaces here: only rlimits and the timeout apply")
+ADD = "def add(a, b):\n    return a + b\n"
+ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]
+
+
+@pytest.fixture
+def box(tmp_path):
+    return Sandbox(Limits(wall_s=10, cpu_s=5, memory_mb=512, processes=16, disk_mb=16, output_bytes=4096),
+                   tmp_root=str(tmp_path))
+
+
+def leftovers(tmp_path) -> list[str]:
+    return [p.name for p in tmp_path.iterdir() if p.name.startswith("r1lab-sandbox-")]
+
+
+def test_correct_program_passes_and_fractions_count(box, tmp_path):
+    result = box.run(ADD, ADD_TESTS + ["assert add(2, 2) == 5"])
+    assert (result.passed, result.total, result.status) == (2, 3, "ok")
+    assert result.fraction == pytest.approx(2 / 3)
+    assert "test 2: AssertionError" in result.errors[0]
+    assert leftovers(tmp_path) == []
+
+
+def test_plain_data_round_trips_and_candidate_and_setup(box):
+    program = "def f(x):\n    return (x, {1: [2.5, float('inf')]}, {3}, b'\\x00', 1j, None, True)\n"
+    tests = ["assert candidate('a') == ('a', {1: [2.5, float('inf')]}, {3}, b'\\x00', 1j, None, True)",
+             "assert helper(f(2))"]
+    result = box.run(program, tests, setup="def helper(value):\n    return value[0] == 2\n", entry_point="f")
+    assert (result.passed, result.total) == (2, 2), result.errors
+
+
+def test_stdout_is_captured_and_a_loop_of_asserts_is_one_test(box):
+    result = box.run(ADD + "print('hello')", ["for i in range(5):\n    assert add(i, 0) == i"])
+    assert (result.passed, result.total, result.stdout) == (1, 1, "hello\n")
+
+
+@pytest.mark.parametrize("program", [
+    "while True:\n    pass",                                    # infinite loop at import
+    ADD + "import time\nwhile True:\n    time.sleep(1)",       # sleeps forever
+])
+def test_infinite_loop_is_stopped_quickly(tmp_path, program):
+    box = Sandbox(Limits(wall_s=2, cpu_s=1), tmp_root=str(tmp_path))
+    started = time.monotonic()
+    result = box.run(program, ADD_TESTS)
+    assert result.passed == 0 and result.status in ("timeout", "ok")
+    assert time.monotonic() - started < 6
+    assert leftovers(tmp_path) == []
+
+
+def test_fork_bomb_is_contained(box):
+    program = ADD + "import os\nfor _ in range(10000):\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    result = box.run(program, ADD_TESTS)
+    assert result.status in ("ok", "timeout", "output_limit")
+    assert os.getloadavg() is not None          # the host still answers
+    assert box.run(ADD, ADD_TESTS).passed == 2  # and the next run is unaffected
+
+
+def test_allocating_50_gb_fails_inside(box):
+    result = box.run(ADD + "x = bytearray(50 * 2**30)", ADD_TESTS)
+    assert result.passed == 0 and "MemoryError" in result.errors[0]
+
+
+def test_a_10_gb_file_is_cut_short(box, tmp_path):
+    program = ADD + ("import os\nwith open('big', 'wb') as f:\n    for _ in range(10240):\n"
+                     "        f.write(b'x' * 2**20)\n")
+    result = box.run(program, ADD_TESTS)
+    assert result.passed == 0
+    assert any(word in result.errors[0] for word in ("File too large", "No space", "EFBIG", "SIGXFSZ", "ended", "exited"))
+    assert leftovers(tmp_path) == []
+
+
+@needs_namespaces
+def test_secrets_are_not_readable(box):
+    secret = Path.home() / f".r1lab-sandbox-secret-{os.getpid()}"
+    secret.write_text("TOKEN=hunter2")
+    try:
+        program = ADD + f"def steal():\n    out = []\n    for path in ('/etc/passwd', {str(secret)!r}, {str(Path.home())!r}):\n" \
+                        "        try:\n            out.append(open(path).read())\n" \
+                        "        except OSError as e:\n            out.append(type(e).__name__)\n    return out\n"
+        result = box.run(program, ["assert steal()[0].startswith('sandbox:')",
+                                   "assert steal()[1] in ('FileNotFoundError', 'PermissionError')",
+                                   "assert steal()[2] in ('FileNotFoundError', 'PermissionError', 'IsADirectoryError')"])
+        assert result.passed == 3, result.errors
+        host_passwd = Path("/etc/passwd").read_text()
+        assert "root:" in host_passwd
+    finally:
+        secret.unlink()
+
+
+@needs_namespaces
+def test_files_outside_cannot_be_deleted(box, tmp_path):
+    keep = tmp_path / "keep.txt"
+    keep.write_text("precious")
+    program = ADD + (f"import os, shutil\nfor path in ({str(keep)!r}, '/usr/bin/env'):\n    try:\n        os.remove(path)\n"
+                     f"    except OSError:\n        pass\nshutil.rmtree({str(tmp_path)!r}, ignore_errors=True)\n"
+                     "shutil.rmtree('/usr', ignore_errors=True)\n")
+    result = box.run(program, ADD_TESTS)
+    assert result.passed == 2                 # it ran, and failed to delete anything
+    assert keep.read_text() == "precious" and Path("/usr/bin/env").exists()
+
+
+@needs_namespaces
+def test_no_network(box):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    program = ADD + ("import socket\ndef reach(host, port):\n    try:\n        socket.create_connection((host, port), timeout=2)\n"
+                     "        return 'connected'\n    except OSError as e:\n        return type(e).__name__\n")
+    result = box.run(program, [f"assert reach('127.0.0.1', {port}) != 'connected'", "assert reach('8.8.8.8', 53) != 'connected'"])
+    assert result.passed == 2, result.errors
+    with pytest.raises(socket.timeout):
+        server.accept()                      # nobody ever connected to the host
+    server.close()
+
+
+@needs_namespaces
+def test_cannot_kill_the_parent(box):
+    program = ADD + (f"import os, signal\nfor pid in (os.getppid(), {os.getpid()}, 1):\n    try:\n"
+                     "        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass\n")
+    result = box.run(program, ADD_TESTS)
+    assert result.passed == 2 and result.status == "ok"     # the judge survived and reported
+
+
+@needs_namespaces
+def test_background_process_does_not_outlive_the_run(box):
+    marker = f"r1lab-outlive-{os.getpid()}"
+    program = ADD + ("import subprocess\nsubprocess.Popen(['/bin/sh', '-c', 'exec -a " + marker + " sleep 300'],"
+                     " start_new_session=True)\n")
+    result = box.run(program, ADD_TESTS)
+    assert result.passed == 2
+    time.sleep(0.2)
+    assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and marker in _cmdline(pid)]
+
+
+def test_one_gb_of_output_is_cut(box):
+    started = time.monotonic()
+    result = box.run(ADD + "import sys\nfor _ in range(1024):\n    sys.stdout.write('x' * 2**20)\n", ADD_TESTS)
+    assert result.status == "output_limit" and len(result.stdout) == 4096 and result.passed == 0
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("program", [
+    "import sys\nsys.exit(0)\n" + ADD,                                       # exit 0 before the tests
+    "import os\nos._exit(0)\n" + ADD,
+    "import builtins\nclass Yes(AssertionError):\n    pass\nbuiltins.AssertionError = Yes\n"
+    "def add(a, b):\n    return 0\n",                                       # patch the assertions
+    "import unittest\nunittest.TestCase.assertEqual = lambda *a: None\ndef add(a, b):\n    return 0\n",
+    "class Any:\n    def __eq__(self, other):\n        return True\n    __hash__ = object.__hash__\n"
+    "def add(a, b):\n    return Any()\n",                                   # always-equal object
+    "class Int(int):\n    def __eq__(self, other):\n        return True\ndef add(a, b):\n    return Int(0)\n",
+    "import sys\ndef add(a, b):\n    sys.stdout.write('{\"test\": 0, \"passed\": true}\\n')\n    return 0\n",   # forged reports
+])
+def test_reward_hacking_scores_zero(box, program):
+    tests = ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]
+    assert box.run(program, tests).passed == 0
+
+
+def test_two_hundred_programs_in_parallel_leave_nothing_behind(tmp_path):
+    marker = f"r1lab-parallel-{os.getpid()}"
+    box = Sandbox(Limits(wall_s=30), workers=16, tmp_root=str(tmp_path))
+    jobs = [{"program": ADD + ("import subprocess\nsubprocess.Popen(['/bin/sh', '-c', 'exec -a " + marker + " sleep 60'])\n"
+                               if i % 10 == 0 else ""),
+             "tests": [f"assert add({i}, 1) == {i + 1}"]} for i in range(200)]
+    results = box.run_many(jobs)
+    assert sum(r.passed for r in results) == 200, [r for r in results if r.passed != 1][:2]
+    assert leftovers(tmp_path) == []
+    time.sleep(0.2)
+    if ISOLATED:
+        assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and marker in _cmdline(pid)]
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_bad_limits_are_named():
+    from r1lab import R1labError
+    with pytest.raises(R1labError, match="wall_s"):
+        Limits(wall_s=0)
+    assert threading.active_count() >= 1
