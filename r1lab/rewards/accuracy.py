@@ -41,9 +41,11 @@ def equivalent(answer: str, truth: str) -> bool:
 
 
 def accuracy(completion: Completion, problem: Problem) -> float:
-    if completion.answer is None or problem.answer is None:
+    if completion.answer is None:
         return 0.0
     own = task_score(problem, completion.answer)
     if own is not None:
         return own
+    if problem.answer is None:
+        return 0.0
     return 1.0 if equivalent(completion.answer, problem.answer) else 0.0

@@ -1,4 +1,4 @@
-"""Tasks give Problems. A spec names one: `arithmetic`, `reasoning-gym:<dataset>`, `jsonl:<path>`.
+"""Tasks give Problems. A spec names one: `arithmetic`, `reasoning-gym:<dataset>`, `jsonl:<path>`, `humaneval`.
 
     from r1lab.tasks import get_task
     task = get_task("arithmetic", operands=3, high=30)
@@ -24,18 +24,21 @@ class Task(Protocol):
 
 def get_task(spec: str, **options) -> Task:
     from r1lab.tasks.arithmetic import Arithmetic
+    from r1lab.tasks.code import HumanEval
     from r1lab.tasks.gym import ReasoningGym
     from r1lab.tasks.jsonl import JsonlTask
 
     kind, _, argument = spec.partition(":")
     if kind == "arithmetic" and not argument:
         cls, positional = Arithmetic, {}
+    elif kind == "humaneval" and not argument:
+        cls, positional = HumanEval, {}
     elif kind == "reasoning-gym" and argument:
         cls, positional = ReasoningGym, {"dataset": argument}
     elif kind == "jsonl" and argument:
         cls, positional = JsonlTask, {"path": argument}
     else:
-        raise R1labError(f"unknown task {spec!r}; expected 'arithmetic', 'reasoning-gym:<dataset>' or 'jsonl:<path>'")
+        raise R1labError(f"unknown task {spec!r}; expected 'arithmetic', 'humaneval', 'reasoning-gym:<dataset>' or 'jsonl:<path>'")
     valid = [f.name for f in dataclasses.fields(cls) if f.name not in positional]
     unknown = sorted(set(options) - set(valid))
     if unknown:
@@ -49,7 +52,11 @@ def check_split(split: str) -> None:
 
 
 def task_score(problem: Problem, answer: str) -> float | None:
-    """A task's own scorer for this problem (reasoning-gym's `score_answer`), or None to use math-verify."""
+    """A task's own scorer for this problem (reasoning-gym's `score_answer`; a code problem's tests, all
+    passing = 1), or None to use math-verify."""
+    if "code" in problem.meta:
+        from r1lab.rewards.code import run_tests
+        return 1.0 if run_tests(problem, answer).fraction == 1.0 else 0.0
     if "reasoning_gym" in problem.meta:
         from r1lab.tasks.gym import score_gym
         return score_gym(problem, answer)

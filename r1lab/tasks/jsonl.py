@@ -3,6 +3,7 @@
 `jsonl:data.jsonl` holds both splits, divided by a hash of each row's prompt (`test_percent`);
 `jsonl:data_{split}.jsonl` names one file per split. Rows without an answer are allowed only with
 `answer_field: null` (then rewards that need no ground truth, such as majority vote, apply).
+A row with a `tests` field is a code problem (see tasks/code.py); it needs no answer.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from r1lab import R1labError
 from r1lab.tasks import check_split
 from r1lab.tasks.arithmetic import split_of
+from r1lab.tasks.code import jsonl_code_problem
 from r1lab.types import Problem
 
 
@@ -55,6 +57,14 @@ class JsonlTask:
         path = self.path.format(split=split) if per_split else self.path
         problems = []
         for number, row in read_jsonl(path):
+            if "tests" in row:
+                if self.prompt_field not in row:
+                    raise R1labError(f"{path}, line {number}: missing field {self.prompt_field!r}")
+                if per_split or split_of(str(row[self.prompt_field]), self.test_percent) == split:
+                    problems.append(jsonl_code_problem(str(path), number, row, self.prompt_field))
+                if n is not None and len(problems) == n:
+                    break
+                continue
             for key in (self.prompt_field, self.answer_field):
                 if key is not None and key not in row:
                     raise R1labError(f"{path}, line {number}: missing field {key!r} (fields present: {sorted(row)})")

@@ -1,0 +1,119 @@
+"""Code tasks (humaneval, jsonl with tests), the `code` template and the `code`/`code_strict` rewards."""
+import json
+import time
+
+import pytest
+
+from r1lab import R1labError
+from r1lab.rewards import REWARDS, check_rewards_fit, parse_rewards, score
+from r1lab.rewards import code as code_rewards
+from r1lab.rewards.code import job
+from r1lab.sandbox import Limits, Sandbox
+from r1lab.tasks import get_task
+from r1lab.templates import extract_program, get_template
+from r1lab.types import Completion, Problem
+
+HUMANEVAL = get_task("humaneval")
+TRAIN, TEST = HUMANEVAL.problems("train"), HUMANEVAL.problems("test")
+
+
+def reply(program: str, reasoning: str = "I add them.") -> Completion:
+    template = get_template("code")
+    text = template.compose(reasoning, program)
+    thought, answer = template.parse(text)
+    return Completion(text=text, template="code", reasoning=thought, answer=answer)
+
+
+def test_humaneval_has_164_problems_in_disjoint_splits():
+    assert len(TRAIN) + len(TEST) == 164 and len(TEST) > 20
+    assert not {p.id for p in TRAIN} & {p.id for p in TEST}
+    assert len(get_task("humaneval", test_percent=100).problems("test")) == 164
+    with pytest.raises(R1labError, match="train split is empty"):
+        get_task("humaneval", test_percent=100).problems("train")
+
+
+def test_every_canonical_solution_passes_and_a_stub_fails():
+    results = Sandbox(Limits(wall_s=60, cpu_s=30)).run_many([job(p, p.answer) for p in TRAIN + TEST])
+    failing = [(p.id, r.errors[:1], r.status) for p, r in zip(TRAIN + TEST, results) if r.fraction != 1.0]
+    assert failing == []
+    first = TEST[0]
+    stub = f"def {first.meta['code']['entry_point']}(*args):\n    return None\n"
+    assert code_rewards.run_tests(first, stub).passed == 0
+
+
+def test_code_template_extracts_the_program():
+    parse = get_template("code").parse
+    assert parse("<think> x </think> <answer>\n```python\ndef f():\n    return 1\n```\n</answer>") == ("x", "def f():\n    return 1")
+    assert parse("<think> x </think> <answer>def f(): return 2</answer>") == ("x", "def f(): return 2")
+    assert parse("<think> x </think> Here:\n```py\ndef f(): pass\n```") == ("x", "def f(): pass")   # no <answer>
+    assert parse("<think> ```python\ndef f(): pass\n```") == ("```python\ndef f(): pass\n```", None)  # still thinking
+    assert extract_program("```\nprint(1)\n```") == "print(1)"
+    assert get_template("code").format_score(reply("def f(): pass").text, False) == 1.0
+
+
+ADD = Problem("add", "Write add(a, b).", None, meta={"code": {
+    "tests": ["assert add(1, 2) == 3", "assert add(0, 0) == 0", "assert add(-1, 1) == 0", "assert add(2, 2) == 4"],
+    "setup": "", "prefix": "", "entry_point": "add"}})
+
+
+def test_code_reward_is_the_fraction_of_tests_and_strict_is_all_or_nothing():
+    group = [reply("def add(a, b):\n    return a + b"),          # all 4
+             reply("def add(a, b):\n    return a + b if a > 0 else 7"),   # add(1,2) and add(2,2) pass: 2 of 4
+             reply("def add(a, b):\n    raise ValueError"),       # crashes
+             Completion(text="no program", template="code"),       # no answer at all
+             reply("import sys\nsys.exit(0)")]                    # exits before the tests
+    weights = parse_rewards("code,code_strict=0.5")
+    total, parts, failures = score(weights, group, [ADD] * len(group), group_size=len(group))
+    assert parts["code"] == [1.0, 0.5, 0.0, 0.0, 0.0]
+    assert parts["code_strict"] == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert total[0] == 1.5 and failures == 0
+
+
+def test_a_hanging_program_scores_zero_quickly(monkeypatch):
+    monkeypatch.setattr(code_rewards, "sandbox", lambda: Sandbox(Limits(wall_s=2, cpu_s=1)))
+    started = time.monotonic()
+    values = code_rewards.code_reward([reply("def add(a, b):\n    while True:\n        pass")] * 4, ADD)
+    assert values == [0.0] * 4 and time.monotonic() - started < 8
+
+
+def test_accuracy_on_a_code_problem_runs_the_tests():
+    assert REWARDS["accuracy"](reply("def add(a, b):\n    return a + b"), ADD) == 1.0
+    assert REWARDS["accuracy"](reply("def add(a, b):\n    return 3"), ADD) == 0.0
+
+
+def test_group_rewards_never_mix_problems():
+    other = Problem("mul", "Write add(a, b) that multiplies.", None, meta={"code": {
+        "tests": ["assert add(2, 3) == 6"], "setup": "", "prefix": "", "entry_point": "add"}})
+    group = [reply("def add(a, b):\n    return a * b")] * 2
+    _, parts, _ = score({"code": 1.0}, group, [ADD, other])     # no group_size: one group per problem
+    assert parts["code"] == [0.5, 1.0]
+
+
+def test_code_rewards_on_a_non_code_task_are_refused():
+    with pytest.raises(R1labError, match="need a code task"):
+        check_rewards_fit(parse_rewards("code,format"), get_task("arithmetic").problems("train", 1, 0)[0])
+
+
+def test_jsonl_code_problems(tmp_path):
+    path = tmp_path / "code_{split}.jsonl"
+    rows = [{"prompt": "Write square(x).", "tests": ["assert square(3) == 9"], "entry_point": "square"},
+            {"prompt": "Write cube(x).", "tests": "assert cube(2) == 8\nassert cube(1) == 1", "answer": "def cube(x):\n    return x ** 3"}]
+    for split in ("train", "test"):
+        (tmp_path / f"code_{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    problems = get_task(f"jsonl:{path}").problems("test")
+    assert [p.meta["code"]["entry_point"] for p in problems] == ["square", ""]
+    assert code_rewards.run_tests(problems[1], problems[1].answer).passed == 2
+    (tmp_path / "bad_test.jsonl").write_text(json.dumps({"prompt": "p", "tests": ["assert ("]}) + "\n")
+    with pytest.raises(R1labError, match=r"line 1: tests\[0\] is not valid Python"):
+        get_task(f"jsonl:{tmp_path / 'bad_{split}.jsonl'}").problems("test")
+
+
+def test_cli_trains_grpo_on_humaneval_with_code_rewards(tmp_path, capsys):
+    from r1lab.cli import main
+    main(["train", "grpo", "--model", "tiny-random", "--task", "humaneval", "--rewards", "code,format",
+          "--template", "code", "--steps", "1", "--prompts-per-step", "2", "--samples-per-prompt", "2", "--micro-batch-size", "4",
+          "--max-new-tokens", "16", "--out", str(tmp_path / "run")])
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["step"] == 1 and "reward/code" in row and row["reward_failures"] == 0
+    main(["sandbox", "--test", "assert True"])
+    assert "sandbox isolation:" in capsys.readouterr().out
