@@ -158,7 +158,8 @@ def cmd_eval(args) -> None:
     if args.samples < 1 or args.problems < 1:
         raise R1labError("--samples and --problems must be >= 1")
     markers = tuple(m.strip() for m in args.reflection_markers.split(",") if m.strip())
-    result = evaluate(args.models, args.task, args.samples, args.problems, args.template, args.temperature,
+    template = args.template or ("code" if args.task == "humaneval" else "r1_zero")
+    result = evaluate(args.models, args.task, args.samples, args.problems, template, args.temperature,
                       args.top_p, args.max_new_tokens, args.seed, args.out, markers=markers)
     print(format_table(result["models"], args.samples))
     print(f"\n{args.task}, {args.problems} held-out problems, {args.samples} samples each, T={args.temperature}, "
@@ -193,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--task", default="arithmetic")
     e.add_argument("--samples", type=int, default=8, help="k samples per problem")
     e.add_argument("--problems", type=int, default=50, help="held-out problems")
-    e.add_argument("--template", default="r1_zero")
+    e.add_argument("--template", help="default: code for humaneval, else r1_zero")
     e.add_argument("--temperature", type=float, default=0.6)
     e.add_argument("--top-p", type=float, default=0.95)
     e.add_argument("--max-new-tokens", type=int, default=256)

@@ -16,7 +16,9 @@ from r1lab.models import load_model
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device: its GPU under `accelerate launch` (cuda:LOCAL_RANK), else cuda or cpu."""
+    from accelerate import PartialState
+    return PartialState(cpu=not torch.cuda.is_available()).device
 
 
 def autocast(mixed_precision: str):
@@ -29,14 +31,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_run(out: str, config, resume: bool) -> tuple[Path, Path | None]:
-    """The run directory with config.yaml; the checkpoint to resume from, if resuming."""
+def prepare_run(out: str, config, resume: bool, write: bool = True) -> tuple[Path, Path | None]:
+    """The run directory with config.yaml (written by the main process only: `write`); the checkpoint
+    to resume from, if resuming."""
     out = Path(out)
     checkpoint = find_checkpoint(out)
     if checkpoint is not None and not resume:
         raise R1labError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    if write:
+        (out / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     return out, checkpoint
 
 

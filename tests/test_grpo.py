@@ -10,6 +10,7 @@ from r1lab.algorithms.grpo import train_grpo
 from r1lab.config import GRPOConfig, load_config
 from r1lab.models import load_model
 from r1lab.rewards import REWARDS
+from tests.learnable import low_ids
 
 TINY = dict(model="tiny-random", prompts_per_step=2, samples_per_prompt=4, micro_batch_size=4,
             max_new_tokens=12, beta=0.04, learning_rate=1e-3)
@@ -21,11 +22,6 @@ def config(tmp_path, **overrides):
 
 def metrics(out):
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-
-
-def low_ids(completion, problem):
-    """A reward a random tiny model can learn in seconds: the share of byte-level tokens (id < 258)."""
-    return sum(t < 258 for t in completion.token_ids) / max(1, len(completion.token_ids))
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,9 @@ Deviations from the paper, and why:
   not a separate forward pass: parameters only change after the whole batch has been seen, so they
   are exactly pi_old's, and a forward pass is saved. With mu = 1 the ratio is therefore exactly 1.
 - with LoRA the reference model is the policy with adapters disabled (no second copy in memory).
+
+Multi-process (accelerate; r1lab/distributed.py): each process samples whole groups for its share of
+the prompts; denominators are global, metrics gathered, files written by the main process only.
 """
 from __future__ import annotations
 
@@ -20,9 +23,10 @@ import torch
 from tqdm import tqdm
 
 from r1lab.algorithms.losses import group_advantages, grpo_loss
-from r1lab.algorithms.sequences import pad_batch, token_logprobs
+from r1lab.algorithms.sequences import CompletionLogits, pad_batch, token_logprobs
 from r1lab.checkpoint import save_checkpoint
 from r1lab.config import GRPOConfig
+from r1lab.distributed import Parallel, prompt_seeds
 from r1lab.evaluate import reflects
 from r1lab.models import load_model
 from r1lab.rewards import check_rewards_fit, parse_rewards, score
@@ -44,11 +48,13 @@ def reference_logprobs(ref_model, policy, batch, temperature, shared):
 
 
 def train_grpo(cfg: GRPOConfig, resume: bool = False):
-    out, checkpoint = prepare_run(cfg.out, cfg, resume)
+    par = Parallel()
+    out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)
     seed_everything(cfg.seed)
     template, weights = get_template(cfg.template), parse_rewards(cfg.rewards)
     problems = get_task(cfg.task, **cfg.task_options).problems("train", cfg.steps * cfg.prompts_per_step, cfg.seed)
     check_rewards_fit(weights, problems[0])
+    par.share(range(cfg.prompts_per_step))                 # checks the prompts divide among the processes
     model, tokenizer = load_policy(cfg.model, checkpoint, cfg.dtype, cfg.lora_rank, cfg.lora_alpha,
                                    cfg.gradient_checkpointing)
     ref_model = None
@@ -59,29 +65,33 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     engine = HFEngine(model, tokenizer, max_batch=cfg.prompts_per_step * cfg.samples_per_prompt, seed=cfg.seed,
                       decode_dtype=cfg.rollout_dtype)
     start = restore_state(checkpoint, optimizer, scheduler, engine.generator)
-    metrics_log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True)
-    samples_log = JsonlLog(out / "samples.jsonl", start)
+    shared_prompts = not cfg.gradient_checkpointing       # a prompt's KV cache cannot be kept under checkpointing
+    policy, optimizer = par.prepare(CompletionLogits(model, shared_prompts), optimizer)   # DDP/FSDP/DeepSpeed-wrapped
+    metrics_log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True) if par.is_main else None
+    samples_log = JsonlLog(out / "samples.jsonl", start) if par.is_main else None
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     G = cfg.samples_per_prompt
-    shared_prompts = not cfg.gradient_checkpointing       # a prompt's KV cache cannot be kept under checkpointing
     model.train()
 
-    progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="grpo", unit="step")
+    progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="grpo", unit="step", disable=not par.is_main)
     for step in progress:
         began = time.perf_counter()
-        # 1. sample G completions per problem from pi_old
-        batch_problems = [problems[(step * cfg.prompts_per_step + i) % len(problems)] for i in range(cfg.prompts_per_step)]
-        prompts, groups = rollout(engine, batch_problems, template, tokenizer, G, sampling)
+        # 1. sample G completions per problem from pi_old (this process's share of the prompts, whole groups)
+        step_problems = [problems[(step * cfg.prompts_per_step + i) % len(problems)] for i in range(cfg.prompts_per_step)]
+        batch_problems = par.share(step_problems)
+        seeds = par.share(prompt_seeds(cfg.seed, step, cfg.prompts_per_step))
+        prompts, groups = rollout(engine, batch_problems, template, tokenizer, G, sampling, seeds)
         sampled = time.perf_counter()
-        completions = [c for group in groups for c in group]                         # B = N * G, groups contiguous
+        completions = [c for group in groups for c in group]                         # b = N/W * G, groups contiguous
         owners = [p for p in batch_problems for _ in range(G)]
         # 2. score and normalise within groups (eq. 3)
         totals, parts, failures = score(weights, completions, owners, group_size=G)
-        rewards = torch.tensor(totals)                                               # (B,)
+        rewards = torch.tensor(totals)                                               # (b,)
         advantages, advantage_metrics = group_advantages(rewards, G, cfg.scale_rewards)
         prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts for _ in range(G)]
         keep = [not (cfg.mask_truncated and c.finish_reason == "length") for c in completions]
-        batch_tokens = sum(len(c.token_ids) for c, k in zip(completions, keep) if k)
+        batch_tokens = par.total(sum(len(c.token_ids) for c, k in zip(completions, keep) if k))   # whole batch
+        batch_sequences = cfg.prompts_per_step * G
         # 3. mu optimisation passes; the first pass records pi_old (and pi_ref) per micro-batch
         old, ref, stats = {}, {}, {"clip_fraction": [], "kl": [], "entropy": []}
         for update in range(cfg.updates_per_batch):
@@ -90,50 +100,56 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
                 batch = pad_batch(prompt_ids[rows], [c.token_ids for c in completions[rows]],
                                   tokenizer.pad_token_id, device())
                 batch["completion_mask"] *= torch.tensor(keep[rows], device=device())[:, None]
-                with autocast(cfg.mixed_precision):
-                    logprobs, entropy = token_logprobs(model, batch, cfg.temperature, with_entropy=update == 0,
-                                                       shared=shared_prompts)                               # (b, C)
-                    if update == 0:
-                        old[start_row] = logprobs.detach()
-                        ref[start_row] = (reference_logprobs(ref_model, model, batch, cfg.temperature, shared_prompts)
-                                          if cfg.beta else None)
-                        stats["entropy"].append(entropy)
-                loss, loss_metrics = grpo_loss(
-                    logprobs, old[start_row], ref[start_row], advantages[rows].to(device()), batch["completion_mask"],
-                    eps_low=cfg.epsilon, eps_high=cfg.epsilon_high, beta=cfg.beta, mode=cfg.loss_aggregation,
-                    batch_sequences=len(completions), batch_tokens=batch_tokens, max_length=cfg.max_new_tokens)
-                loss.backward()
+                with par.sync_unless(policy, accumulating=start_row + cfg.micro_batch_size < len(completions)):
+                    with autocast(cfg.mixed_precision):
+                        logprobs, entropy = token_logprobs(policy, batch, cfg.temperature, with_entropy=update == 0)  # (b, C)
+                        if update == 0:
+                            old[start_row] = logprobs.detach()
+                            ref[start_row] = (reference_logprobs(ref_model, model, batch, cfg.temperature, shared_prompts)
+                                              if cfg.beta else None)
+                            stats["entropy"].append(entropy)
+                    loss, loss_metrics = grpo_loss(
+                        logprobs, old[start_row], ref[start_row], advantages[rows].to(device()), batch["completion_mask"],
+                        eps_low=cfg.epsilon, eps_high=cfg.epsilon_high, beta=cfg.beta, mode=cfg.loss_aggregation,
+                        batch_sequences=batch_sequences, batch_tokens=batch_tokens, max_length=cfg.max_new_tokens)
+                    par.accelerator.backward(loss * par.world)        # DDP averages: x world gives the global sum
                 for key, value in loss_metrics.items():
                     stats[key].append(value)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+            grad_norm = par.accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item()
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         trained = time.perf_counter()
-        # 4. metrics, samples, checkpoint
-        lengths = [len(c.token_ids) for c in completions]
+        # 4. metrics (over every process's samples), samples, checkpoint (main process)
+        totals, lengths = par.gather(totals), par.gather([len(c.token_ids) for c in completions])
+        parts = {name: par.gather(values) for name, values in parts.items()}
+        texts, finished = par.gather([c.text for c in completions]), par.gather([c.finish_reason for c in completions])
+        stats = {key: par.gather(values) for key, values in stats.items()}
+        advantage_metrics = {key: sum(par.gather([value])) / par.world for key, value in advantage_metrics.items()}
         sampled_tokens = sum(lengths)
-        row = {"step": step + 1, "reward": rewards.mean().item(), "reward_std": rewards.std().item(),
+        row = {"step": step + 1, "processes": par.world, "reward": sum(totals) / len(totals), "reward_std": torch.tensor(totals).std().item(),
                **{f"reward/{k}": sum(v) / len(v) for k, v in parts.items()},
                **{f"reward/{k}_std": torch.tensor(v).std().item() for k, v in parts.items()},
-               "reward_failures": failures, **advantage_metrics,
+               "reward_failures": int(par.total(failures)), **advantage_metrics,
                "completion_length": sampled_tokens / len(lengths), "completion_length_max": max(lengths),
-               "reflection": sum(reflects(c.text) for c in completions) / len(completions),
-               "truncated": sum(c.finish_reason == "length" for c in completions) / len(completions),
+               "reflection": sum(map(reflects, texts)) / len(texts),
+               "truncated": sum(f == "length" for f in finished) / len(finished),
                **{k: sum(v) / len(v) for k, v in stats.items() if v},
                "learning_rate": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                "sample_tokens_per_s": sampled_tokens / (sampled - began),
-               "train_tokens_per_s": cfg.updates_per_batch * (sum(map(len, prompt_ids)) + sampled_tokens) / (trained - sampled),
+               "train_tokens_per_s": cfg.updates_per_batch * (par.total(sum(map(len, prompt_ids))) + sampled_tokens) / (trained - sampled),
                "sample_seconds": sampled - began, "train_seconds": trained - sampled, "step_seconds": trained - began}
         if "accuracy" in parts:
             row["accuracy"] = row["reward/accuracy"]
-        metrics_log.write(row)
-        if step % cfg.sample_every == 0:
-            for c, total in zip(groups[0], totals[:G]):
-                samples_log.write({"step": step + 1, "prompt": batch_problems[0].prompt, "truth": batch_problems[0].answer,
-                                   "completion": c.text, "answer": c.answer, "reward": total})
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(out, model, tokenizer, training_state(step + 1, optimizer, scheduler, engine.generator))
+        if par.is_main:
+            metrics_log.write(row)
+            if step % cfg.sample_every == 0:
+                for c, total in zip(groups[0], totals[:G]):
+                    samples_log.write({"step": step + 1, "prompt": batch_problems[0].prompt, "truth": batch_problems[0].answer,
+                                       "completion": c.text, "answer": c.answer, "reward": total})
+            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+                save_checkpoint(out, model, tokenizer, training_state(step + 1, optimizer, scheduler, engine.generator))
+        par.barrier()
         progress.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row.get('accuracy', 0):.2f}",
                              len=f"{row['completion_length']:.0f}", s=f"{row['step_seconds']:.1f}")
     return out / "checkpoint"

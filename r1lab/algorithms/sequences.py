@@ -68,9 +68,23 @@ def _logits_full(model, batch: dict) -> torch.Tensor:
     return out.logits[:, :-1]
 
 
+class CompletionLogits(torch.nn.Module):
+    """A causal LM as one module whose forward gives a batch's completion-position logits (B, C, V):
+    one call per micro-batch even when the prompt and completions run separately, as DDP/FSDP expect."""
+
+    def __init__(self, model, shared: bool = True):
+        super().__init__()
+        self.model, self.shared = model, shared
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return (_logits_shared if self.shared else _logits_full)(self.model, batch)
+
+
 def token_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: bool = False, shared: bool = True):
-    """log pi(o_t | q, o_<t) for each completion token, (B, C); and the mean entropy (no grad) if asked."""
-    logits = (_logits_shared if shared else _logits_full)(model, batch).float() / temperature       # (B, C, V)
+    """log pi(o_t | q, o_<t) for each completion token, (B, C); and the mean entropy (no grad) if asked.
+    `model` is a causal LM, or a (wrapped) CompletionLogits, whose own `shared` then applies."""
+    logits = model(batch) if not hasattr(model, "config") else (_logits_shared if shared else _logits_full)(model, batch)
+    logits = logits.float() / temperature                                                           # (B, C, V)
     logprobs = logits.gather(-1, batch["completion_ids"][..., None]).squeeze(-1) - logits.logsumexp(-1)
     entropy = None
     if with_entropy:

@@ -37,8 +37,23 @@ GROUP_REWARDS: dict[str, GroupRewardFn] = {
 }
 
 
+def import_reward(name: str) -> None:
+    """Register a user reward named 'package.module:function' (fn(completion, problem) -> float)."""
+    import importlib
+
+    module_name, _, function = name.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as e:
+        raise R1labError(f"reward {name!r}: cannot import it ({e})") from None
+    if not callable(fn):
+        raise R1labError(f"reward {name!r} is not a function")
+    REWARDS[name] = fn
+
+
 def parse_rewards(spec: str | dict) -> dict[str, float]:
-    """'accuracy,format=0.5' or {'accuracy': 1, 'format': 0.5} -> {name: weight}, names checked."""
+    """'accuracy,format=0.5' or {'accuracy': 1, 'format': 0.5} -> {name: weight}, names checked.
+    A name 'package.module:function' is your own reward, fn(completion, problem) -> float."""
     if isinstance(spec, str):
         pairs = [part.strip().partition("=") for part in spec.split(",") if part.strip()]
         try:
@@ -47,6 +62,9 @@ def parse_rewards(spec: str | dict) -> dict[str, float]:
             raise R1labError(f"rewards {spec!r}: weights must be numbers, as in 'accuracy,format=0.5'") from None
     if not spec:
         raise R1labError("rewards: at least one reward is needed; valid: " + ", ".join(REWARDS))
+    for name in spec:
+        if ":" in name and name not in REWARDS:
+            import_reward(name)
     unknown = [name for name in spec if name not in REWARDS and name not in GROUP_REWARDS]
     if unknown:
         raise R1labError(f"unknown reward(s) {unknown}; valid rewards: {', '.join([*REWARDS, *GROUP_REWARDS])}")

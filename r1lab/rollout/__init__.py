@@ -30,7 +30,7 @@ class Sample:
 
 
 class Engine(Protocol):
-    def generate(self, prompts: list[str], n: int, sampling: Sampling, watch=None) -> list[list[Sample]]: ...
+    def generate(self, prompts: list[str], n: int, sampling: Sampling, watch=None, seeds=None) -> list[list[Sample]]: ...
 
 
 def to_completion(sample: Sample, template: Template) -> Completion:
@@ -40,12 +40,13 @@ def to_completion(sample: Sample, template: Template) -> Completion:
 
 
 def rollout(engine: Engine, problems: list[Problem], template: Template, tokenizer, n: int,
-            sampling: Sampling) -> tuple[list[str], list[list[Completion]]]:
-    """Render each problem, sample n completions for it, parse them: (prompts, completions per problem)."""
+            sampling: Sampling, seeds: list[int] | None = None) -> tuple[list[str], list[list[Completion]]]:
+    """Render each problem, sample n completions for it, parse them: (prompts, completions per problem).
+    `seeds`, one per problem, make each problem's samples independent of the batch it is in."""
     prompts = [template.render(p.prompt, tokenizer) for p in problems]
     sampling = Sampling(sampling.temperature, sampling.top_p, sampling.max_new_tokens,
                         tuple(dict.fromkeys(sampling.stop + template.stop)))
-    groups = engine.generate(prompts, n, sampling)
+    groups = engine.generate(prompts, n, sampling, seeds=seeds) if seeds is not None else engine.generate(prompts, n, sampling)
     return prompts, [[to_completion(s, template) for s in group] for group in groups]
 
 

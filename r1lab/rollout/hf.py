@@ -23,8 +23,9 @@ from transformers import DynamicCache
 from r1lab.rollout import Sample, Sampling
 
 
-def sample_tokens(logprobs: torch.Tensor, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+def sample_tokens(logprobs: torch.Tensor, top_p: float, generator) -> torch.Tensor:
     """Draw one id per row from log-probs (B, V), restricted to the top-p nucleus. Returns (B,).
+    `generator`: one torch.Generator for the batch, or a list with one per row (seeded rollouts).
 
     Inverse-CDF sampling with one uniform per row (a float64 cumulative sum and a binary search): an
     exact draw that, on a 49k vocabulary, costs a fraction of torch.multinomial."""
@@ -33,7 +34,11 @@ def sample_tokens(logprobs: torch.Tensor, top_p: float, generator: torch.Generat
         probs, order = probs.sort(dim=-1, descending=True)                # (B, V)
         probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p, 0.0)   # mass before this token already >= top_p
     cdf = probs.cumsum(-1)                                                 # (B, V)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    if isinstance(generator, list):
+        u = torch.cat([torch.rand(1, 1, generator=g, dtype=cdf.dtype, device=cdf.device) for g in generator])
+    else:
+        u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
+    u = u * cdf[:, -1:]
     chosen = torch.searchsorted(cdf, u, right=True).clamp_max(cdf.shape[1] - 1)   # (B, 1)
     return (chosen if order is None else order.gather(-1, chosen)).squeeze(-1)
 
@@ -59,10 +64,11 @@ class HFEngine:
             for mine, theirs in zip(self.model.parameters(), self.policy.parameters(), strict=True):
                 mine.copy_(theirs)
 
-    def generate(self, prompts: list[str], n: int, sampling: Sampling, watch=None) -> list[list[Sample]]:
+    def generate(self, prompts: list[str], n: int, sampling: Sampling, watch=None, seeds=None) -> list[list[Sample]]:
         """n samples per prompt. `watch(k, tokens)`, if given, sees sample k's (= prompt * n + j) tokens
         after each new one and returns False to drop it (finish_reason "cancelled"): streaming, and
-        freeing a disconnected client's rows."""
+        freeing a disconnected client's rows. `seeds` (one per prompt) give each sample its own random
+        stream, so what is drawn does not depend on which prompts share a batch (or a process)."""
         self._refresh_decoder()
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         per_chunk = max(1, self.max_batch // n)
@@ -71,7 +77,8 @@ class HFEngine:
         self.model.eval()
         try:
             for start in range(0, len(ids), per_chunk):
-                samples += self._generate_chunk(ids[start:start + per_chunk], n, sampling, watch, start * n)
+                chunk_seeds = None if seeds is None else seeds[start:start + per_chunk]
+                samples += self._generate_chunk(ids[start:start + per_chunk], n, sampling, watch, start * n, chunk_seeds)
         finally:
             self.model.train(was_training)
         return [samples[i * n:(i + 1) * n] for i in range(len(prompts))]
@@ -85,8 +92,11 @@ class HFEngine:
         return any(s in tail for s in stop)
 
     @torch.no_grad()
-    def _generate_chunk(self, prompt_ids: list[list[int]], n: int, s: Sampling, watch=None, offset: int = 0) -> list[Sample]:
+    def _generate_chunk(self, prompt_ids: list[list[int]], n: int, s: Sampling, watch=None, offset: int = 0,
+                        seeds=None) -> list[Sample]:
         device = self.model.device
+        generators = None if seeds is None else [torch.Generator(device=device).manual_seed((seed * 1_000_003 + j) % 2**63)
+                                                 for seed in seeds for j in range(n)]
         width = max(len(p) for p in prompt_ids)
         input_ids = torch.full((len(prompt_ids), width), self.tokenizer.pad_token_id, device=device)
         mask = torch.zeros((len(prompt_ids), width), dtype=torch.long, device=device)
@@ -108,7 +118,8 @@ class HFEngine:
         for step in range(s.max_new_tokens):
             if s.temperature > 0:
                 step_logprobs = torch.log_softmax(logits.float() / s.temperature, dim=-1)   # (b, V)
-                chosen = sample_tokens(step_logprobs, s.top_p, self.generator)            # (b,)
+                generator = self.generator if generators is None else [generators[row] for row in rows]
+                chosen = sample_tokens(step_logprobs, s.top_p, generator)                 # (b,)
             else:
                 step_logprobs = torch.log_softmax(logits.float(), dim=-1)
                 chosen = step_logprobs.argmax(-1)

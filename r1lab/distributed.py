@@ -1,0 +1,66 @@
+"""Data-parallel training on accelerate: one process per device, started by `accelerate launch`.
+
+    accelerate launch --multi_gpu --num_processes 2 -m r1lab train grpo --model tiny-random ...
+    r1lab train grpo --num-processes 2 ...        (the same launch; on CPUs the processes talk over gloo)
+
+One process runs exactly the same code with a world of one. The choices, each tested
+(tests/test_distributed.py: two gloo processes end with the parameters of one process):
+- groups stay whole: each process takes a contiguous share of the step's prompts and samples all G
+  completions of each, so the group statistics of eq. 3 need no communication (prompts per step must
+  divide by the number of processes);
+- each prompt's samples are drawn from their own random streams, seeded by (seed, step, prompt), so the
+  completions do not depend on the number of processes;
+- loss denominators (sequences, tokens) are global and each process's loss is multiplied by the world
+  size, so DDP's gradient average equals the one-process gradient of the whole batch;
+- metrics come from the gathered per-sample values; only the main process writes logs and checkpoints.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from r1lab import R1labError
+
+
+class Parallel:
+    def __init__(self):
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())   # cpu: gloo across processes
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.is_main = self.accelerator.is_main_process
+
+    def share(self, items: list, what: str = "prompts_per_step") -> list:
+        """This process's contiguous share of `items` (the same list on every process)."""
+        if len(items) % self.world:
+            raise R1labError(f"{what} = {len(items)} must divide by the number of processes ({self.world})")
+        size = len(items) // self.world
+        return items[self.rank * size:(self.rank + 1) * size]
+
+    def prepare(self, module: torch.nn.Module, optimizer):
+        """The module wrapped for data parallelism (DDP, FSDP or DeepSpeed, as accelerate is configured)."""
+        return self.accelerator.prepare(module, optimizer)
+
+    def sync_unless(self, module, accumulating: bool):
+        """No gradient all-reduce while accumulating micro-batches; one at the last."""
+        return self.accelerator.no_sync(module) if accumulating and self.world > 1 else contextlib.nullcontext()
+
+    def gather(self, values: list) -> list:
+        """Every process's list, concatenated in rank order."""
+        return gather_object(list(values)) if self.world > 1 else list(values)
+
+    def total(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        tensor = torch.tensor([float(value)], device=self.accelerator.device, dtype=torch.float64)
+        return self.accelerator.reduce(tensor, reduction="sum").item()
+
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+
+def prompt_seeds(seed: int, step: int, count: int) -> list[int]:
+    """One random-stream seed per prompt of a step, the same in every process."""
+    return [random.Random(f"{seed}/{step}/{i}").getrandbits(62) for i in range(count)]

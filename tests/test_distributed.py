@@ -1,0 +1,65 @@
+"""Data parallel on accelerate: two gloo processes end with the parameters of one process that saw
+the same global batch (r1lab/distributed.py says why this holds: whole groups, per-prompt random
+streams, global loss denominators)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+GRPO = ["train", "grpo", "--model", "tiny-random", "--steps", "3", "--prompts-per-step", "4", "--samples-per-prompt", "4",
+        "--micro-batch-size", "4", "--max-new-tokens", "12", "--learning-rate", "1e-2", "--beta", "0.04",
+        "--updates-per-batch", "2", "--loss-aggregation", "token", "--rewards", "tests.learnable:low_ids"]
+
+
+def accelerate(processes: int) -> list[str]:
+    """`accelerate launch` with N processes: torchrun (--multi_gpu) even on CPUs, where they use gloo."""
+    return [sys.executable, "-m", "accelerate.commands.launch", *(["--multi_gpu"] if processes > 1 else []),
+            "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def launch(processes: int, args: list[str], out: Path) -> Path:
+    command = [*accelerate(processes), "-m", "r1lab", *args, "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out / "checkpoint"
+
+
+def assert_same_parameters(a: Path, b: Path, changed_from=None):
+    first, second = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    worst = max((first[k] - second[k]).abs().max().item() for k in first)
+    assert worst < 1e-5, f"parameters differ by up to {worst}"
+    if changed_from is not None:
+        assert any(not torch.equal(changed_from[k], first[k]) for k in first), "training did not move the parameters"
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_in_grpo(tmp_path):
+    from r1lab.models import load_model
+    one = launch(1, GRPO, tmp_path / "one")
+    two = launch(2, GRPO, tmp_path / "two")
+    assert_same_parameters(one, two, changed_from=load_model("tiny-random")[0].state_dict())
+    for a, b in zip(rows(tmp_path / "one"), rows(tmp_path / "two"), strict=True):
+        assert (a["processes"], b["processes"]) == (1, 2)
+        assert a["reward"] == pytest.approx(b["reward"], abs=1e-9)          # the same completions were sampled
+        assert a["completion_length"] == b["completion_length"]
+        assert a["kl"] == pytest.approx(b["kl"], rel=1e-4, abs=1e-8)
+    assert not (tmp_path / "two" / "checkpoint" / "rank1").exists()
+
+
+@pytest.mark.slow
+def test_prompts_that_do_not_divide_among_processes_are_refused(tmp_path):
+    command = [*accelerate(2), "-m", "r1lab", *GRPO,
+               "--prompts-per-step", "3", "--micro-batch-size", "3", "--out", str(tmp_path / "x")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "must divide by the number of processes (2)" in done.stderr
