@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from r1lab import R1labError
@@ -90,6 +91,20 @@ def cmd_generate(args) -> None:
         print(f"--- parsed answer: {c.answer!r}")
 
 
+def relaunch(num_processes: int, argv: list[str]) -> None:
+    """`r1lab train ... --num-processes N` = `accelerate launch --multi_gpu --num_processes N -m r1lab train ...`
+    (one process per GPU; on CPUs, N processes over gloo). The config is checked here first."""
+    import subprocess
+
+    if num_processes < 1:
+        raise R1labError(f"--num-processes must be >= 1, got {num_processes}")
+    if os.environ.get("WORLD_SIZE"):
+        raise R1labError("--num-processes inside an accelerate/torchrun launch: give the process count to one of them only")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "r1lab", *argv]
+    sys.exit(subprocess.call(command))
+
+
 def cmd_train(args, extra: list[str]) -> None:
     from r1lab.algorithms.grpo import train_grpo
     from r1lab.algorithms.sft import train_sft
@@ -103,11 +118,19 @@ def cmd_train(args, extra: list[str]) -> None:
     kind, train = {"grpo": (GRPOConfig, train_grpo), "sft": (SFTConfig, train_sft), "compete": (CompeteConfig, train_compete),
                    "rejection": (RejectionConfig, lambda c, resume: run_rejection(c)),
                    "distill": (DistillConfig, lambda c, resume: run_distill(c))}[args.stage]
-    print(f"output: {train(load_config(kind, args.config, options_to_dict(extra)), resume=args.resume)}")
+    config = load_config(kind, args.config, options_to_dict(extra))
+    if args.num_processes and args.stage in ("grpo", "sft", "compete"):
+        share = "batch_size" if args.stage == "sft" else "prompts_per_step"
+        if getattr(config, share) % args.num_processes:
+            raise R1labError(f"{share} = {getattr(config, share)} must divide by --num-processes {args.num_processes}")
+        relaunch(args.num_processes, ["train", args.stage, *(["--config", args.config] if args.config else []),
+                                      *(["--resume"] if args.resume else []), *extra])
+    output = train(config, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"output: {output}")
 
 
 def cmd_serve(args) -> None:
-    import os
 
     from r1lab.serve import serve
     key = None
@@ -162,7 +185,8 @@ def cmd_eval(args) -> None:
     result = evaluate(args.models, args.task, args.samples, args.problems, template, args.temperature,
                       args.top_p, args.max_new_tokens, args.seed, args.out, markers=markers)
     print(format_table(result["models"], args.samples))
-    print(f"\n{args.task}, {args.problems} held-out problems, {args.samples} samples each, T={args.temperature}, "
+    count = next(iter(result["models"].values()))["problems"]
+    print(f"\n{args.task}, {count} held-out problems, {args.samples} samples each, T={args.temperature}, "
           f"top-p={args.top_p}; 95% bootstrap CIs in brackets; written to {args.out}/eval.json")
 
 
@@ -189,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("stage", choices=["grpo", "sft", "compete", "rejection", "distill"])
     t.add_argument("--config", help="YAML file of options (command-line options override it)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    t.add_argument("--num-processes", type=int, help="data-parallel processes (grpo, sft, compete), via accelerate launch")
     e = sub.add_parser("eval", help="pass@1, cons@k, length, reflection and language mixing for models")
     e.add_argument("models", nargs="+")
     e.add_argument("--task", default="arithmetic")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import re
 import threading
 import time
 import uuid

@@ -32,9 +32,11 @@ def launch(processes: int, args: list[str], out: Path) -> Path:
 
 
 def assert_same_parameters(a: Path, b: Path, changed_from=None):
+    """Within 1e-4: 1% of one Adam step at lr 1e-2 (Adam magnifies float noise in near-zero gradients;
+    a loss missing the world-size factor is off by 5e-2)."""
     first, second = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     worst = max((first[k] - second[k]).abs().max().item() for k in first)
-    assert worst < 1e-5, f"parameters differ by up to {worst}"
+    assert worst < 1e-4, f"parameters differ by up to {worst}"
     if changed_from is not None:
         assert any(not torch.equal(changed_from[k], first[k]) for k in first), "training did not move the parameters"
 
@@ -63,3 +65,20 @@ def test_prompts_that_do_not_divide_among_processes_are_refused(tmp_path):
                "--prompts-per-step", "3", "--micro-batch-size", "3", "--out", str(tmp_path / "x")]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode != 0 and "must divide by the number of processes (2)" in done.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_in_sft_and_compete(tmp_path):
+    from r1lab.data import write_cold_start
+    data = tmp_path / "cold.jsonl"
+    write_cold_start("arithmetic", 16, str(data), "r1_zero", 0)
+    sft = ["train", "sft", "--model", "tiny-random", "--data", str(data), "--batch-size", "8", "--micro-batch-size", "2",
+           "--learning-rate", "1e-3"]
+    assert_same_parameters(launch(1, sft, tmp_path / "sft1"), launch(2, sft, tmp_path / "sft2"))
+    assert rows(tmp_path / "sft1")[-1]["loss"] == pytest.approx(rows(tmp_path / "sft2")[-1]["loss"], rel=1e-5)
+    compete = ["train", "compete", "--model", "tiny-random", "--rounds", "2", "--prompts-per-step", "4",
+               "--samples-per-prompt", "4", "--micro-batch-size", "4", "--max-new-tokens", "12", "--learning-rate", "1e-2",
+               "--rewards", "tests.learnable:low_ids"]
+    one, two = launch(1, compete, tmp_path / "c1"), launch(2, compete, tmp_path / "c2")
+    assert_same_parameters(one, two)
+    assert [r["imitated"] for r in rows(tmp_path / "c1")] == [r["imitated"] for r in rows(tmp_path / "c2")]

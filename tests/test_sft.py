@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+
 
 from r1lab import R1labError
 from r1lab.algorithms.sft import train_sft

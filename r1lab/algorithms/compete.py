@@ -22,9 +22,10 @@ import torch
 from tqdm import tqdm
 
 from r1lab.algorithms.losses import compete_weights, sft_loss, unlikelihood_loss
-from r1lab.algorithms.sequences import pad_batch, token_logprobs
+from r1lab.algorithms.sequences import CompletionLogits, pad_batch, token_logprobs
 from r1lab.checkpoint import save_checkpoint
 from r1lab.config import CompeteConfig
+from r1lab.distributed import Parallel, prompt_seeds
 from r1lab.models import load_model
 from r1lab.rewards import parse_rewards, score
 from r1lab.rollout import Sampling, rollout
@@ -36,7 +37,8 @@ from r1lab.training import (JsonlLog, autocast, device, load_policy, make_optimi
 
 
 def train_compete(cfg: CompeteConfig, resume: bool = False):
-    out, checkpoint = prepare_run(cfg.out, cfg, resume)
+    par = Parallel()
+    out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)
     seed_everything(cfg.seed)
     weights = parse_rewards(cfg.rewards)
     problems = get_task(cfg.task, **cfg.task_options).problems("train", cfg.rounds * cfg.prompts_per_step, cfg.seed)
@@ -52,17 +54,22 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
                        other_tokenizer, get_template(source.get("template", cfg.template)), source.get("samples", 1)))
     group_size = sum(a[4] for a in agents)
     start = restore_state(checkpoint, optimizer, scheduler, policy_engine.generator)
-    log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True)
+    par.share(range(cfg.prompts_per_step))                 # checks the prompts divide among the processes
+    policy, optimizer = par.prepare(CompletionLogits(model), optimizer)
+    log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True) if par.is_main else None
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     model.train()
 
-    for step in tqdm(range(start, cfg.rounds), initial=start, total=cfg.rounds, desc="compete", unit="round"):
+    for step in tqdm(range(start, cfg.rounds), initial=start, total=cfg.rounds, desc="compete", unit="round",
+                     disable=not par.is_main):
         began = time.perf_counter()
-        batch_problems = [problems[(step * cfg.prompts_per_step + i) % len(problems)] for i in range(cfg.prompts_per_step)]
+        step_problems = [problems[(step * cfg.prompts_per_step + i) % len(problems)] for i in range(cfg.prompts_per_step)]
+        batch_problems = par.share(step_problems)                # whole groups on each process
+        seeds = par.share(prompt_seeds(cfg.seed, step, cfg.prompts_per_step))
         # 1. every agent answers every problem; members of a problem's group stay contiguous
         members = [[] for _ in batch_problems]                  # per problem: (source, prompt ids, completion)
-        for name, engine, agent_tokenizer, template, n in agents:
-            _, groups = rollout(engine, batch_problems, template, agent_tokenizer, n, sampling)
+        for agent, (name, engine, agent_tokenizer, template, n) in enumerate(agents):
+            _, groups = rollout(engine, batch_problems, template, agent_tokenizer, n, sampling, [s + agent for s in seeds])
             for slot, (problem, group) in enumerate(zip(batch_problems, groups)):
                 prompt_ids = tokenizer(template.render(problem.prompt, tokenizer), add_special_tokens=False)["input_ids"]
                 members[slot] += [(name, prompt_ids, c) for c in group]
@@ -75,35 +82,41 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
         targets = [c.token_ids if name == "policy" else tokenizer(c.text, add_special_tokens=False)["input_ids"]
                    + ([tokenizer.eos_token_id] if c.finish_reason == "stop" else []) for name, _, c in flat]
         active = [i for i in range(len(flat)) if imitate[i] > 0 or push_down[i] > 0]
-        batch_tokens = sum(len(targets[i]) for i in active)
+        batch_tokens = max(1.0, par.total(sum(len(targets[i]) for i in active)))      # the whole batch's
+        active = active or [0]              # a row with zero weights: every process joins the gradient all-reduce
         for first in range(0, len(active), cfg.micro_batch_size):
             rows = active[first:first + cfg.micro_batch_size]
             batch = pad_batch([flat[i][1] for i in rows], [targets[i] for i in rows], tokenizer.pad_token_id, device())
-            with autocast(cfg.mixed_precision):
-                logprobs, _ = token_logprobs(model, batch)                                     # (b, C)
-            mask = batch["completion_mask"]
-            loss = sft_loss(logprobs, mask, imitate[rows].to(device()), batch_tokens)
-            if cfg.unlikelihood_weight:
-                loss = loss + cfg.unlikelihood_weight * unlikelihood_loss(logprobs, mask, push_down[rows].to(device()), batch_tokens)
-            loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item() if active else 0.0
+            with par.sync_unless(policy, accumulating=first + cfg.micro_batch_size < len(active)):
+                with autocast(cfg.mixed_precision):
+                    logprobs, _ = token_logprobs(policy, batch)                                # (b, C)
+                mask = batch["completion_mask"]
+                loss = sft_loss(logprobs, mask, imitate[rows].to(device()), batch_tokens)
+                if cfg.unlikelihood_weight:
+                    loss = loss + cfg.unlikelihood_weight * unlikelihood_loss(logprobs, mask, push_down[rows].to(device()), batch_tokens)
+                par.accelerator.backward(loss * par.world)                  # DDP averages: x world gives the sum
+        grad_norm = par.accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        # 3. metrics per source, checkpoint
+        # 3. metrics per source (over every process's members), checkpoint
+        totals, names = par.gather(totals), par.gather([name for name, _, _ in flat])
+        parts = {name: par.gather(values) for name, values in parts.items()}
+        lengths = par.gather([len(c.token_ids) for c in completions])
         by_source = defaultdict(list)
-        for (name, _, _), total in zip(flat, totals):
+        for name, total in zip(names, totals):
             by_source[name].append(total)
-        row = {"step": step + 1, "reward": sum(totals) / len(totals),
+        row = {"step": step + 1, "processes": par.world, "reward": sum(totals) / len(totals),
                **{f"reward/{k}": sum(v) / len(v) for k, v in parts.items()},
                **{f"source/{k}/reward": sum(v) / len(v) for k, v in by_source.items()},
-               "imitated": int((imitate > 0).sum()), "pushed_down": int((push_down > 0).sum()),
-               "reward_failures": failures, "grad_norm": grad_norm,
-               "completion_length": sum(len(c.token_ids) for c in completions) / len(completions),
-               "step_seconds": time.perf_counter() - began}
+               "imitated": int(par.total((imitate > 0).sum().item())), "pushed_down": int(par.total((push_down > 0).sum().item())),
+               "reward_failures": int(par.total(failures)), "grad_norm": grad_norm,
+               "completion_length": sum(lengths) / len(lengths), "step_seconds": time.perf_counter() - began}
         if "accuracy" in parts:
             row["accuracy"] = row["reward/accuracy"]
-        log.write(row)
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.rounds:
-            save_checkpoint(out, model, tokenizer, training_state(step + 1, optimizer, scheduler, policy_engine.generator))
+        if par.is_main:
+            log.write(row)
+            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.rounds:
+                save_checkpoint(out, model, tokenizer, training_state(step + 1, optimizer, scheduler, policy_engine.generator))
+        par.barrier()
     return out / "checkpoint"

@@ -6,20 +6,22 @@
 The loss is on completion tokens only (the prompt is rendered with the template, as at RL time), a
 token mean over each optimiser batch. Each batch is cut into micro-batches of similar length (sorted
 within the batch) so little padding is paid for. Same checkpoint, resume and metrics files as GRPO.
+Multi-process (accelerate): each process takes a contiguous share of every batch; the token count in
+the loss's denominator is the whole batch's, so the update equals the one-process update.
 """
 from __future__ import annotations
 
 import random
 import time
 
-import torch
 from tqdm import tqdm
 
 from r1lab import R1labError
 from r1lab.algorithms.losses import sft_loss
-from r1lab.algorithms.sequences import pad_batch, token_logprobs
+from r1lab.algorithms.sequences import CompletionLogits, pad_batch, token_logprobs
 from r1lab.checkpoint import save_checkpoint
 from r1lab.config import SFTConfig
+from r1lab.distributed import Parallel
 from r1lab.tasks.jsonl import read_jsonl
 from r1lab.templates import get_template
 from r1lab.training import (JsonlLog, autocast, device, load_policy, make_optimizer, prepare_run, restore_state,
@@ -42,7 +44,8 @@ def load_pairs(path: str) -> list[tuple[str, str, str]]:
 
 
 def train_sft(cfg: SFTConfig, resume: bool = False):
-    out, checkpoint = prepare_run(cfg.out, cfg, resume)
+    par = Parallel()
+    out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)
     seed_everything(cfg.seed)
     pairs = load_pairs(cfg.data)
     template = get_template(cfg.template)
@@ -57,29 +60,38 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
         raise R1labError(f"{cfg.data}: {len(examples)} examples x {cfg.epochs} epochs is less than one batch of {cfg.batch_size}")
     optimizer, scheduler = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.warmup_steps, cfg.lr_schedule, steps)
     start = restore_state(checkpoint, optimizer, scheduler, None)
-    log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True)
+    par.share(range(cfg.batch_size), "batch_size")       # checks the batch divides among the processes
+    policy, optimizer = par.prepare(CompletionLogits(model, shared=False), optimizer)
+    log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True) if par.is_main else None
     model.train()
-    for step in tqdm(range(start, steps), initial=start, total=steps, desc="sft", unit="step"):
+    for step in tqdm(range(start, steps), initial=start, total=steps, desc="sft", unit="step", disable=not par.is_main):
         began = time.perf_counter()
         batch = sorted((examples[i] for i in order[step * cfg.batch_size:(step + 1) * cfg.batch_size]),
                        key=lambda e: len(e[0]) + len(e[1]))                     # similar lengths share a micro-batch
-        batch_tokens = sum(len(c) for _, c in batch)
+        batch_tokens = sum(len(c) for _, c in batch)                            # the whole batch's, on every process
+        batch = par.share(batch, "batch_size")
         total = 0.0
         for first in range(0, len(batch), cfg.micro_batch_size):
             rows = batch[first:first + cfg.micro_batch_size]
             tensors = pad_batch([p for p, _ in rows], [c for _, c in rows], tokenizer.pad_token_id, device())
-            with autocast(cfg.mixed_precision):
-                logprobs, _ = token_logprobs(model, tensors, shared=False)      # (b, C)
-            loss = sft_loss(logprobs, tensors["completion_mask"], batch_tokens=batch_tokens)
-            loss.backward()
+            with par.sync_unless(policy, accumulating=first + cfg.micro_batch_size < len(batch)):
+                with autocast(cfg.mixed_precision):
+                    logprobs, _ = token_logprobs(policy, tensors)               # (b, C)
+                loss = sft_loss(logprobs, tensors["completion_mask"], batch_tokens=batch_tokens)
+                par.accelerator.backward(loss * par.world)                      # DDP averages: x world gives the sum
             total += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+        total = par.total(total)
+        grad_norm = par.accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - began
-        log.write({"step": step + 1, "loss": total, "grad_norm": grad_norm, "learning_rate": scheduler.get_last_lr()[0],
-                   "tokens_per_s": sum(len(p) + len(c) for p, c in batch) / seconds, "step_seconds": seconds})
-        if (step + 1) % cfg.save_every == 0 or step + 1 == steps:
-            save_checkpoint(out, model, tokenizer, training_state(step + 1, optimizer, scheduler, None))
+        tokens = par.total(sum(len(p) + len(c) for p, c in batch))
+        if par.is_main:
+            log.write({"step": step + 1, "processes": par.world, "loss": total, "grad_norm": grad_norm,
+                       "learning_rate": scheduler.get_last_lr()[0], "step_seconds": seconds,
+                       "tokens_per_s": tokens / seconds})
+            if (step + 1) % cfg.save_every == 0 or step + 1 == steps:
+                save_checkpoint(out, model, tokenizer, training_state(step + 1, optimizer, scheduler, None))
+        par.barrier()
     return out / "checkpoint"
