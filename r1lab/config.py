@@ -35,6 +35,8 @@ class GRPOConfig:
     temperature: float = 1.0           # sampling temperature (R1-Zero: 1.0)
     top_p: float = 1.0                 # nucleus mass (R1-Zero: 1.0)
     rollout_dtype: str = "float32"     # "bfloat16": sample from a bf16 copy of the policy, refreshed each step (faster where bf16 is)
+    engine: str = "hf"                 # rollout engine: hf (any device) or vllm (GPU; pip install 'r1lab[vllm]')
+    vllm_gpu_memory: float = 0.3       # share of the GPU's memory vLLM may take (the trainer needs the rest)
     mask_truncated: bool = False       # drop completions that hit max_new_tokens from the loss (DAPO's overlong filter)
     # objective
     beta: float = 0.04                 # KL weight to the frozen reference (DeepSeekMath: 0.04; R1: 0.001); 0 loads no reference
@@ -85,6 +87,11 @@ class GRPOConfig:
             raise R1labError(f"rollout_dtype must be float32 or bfloat16, got {self.rollout_dtype!r}")
         if self.temperature <= 0:
             raise R1labError(f"temperature must be > 0 for RL sampling, got {self.temperature}")
+        from r1lab.rollout import ENGINES
+        if self.engine not in ENGINES:
+            raise R1labError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if not 0 < self.vllm_gpu_memory <= 1:
+            raise R1labError(f"vllm_gpu_memory must be in (0, 1], got {self.vllm_gpu_memory}")
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,7 @@ from r1lab.distributed import Parallel, prompt_seeds
 from r1lab.evaluate import reflects
 from r1lab.models import load_model
 from r1lab.rewards import check_rewards_fit, parse_rewards, score
-from r1lab.rollout import Sampling, rollout
-from r1lab.rollout.hf import HFEngine
+from r1lab.rollout import Sampling, make_engine, rollout
 from r1lab.tasks import get_task
 from r1lab.templates import get_template
 from r1lab.training import (JsonlLog, autocast, device, load_policy, make_optimizer, prepare_run, restore_state,
@@ -62,9 +61,10 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
         ref_model = load_model(cfg.model, cfg.dtype)[0].to(device()).eval().requires_grad_(False)
     optimizer, scheduler = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.warmup_steps,
                                           cfg.lr_schedule, cfg.steps * cfg.updates_per_batch)
-    engine = HFEngine(model, tokenizer, max_batch=cfg.prompts_per_step * cfg.samples_per_prompt, seed=cfg.seed,
-                      decode_dtype=cfg.rollout_dtype)
-    start = restore_state(checkpoint, optimizer, scheduler, engine.generator)
+    engine = make_engine(cfg.engine, model, tokenizer, seed=cfg.seed, max_batch=cfg.prompts_per_step * cfg.samples_per_prompt,
+                         decode_dtype=cfg.rollout_dtype, gpu_memory_utilization=cfg.vllm_gpu_memory)
+    generator = getattr(engine, "generator", None)           # the hf engine's sampler state, saved with checkpoints
+    start = restore_state(checkpoint, optimizer, scheduler, generator)
     shared_prompts = not cfg.gradient_checkpointing       # a prompt's KV cache cannot be kept under checkpointing
     policy, optimizer = par.prepare(CompletionLogits(model, shared_prompts), optimizer)   # DDP/FSDP/DeepSpeed-wrapped
     metrics_log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True) if par.is_main else None
@@ -148,7 +148,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
                     samples_log.write({"step": step + 1, "prompt": batch_problems[0].prompt, "truth": batch_problems[0].answer,
                                        "completion": c.text, "answer": c.answer, "reward": total})
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                save_checkpoint(out, model, tokenizer, training_state(step + 1, optimizer, scheduler, engine.generator))
+                save_checkpoint(out, model, tokenizer, training_state(step + 1, optimizer, scheduler, generator))
         par.barrier()
         progress.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row.get('accuracy', 0):.2f}",
                              len=f"{row['completion_length']:.0f}", s=f"{row['step_seconds']:.1f}")

@@ -1,14 +1,16 @@
 """Rollouts: an Engine samples n completions per prompt; `rollout` adds the template around it.
 
 An Engine is any object with `generate(prompts, n, sampling) -> list[list[Sample]]` (one list of n
-samples per prompt). `hf.HFEngine` runs any transformers causal LM on CPU or GPU. The trainer only
-sees this protocol, never a particular engine.
+samples per prompt). `hf.HFEngine` runs any transformers causal LM on CPU or GPU;
+`vllm_engine.VLLMEngine` runs vLLM on a GPU. The trainer only sees this protocol and `make_engine`,
+never a particular engine.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from r1lab import R1labError
 from r1lab.templates import Template
 from r1lab.types import Completion, Problem
 
@@ -31,6 +33,21 @@ class Sample:
 
 class Engine(Protocol):
     def generate(self, prompts: list[str], n: int, sampling: Sampling, watch=None, seeds=None) -> list[list[Sample]]: ...
+
+
+ENGINES = ("hf", "vllm")
+
+
+def make_engine(name: str, model, tokenizer, seed: int = 0, max_batch: int = 64, decode_dtype: str | None = None,
+                gpu_memory_utilization: float = 0.3) -> Engine:
+    """The named engine sampling from `model` (whose weights it follows as training updates them)."""
+    if name == "hf":
+        from r1lab.rollout.hf import HFEngine
+        return HFEngine(model, tokenizer, max_batch=max_batch, seed=seed, decode_dtype=decode_dtype)
+    if name == "vllm":
+        from r1lab.rollout.vllm_engine import VLLMEngine
+        return VLLMEngine(model, tokenizer, gpu_memory_utilization=gpu_memory_utilization, seed=seed)
+    raise R1labError(f"unknown engine {name!r}; valid engines: {', '.join(ENGINES)}")
 
 
 def to_completion(sample: Sample, template: Template) -> Completion:

@@ -1,0 +1,107 @@
+"""Engines behind the protocol: make_engine, and the vLLM engine's adapter, checked against a stand-in
+for the `vllm` package (vLLM itself needs a CUDA GPU; README says what was run where)."""
+import sys
+import types
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from r1lab import R1labError
+from r1lab.algorithms.grpo import train_grpo
+from r1lab.config import GRPOConfig, load_config
+from r1lab.models import load_model
+from r1lab.rollout import Sampling, make_engine
+from tests.learnable import low_ids  # noqa: F401 - importable reward for the config
+
+
+@dataclass
+class Logprob:
+    logprob: float
+
+
+class FakeLLM:
+    """Records what the engine asks of vLLM; 'samples' tokens from a seeded generator per request."""
+    instances = []
+
+    def __init__(self, model, **options):
+        self.folder, self.options, self.loaded, self.resets, self.calls = model, options, [], 0, []
+        runner = types.SimpleNamespace(load_weights=lambda pairs: self.loaded.extend((n, t.clone()) for n, t in pairs))
+        worker = types.SimpleNamespace(model_runner=types.SimpleNamespace(model=runner))
+        self.llm_engine = types.SimpleNamespace(model_executor=types.SimpleNamespace(driver_worker=worker))
+        FakeLLM.instances.append(self)
+
+    def reset_prefix_cache(self):
+        self.resets += 1
+
+    def generate(self, requests, params, use_tqdm=False):
+        self.calls.append((requests, params))
+        outputs = []
+        for request, p in zip(requests, params):
+            g = torch.Generator().manual_seed(p.seed if p.seed is not None else 0)
+            ids = torch.randint(0, 300, (p.max_tokens,), generator=g).tolist()
+            output = types.SimpleNamespace(token_ids=ids, text=" ".join(map(str, ids)), finish_reason="length",
+                                           logprobs=[{t: Logprob(-1.5)} for t in ids])
+            outputs.append(types.SimpleNamespace(outputs=[output]))
+        return outputs
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    module = types.ModuleType("vllm")
+    module.LLM = FakeLLM
+    module.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):   # restored afterwards
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    FakeLLM.instances.clear()
+    return module
+
+
+def test_unknown_engine_is_named():
+    model, tokenizer = load_model("tiny-random")
+    with pytest.raises(R1labError, match="valid engines: hf, vllm"):
+        make_engine("sglang", model, tokenizer)
+    with pytest.raises(R1labError, match="engine must be one of"):
+        load_config(GRPOConfig, None, {"engine": "sglang"})
+
+
+def test_missing_vllm_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    model, tokenizer = load_model("tiny-random")
+    with pytest.raises(R1labError, match=r"pip install 'r1lab\[vllm\]'"):
+        make_engine("vllm", model, tokenizer)
+
+
+def test_vllm_engine_adapts_outputs_seeds_and_weights(fake_vllm):
+    model, tokenizer = load_model("tiny-random")
+    engine = make_engine("vllm", model, tokenizer, seed=3)
+    llm = FakeLLM.instances[0]
+    assert llm.options["logprobs_mode"] == "processed_logprobs"
+    assert llm.options["distributed_executor_backend"] == "external_launcher"
+    sampling = Sampling(temperature=0.7, top_p=0.9, max_new_tokens=5, stop=("</answer>",))
+    groups = engine.generate(["a", "b"], 3, sampling, seeds=[11, 12])
+    assert [len(g) for g in groups] == [3, 3] and groups[0][0].logprobs == [-1.5] * 5
+    _, params = llm.calls[0]
+    assert [p.seed for p in params] == [(s * 1_000_003 + j) % 2**63 for s in (11, 12) for j in range(3)]
+    assert params[0].stop == ["</answer>"] and params[0].include_stop_str_in_output and params[0].logprobs == 0
+    # batching does not change what a prompt gets: the same seed gives the same sample alone
+    alone = engine.generate(["b"], 3, sampling, seeds=[12])
+    assert [s.token_ids for s in alone[0]] == [s.token_ids for s in groups[1]]
+    # the policy's weights are pushed before every generate
+    assert {name for name, _ in llm.loaded} == set(model.state_dict()) and llm.resets == 2
+    with pytest.raises(R1labError, match="does not stream"):
+        engine.generate(["a"], 1, sampling, watch=lambda k, t: True)
+
+
+def test_grpo_with_the_vllm_engine_pushes_updated_weights_each_step(fake_vllm, tmp_path):
+    cfg = load_config(GRPOConfig, None, {"model": "tiny-random", "engine": "vllm", "steps": 2, "prompts_per_step": 2,
+                                         "samples_per_prompt": 4, "micro_batch_size": 8, "max_new_tokens": 6, "beta": 0.0,
+                                         "learning_rate": 1e-2, "rewards": "tests.learnable:low_ids", "out": str(tmp_path / "run")})
+    train_grpo(cfg)
+    llm = FakeLLM.instances[0]
+    pushes = len(llm.loaded) // len(load_model("tiny-random")[0].state_dict())
+    assert pushes == 2 and len(llm.calls) == 2
+    first, second = dict(llm.loaded[:len(llm.loaded) // 2]), dict(llm.loaded[len(llm.loaded) // 2:])
+    assert any(not torch.equal(first[k], second[k]) for k in first)      # step 2 sampled from the updated policy
