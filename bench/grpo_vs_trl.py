@@ -2,6 +2,7 @@
 
     .venv/bin/pip install -r bench/requirements.txt      # TRL, for the bench only
     .venv/bin/python bench/grpo_vs_trl.py --steps 6 [--mixed-precision bf16]   (bf16: autocast training + bf16 rollouts)
+    .venv/bin/python bench/grpo_vs_trl.py --engine vllm ...     (GPU: r1lab rolls out with vLLM; TRL with its own generate)
 
 Each trainer runs in its own process (one after the other) so peak memory (max RSS) is its own.
 Settings, equal for both: smollm2-135m, arithmetic problems in the R1-Zero template, 2 prompts x
@@ -25,10 +26,14 @@ PROMPTS, G, NEW_TOKENS, LR = 2, 4, 64, 1e-6
 
 
 def peak_gb() -> float:
+    """Peak memory of this process: GPU memory allocated by torch where a GPU is used, else max RSS."""
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 1024 ** 3
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
-def run_r1lab(steps: int, mixed_precision: str) -> dict:
+def run_r1lab(steps: int, mixed_precision: str, engine: str = "hf") -> dict:
     from r1lab.algorithms.grpo import train_grpo
     from r1lab.config import GRPOConfig
     out = Path(tempfile.mkdtemp()) / "run"
@@ -36,7 +41,7 @@ def run_r1lab(steps: int, mixed_precision: str) -> dict:
                           steps=steps, prompts_per_step=PROMPTS, samples_per_prompt=G, micro_batch_size=PROMPTS * G,
                           max_new_tokens=NEW_TOKENS, temperature=1.0, beta=0.0, learning_rate=LR, save_every=10_000,
                           mixed_precision=mixed_precision, rollout_dtype="bfloat16" if mixed_precision == "bf16" else "float32",
-                          out=str(out)))
+                          engine=engine, out=str(out)))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
     return {"seconds_per_step": statistics.median(r["step_seconds"] for r in rows),
             "sample_tokens_per_s": statistics.median(r["sample_tokens_per_s"] for r in rows),
@@ -44,7 +49,7 @@ def run_r1lab(steps: int, mixed_precision: str) -> dict:
             "completion_length": statistics.mean(r["completion_length"] for r in rows), "peak_gb": peak_gb()}
 
 
-def run_trl(steps: int) -> dict:
+def run_trl(steps: int, mixed_precision: str = "no") -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -74,7 +79,9 @@ def run_trl(steps: int) -> dict:
                 lengths.append(logs["completions/mean_length"])
 
     folder = smollm2_folder()
-    args = GRPOConfig(output_dir=tempfile.mkdtemp(), use_cpu=True, per_device_train_batch_size=PROMPTS * G,
+    import torch
+    args = GRPOConfig(output_dir=tempfile.mkdtemp(), use_cpu=not torch.cuda.is_available(),
+                      bf16=torch.cuda.is_available() and mixed_precision == "bf16", per_device_train_batch_size=PROMPTS * G,
                       num_generations=G, max_completion_length=NEW_TOKENS, temperature=1.0, beta=0.0,
                       learning_rate=LR, max_steps=steps, logging_steps=1, report_to=[], save_strategy="no",
                       loss_type="grpo", seed=0, disable_tqdm=True)
@@ -93,22 +100,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
+    parser.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="r1lab's rollout engine")
     parser.add_argument("--only", choices=["r1lab", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
-        result = run_r1lab(args.steps, args.mixed_precision) if args.only == "r1lab" else run_trl(args.steps)
+        result = (run_r1lab(args.steps, args.mixed_precision, args.engine) if args.only == "r1lab"
+                  else run_trl(args.steps, args.mixed_precision))
         print("RESULT " + json.dumps(result))
         return
     results = {}
     for name in ("trl", "r1lab"):
-        command = [sys.executable, __file__, "--only", name, "--steps", str(args.steps), "--mixed-precision", args.mixed_precision]
+        command = [sys.executable, __file__, "--only", name, "--steps", str(args.steps), "--mixed-precision", args.mixed_precision,
+                   "--engine", args.engine]
         output = subprocess.run(command, capture_output=True, text=True)
         line = next((l for l in output.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"{name} failed:\n{output.stderr[-3000:]}")
         results[name] = json.loads(line[7:])
     print(f"GRPO, smollm2-135m, {PROMPTS} prompts x {G} completions, <= {NEW_TOKENS} new tokens, beta 0, "
-          f"{args.steps} steps (median after the first), mixed precision: {args.mixed_precision}")
+          f"{args.steps} steps (median after the first), mixed precision: {args.mixed_precision}, r1lab engine: {args.engine}")
     print(f"{'':8}{'s/step':>10}{'gen tok/s':>12}{'train tok/s':>13}{'mean len':>10}{'peak GB':>10}")
     for name, r in results.items():
         print(f"{name:8}{r['seconds_per_step']:10.2f}{r['sample_tokens_per_s']:12.1f}{r['train_tokens_per_s']:13.1f}"
