@@ -130,7 +130,7 @@ class Sandbox:
         `candidate` (HumanEval's convention). Never raises for anything the program does."""
         started = time.monotonic()
         with self._slot() as slot, tempfile.TemporaryDirectory(prefix="r1lab-sandbox-", dir=self.tmp_root) as workdir:
-            uid = UID_BASE + slot if os.geteuid() == 0 else None
+            uid = UID_BASE + slot if os.geteuid() == 0 and self.mode != "userns" else None
             result_r, result_w = os.pipe()
             try:
                 process = self._start(workdir, uid, result_w, program, tests, setup, entry_point)

@@ -199,3 +199,16 @@ def test_bad_limits_are_named():
     with pytest.raises(R1labError, match="wall_s"):
         Limits(wall_s=0)
     assert threading.active_count() >= 1
+
+
+@needs_namespaces
+def test_user_namespace_mode_contains_too(tmp_path):
+    """The mode a non-root user gets: namespaces in a user namespace, every capability dropped."""
+    box = Sandbox(Limits(wall_s=10), mode="userns", tmp_root=str(tmp_path))
+    program = ADD + ("import os\ndef attempts():\n    out = []\n    for action in (lambda: os.remove('/usr/bin/env'),"
+                     " lambda: os.chroot('/tmp'), lambda: open('/etc/passwd', 'a')):\n        try:\n"
+                     "            action()\n            out.append('done')\n        except OSError as e:\n"
+                     "            out.append(type(e).__name__)\n    return out\n")
+    result = box.run(program, [*ADD_TESTS, "assert 'done' not in attempts()"])
+    assert result.passed == 3, result.errors
+    assert Path("/usr/bin/env").exists() and leftovers(tmp_path) == []
