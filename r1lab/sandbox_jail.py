@@ -66,22 +66,21 @@ def build_root(root: str, job: dict) -> None:
     """The minimal file system, at `root` (the work dir, now covered), then chroot into it."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    for name, mode in (("proc", 0o555), ("tmp", 0o1777), ("etc", 0o755)):
+        os.mkdir(root + "/" + name, mode)
+    mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV)
+    mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={job['disk_mb']}m,mode=1777")
     bound: list[str] = []
-    for path in [*SYSTEM_PATHS, *job["python_paths"]]:
+    for path in [*SYSTEM_PATHS, *job["python_paths"]]:     # a Python under /tmp lands inside the new /tmp
         inside = any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound)
         if os.path.lexists(path) and not inside:
             bind_read_only(path, root)
             bound.append(path)
-    os.makedirs(root + "/etc", exist_ok=True)
     uid = job["uid"] if job["uid"] is not None else 0
     with open(root + "/etc/passwd", "w") as f:
         f.write(f"sandbox:x:{uid}:{uid}:sandbox:/tmp:/bin/false\n")
     with open(root + "/etc/group", "w") as f:
         f.write(f"sandbox:x:{uid}:\n")
-    for name, mode in (("proc", 0o555), ("tmp", 0o1777)):
-        os.mkdir(root + "/" + name, mode)
-    mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV)
-    mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={job['disk_mb']}m,mode=1777")
     mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     os.chroot(root)
 
