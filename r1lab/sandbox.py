@@ -28,6 +28,7 @@ disk bandwidth are not throttled; memory is per process (RLIMIT_AS), not per run
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -48,6 +49,8 @@ from r1lab import R1labError
 
 JAIL = str(Path(__file__).with_name("sandbox_jail.py"))
 UID_BASE = 2_000_000_000           # per-run uids, far above any real user's (used only as root)
+_SLOTS: set[int] = set()           # slots of the runs in flight in this process
+_SLOTS_LOCK = threading.Lock()
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
        "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -103,8 +106,6 @@ class Sandbox:
     def __init__(self, limits: Limits = Limits(), workers: int = 8, mode: str | None = None, tmp_root: str | None = None):
         self.limits, self.workers, self.tmp_root = limits, workers, tmp_root
         self._mode = mode
-        self._slots: set[int] = set()
-        self._lock = threading.Lock()
 
     @property
     def mode(self) -> str:
@@ -130,7 +131,7 @@ class Sandbox:
         `candidate` (HumanEval's convention). Never raises for anything the program does."""
         started = time.monotonic()
         with self._slot() as slot, tempfile.TemporaryDirectory(prefix="r1lab-sandbox-", dir=self.tmp_root) as workdir:
-            uid = UID_BASE + slot if os.geteuid() == 0 and self.mode != "userns" else None
+            uid = run_uid(slot) if os.geteuid() == 0 and self.mode != "userns" else None
             result_r, result_w = os.pipe()
             try:
                 process = self._start(workdir, uid, result_w, program, tests, setup, entry_point)
@@ -140,7 +141,7 @@ class Sandbox:
                 streams, status = self._collect(process, result_r, started)
             finally:
                 os.close(result_r)
-                _kill(process, uid)
+                _kill(process, uid if self.mode == "none" else None)   # a pid namespace dies with its init
         return _result(streams, status, time.monotonic() - started)
 
     def _start(self, workdir, uid, result_fd, program, tests, setup, entry_point) -> subprocess.Popen:
@@ -193,25 +194,26 @@ class Sandbox:
         selector.close()
         return streams, status
 
+    @contextlib.contextmanager
     def _slot(self):
-        """The smallest free slot number (a per-run uid), held for the run."""
-        sandbox = self
+        """The smallest free slot number, held for the run (with the pid, it makes the run's uid)."""
+        with _SLOTS_LOCK:
+            slot = min(set(range(len(_SLOTS) + 1)) - _SLOTS)
+            _SLOTS.add(slot)
+        try:
+            yield slot
+        finally:
+            with _SLOTS_LOCK:
+                _SLOTS.discard(slot)
 
-        class Slot:
-            def __enter__(self):
-                with sandbox._lock:
-                    self.slot = min(set(range(len(sandbox._slots) + 1)) - sandbox._slots)
-                    sandbox._slots.add(self.slot)
-                return self.slot
 
-            def __exit__(self, *exc):
-                with sandbox._lock:
-                    sandbox._slots.discard(self.slot)
-        return Slot()
+def run_uid(slot: int) -> int:
+    """A uid for one run: unique per (process, slot), so concurrent runs never share a process budget."""
+    return UID_BASE + (os.getpid() % 1_000_000) * 1000 + slot
 
 
 def _kill(process: subprocess.Popen, uid: int | None) -> None:
-    """Kill the run's process group (and, as root, every process of its uid), then reap it."""
+    """Kill the run's process group (and, given its uid, every process of that uid), then reap it."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
