@@ -47,4 +47,4 @@ def find_checkpoint(out: Path) -> Path | None:
 
 
 def load_state(checkpoint: Path) -> dict:
-    return torch.load(Path(checkpoint) / STATE, weights_only=False)
+    return torch.load(Path(checkpoint) / STATE, weights_only=False, map_location="cpu")   # every rank, no GPU 0

@@ -29,6 +29,10 @@ from r1lab import R1labError
 class Parallel:
     def __init__(self):
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())   # cpu: gloo across processes
+        kind = str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
+        if kind in ("FSDP", "DEEPSPEED"):
+            raise R1labError(f"accelerate is configured for {kind}, which r1lab does not support yet (rollouts and "
+                             "checkpoints assume whole parameters on every process); use DDP: configs/accelerate/ddp.yaml")
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
 

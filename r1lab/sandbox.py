@@ -23,13 +23,18 @@ nothing. What is enforced, and how (Linux; `Sandbox().describe()` or `r1lab sand
 
 Not enforced: where `unshare` or user namespaces are unavailable (macOS, locked-down containers) only
 the rlimits, the timeout, the clean environment and the temporary directory remain, so the program
-could read your files, use the network and outlive the run (a warning says so once). CPU share and
-disk bandwidth are not throttled; memory is per process (RLIMIT_AS), not per run (no cgroups).
+could read your files, use the network, outlive the run and, running as your user, even tamper with
+the results (a warning says so once): do not train on untrusted code there. CPU share and
+disk bandwidth are not throttled; memory is per process (RLIMIT_AS), not per run (no cgroups). If the
+host process itself is killed, the judge's own alarm (wall_s + 5 s) still ends the run, but its
+(emptied) temporary directory stays behind.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
+import itertools
 import json
 import os
 import selectors
@@ -38,7 +43,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -49,8 +53,6 @@ from r1lab import R1labError
 
 JAIL = str(Path(__file__).with_name("sandbox_jail.py"))
 UID_BASE = 2_000_000_000           # per-run uids, far above any real user's (used only as root)
-_SLOTS: set[int] = set()           # slots of the runs in flight in this process
-_SLOTS_LOCK = threading.Lock()
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
        "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -91,11 +93,13 @@ def isolation() -> str:
     if not sys.platform.startswith("linux") or not shutil.which("unshare"):
         mode, reason = "none", "not Linux, or no `unshare` (util-linux)"
     else:
-        mode = "root" if os.geteuid() == 0 else "userns"
-        probe = Sandbox(Limits(wall_s=30), mode=mode).run("def one():\n    return 1", ["assert one() == 1"])
-        reason = (probe.stderr.strip().splitlines() or [probe.status])[-1]
-        if probe.passed != 1:
-            mode = "none"
+        mode, reason = "none", ""
+        for candidate in (["root", "userns"] if os.geteuid() == 0 else ["userns"]):
+            probe = Sandbox(Limits(wall_s=30), mode=candidate).run("def one():\n    return 1", ["assert one() == 1"])
+            if probe.passed == 1:
+                mode = candidate
+                break
+            reason = (probe.stderr.strip().splitlines() or [probe.status])[-1]
     if mode == "none":
         warnings.warn(f"r1lab sandbox: namespaces unavailable ({reason}); untrusted programs run with rlimits "
                       "and a timeout only: they can read your files, use the network and outlive the run")
@@ -131,10 +135,13 @@ class Sandbox:
         `candidate` (HumanEval's convention). Never raises for anything the program does."""
         started = time.monotonic()
         with self._slot() as slot, tempfile.TemporaryDirectory(prefix="r1lab-sandbox-", dir=self.tmp_root) as workdir:
-            uid = run_uid(slot) if os.geteuid() == 0 and self.mode != "userns" else None
+            uid = UID_BASE + slot if os.geteuid() == 0 and self.mode != "userns" else None
             result_r, result_w = os.pipe()
             try:
                 process = self._start(workdir, uid, result_w, program, tests, setup, entry_point)
+            except OSError as e:            # the sandbox itself could not start: say so, never raise
+                os.close(result_r)
+                return Result(0, 0, "error", stderr=f"the sandbox could not start: {e}")
             finally:
                 os.close(result_w)
             try:
@@ -146,18 +153,22 @@ class Sandbox:
 
     def _start(self, workdir, uid, result_fd, program, tests, setup, entry_point) -> subprocess.Popen:
         namespaces = self.mode != "none"
+        if not namespaces and uid is not None:
+            try:
+                os.mkdir(Path(workdir, "tmp"))
+                os.chown(Path(workdir, "tmp"), uid, uid)
+            except OSError:                 # e.g. root in a user namespace that maps no such uid
+                uid = None
         prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
-        job = {"program": program, "result_fd": result_fd, "uid": uid, "namespaces": namespaces,
+        job = {"program": program, "result_fd": result_fd, "uid": uid, "namespaces": namespaces, "wall_s": self.limits.wall_s,
                "python_paths": sorted(prefixes, key=len), "cpu_s": self.limits.cpu_s,
                "memory_mb": self.limits.memory_mb, "processes": self.limits.processes, "disk_mb": self.limits.disk_mb}
         Path(workdir, "job.json").write_text(json.dumps(job))
         Path(workdir, "tests.json").write_text(json.dumps({"tests": list(tests), "setup": setup, "entry_point": entry_point}))
         env = dict(ENV)
         if not namespaces:
-            os.mkdir(Path(workdir, "tmp"))
+            Path(workdir, "tmp").mkdir(exist_ok=True)
             env["HOME"] = env["TMPDIR"] = str(Path(workdir, "tmp"))
-            if uid is not None:
-                os.chown(Path(workdir, "tmp"), uid, uid)
         command = [sys.executable, "-I", JAIL, workdir]
         if namespaces:
             user = ["--user", "--map-root-user"] if self.mode == "userns" else []
@@ -196,20 +207,22 @@ class Sandbox:
 
     @contextlib.contextmanager
     def _slot(self):
-        """The smallest free slot number, held for the run (with the pid, it makes the run's uid)."""
-        with _SLOTS_LOCK:
-            slot = min(set(range(len(_SLOTS) + 1)) - _SLOTS)
-            _SLOTS.add(slot)
-        try:
-            yield slot
-        finally:
-            with _SLOTS_LOCK:
-                _SLOTS.discard(slot)
-
-
-def run_uid(slot: int) -> int:
-    """A uid for one run: unique per (process, slot), so concurrent runs never share a process budget."""
-    return UID_BASE + (os.getpid() % 1_000_000) * 1000 + slot
+        """The smallest slot number no run on this machine holds (an flock on a file per slot, so
+        threads and processes alike never share one); as root, the run's uid is UID_BASE + slot."""
+        folder = Path(tempfile.gettempdir(), "r1lab-uid-locks")
+        folder.mkdir(mode=0o700, exist_ok=True)
+        for slot in itertools.count():
+            fd = os.open(folder / str(slot), os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            try:
+                yield slot
+            finally:
+                os.close(fd)            # releases the lock
+            return
 
 
 def _kill(process: subprocess.Popen, uid: int | None) -> None:
@@ -232,7 +245,7 @@ def _kill(process: subprocess.Popen, uid: int | None) -> None:
 
 
 def _result(streams: dict, status: str, seconds: float) -> Result:
-    total, passed, errors, done = 0, 0, [], False
+    total, seen, passed, errors, done = 0, set(), 0, [], False
     for line in streams["results"].decode(errors="replace").splitlines():
         try:
             message = json.loads(line)
@@ -240,11 +253,12 @@ def _result(streams: dict, status: str, seconds: float) -> Result:
             continue
         total = message.get("tests", total)
         done = done or message.get("done", False)
-        if "test" in message:
-            passed += message["passed"]
+        if "test" in message and message["test"] not in seen:   # only the judge writes here; be strict anyway
+            seen.add(message["test"])
+            passed += message["passed"] is True
             if not message["passed"]:
                 errors.append(f"test {message['test']}: {message['error']}")
     if status == "ok" and not done:
         status = "error"
     stdout, stderr = (streams[k].decode(errors="replace") for k in ("stdout", "stderr"))
-    return Result(passed, total, status, errors, stdout, stderr, seconds)
+    return Result(min(passed, total), total, status, errors, stdout, stderr, seconds)

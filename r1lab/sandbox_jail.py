@@ -19,15 +19,17 @@ results. It never runs untrusted code itself:
 Results go to the result fd as JSON lines: {"tests": n}, then {"test": i, "passed": bool, "error": str}.
 """
 import ast
+import builtins
 import ctypes
 import json
 import math
 import os
 import resource
+import signal
 import sys
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
-PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
 MAX_MESSAGE = 16 << 20
 SYSTEM_PATHS = ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/libx32", "/sbin", "/etc/ld.so.cache",
                 "/etc/localtime", "/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
@@ -70,12 +72,18 @@ def build_root(root: str, job: dict) -> None:
         os.mkdir(root + "/" + name, mode)
     mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV)
     mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={job['disk_mb']}m,mode=1777")
-    bound: list[str] = []
-    for path in [*SYSTEM_PATHS, *job["python_paths"]]:     # a Python under /tmp lands inside the new /tmp
-        inside = any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound)
-        if os.path.lexists(path) and not inside:
-            bind_read_only(path, root)
-            bound.append(path)
+    paths = [p for p in [*SYSTEM_PATHS, *job["python_paths"]] if os.path.lexists(p)]
+    paths = [p for i, p in enumerate(paths) if not any(p == b or p.startswith(b.rstrip("/") + "/") for b in paths[:i])]
+    # a Python under /tmp: its parent folders on a tmpfs of their own, made read-only (and, as a mount
+    # point, not renamable), so the program cannot swap the trusted judge's modules
+    shields = sorted({"/".join(p.split("/")[:3]) for p in paths if p.startswith("/tmp/")})
+    for shield in shields:
+        os.makedirs(root + shield, exist_ok=True)
+        mount("tmpfs", root + shield, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
+    for path in paths:
+        bind_read_only(path, root)
+    for shield in shields:
+        mount(None, root + shield, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     uid = job["uid"] if job["uid"] is not None else 0
     with open(root + "/etc/passwd", "w") as f:
         f.write(f"sandbox:x:{uid}:{uid}:sandbox:/tmp:/bin/false\n")
@@ -162,13 +170,11 @@ def serve_program(job: dict, requests, replies) -> None:
               (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NPROC, job["processes"])]
     for limit, value in limits:
         resource.setrlimit(limit, (value, value))
-    keep = {0, 1, 2, requests.fileno(), replies.fileno()}
-    for fd in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
-        if int(fd) not in keep:
-            try:
-                os.close(int(fd))
-            except OSError:
-                pass
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)   # dies with the judge, even without a pid namespace
+    low, high = sorted((requests.fileno(), replies.fileno()))
+    os.closerange(3, low)                                     # every fd of the judge's (results, tests), /proc or not
+    os.closerange(low + 1, high)
+    os.closerange(high + 1, 1 << 16)
     namespace = {"__name__": "solution", "__builtins__": __builtins__}
     try:
         exec(compile(job["program"], "solution.py", "exec"), namespace)
@@ -182,22 +188,23 @@ def serve_program(job: dict, requests, replies) -> None:
         except EOFError:
             return
         try:
-            result = namespace[request["call"]](*decode(request["args"]))
+            result = namespace[request["call"]](*decode(request["args"]), **decode(request.get("kwargs", {"dict": []})))
             reply = {"value": encode(result)}
         except BaseException as e:  # noqa: BLE001
-            reply = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            reply = {"error": f"{type(e).__name__}: {e}"[:2000], "type": type(e).__name__}
         send(replies, reply)
 
 
 # --- the judge ---
 
 def test_statements(tests: list[str]) -> list[tuple[str, bool]]:
-    """(statement source, counts as a test): each test text is split into top-level statements;
-    a statement containing an `assert` is a test, the others (imports, loops' setup) only run."""
+    """(statement source, counts as a test): each test text is split into top-level statements; one
+    with an `assert` and a call is a test, the others (imports, setup, HumanEval's `assert True`) only run."""
     statements = []
     for text in tests:
         for node in ast.parse(text).body:
-            counts = any(isinstance(n, ast.Assert) for n in ast.walk(node))
+            nodes = list(ast.walk(node))
+            counts = any(isinstance(n, ast.Assert) for n in nodes) and any(isinstance(n, ast.Call) for n in nodes)
             statements.append((ast.unparse(node), counts))
     return statements
 
@@ -232,18 +239,21 @@ def judge(tests: dict, requests, replies, results) -> None:
         hello = {"error": "the program exited before its functions could be called"}
 
     def stub(name):
-        def call(*args):
-            send(requests, {"call": name, "args": encode(list(args))})
+        def call(*args, **kwargs):
+            send(requests, {"call": name, "args": encode(list(args)), "kwargs": encode(kwargs)})
             reply = receive(replies)
-            if "error" in reply or "value" not in reply:
-                raise RuntimeError(f"{name} raised {reply.get('error', 'nothing: the reply was not a return value')}")
-            return decode(reply["value"])
+            if "value" in reply and "error" not in reply:
+                return decode(reply["value"])
+            kind = getattr(builtins, str(reply.get("type")), None)     # a builtin exception keeps its type
+            kind = kind if isinstance(kind, type) and issubclass(kind, Exception) else RuntimeError
+            raise kind(f"{name} raised {reply.get('error', 'nothing: the reply was not a return value')}")
         return call
 
     namespace = {"__name__": "tests"}
     exec(compile(tests.get("setup") or "", "setup", "exec"), namespace)
     for name in hello.get("functions", []):
-        namespace.setdefault(name, stub(name))
+        if isinstance(name, str) and name not in vars(builtins):    # a program's `abs` must not replace the tests' abs
+            namespace.setdefault(name, stub(name))
     if tests.get("entry_point"):
         namespace[tests["entry_point"]] = namespace["candidate"] = stub(tests["entry_point"])
     index = 0
@@ -277,6 +287,8 @@ def main(workdir: str) -> None:
     else:
         os.chdir(os.path.join(workdir, "tmp"))
     drop_privileges(job["uid"])
+    signal.signal(signal.SIGALRM, lambda *_: os._exit(3))     # ends the run (and its pid namespace) if the host is gone
+    signal.alarm(int(job["wall_s"]) + 5)
     requests, replies = start_program(job)   # closes the tests and results fds before the program runs
     tests = json.load(tests_file)            # read only now: the program's memory never held the tests
     tests_file.close()

@@ -19,6 +19,13 @@ ADD = "def add(a, b):\n    return a + b\n"
 ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]
 
 
+def spawner(marker: str, seconds: int, **popen) -> str:
+    """Program text defining spawn(): starts `sleep` named `marker` (argv[0]) in the background, returns its pid."""
+    options = "".join(f", {k}={v!r}" for k, v in popen.items())
+    return (f"import shutil, subprocess\ndef spawn():\n    return subprocess.Popen([{marker!r}, '{seconds}'], "
+            f"executable=shutil.which('sleep'){options}).pid\n")
+
+
 @pytest.fixture
 def box(tmp_path):
     return Sandbox(Limits(wall_s=10, cpu_s=5, memory_mb=512, processes=16, disk_mb=16, output_bytes=4096),
@@ -142,10 +149,9 @@ def test_cannot_kill_the_parent(box):
 @needs_namespaces
 def test_background_process_does_not_outlive_the_run(box):
     marker = f"r1lab-outlive-{os.getpid()}"
-    program = ADD + ("import subprocess\nsubprocess.Popen(['/bin/sh', '-c', 'exec -a " + marker + " sleep 300'],"
-                     " start_new_session=True)\n")
-    result = box.run(program, ADD_TESTS)
-    assert result.passed == 2
+    program = ADD + spawner(marker, 300, start_new_session=True)
+    result = box.run(program, [*ADD_TESTS, "assert spawn() > 0"])
+    assert result.passed == 3, result.errors        # the background process did start
     time.sleep(0.2)
     assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and marker in _cmdline(pid)]
 
@@ -176,11 +182,11 @@ def test_reward_hacking_scores_zero(box, program):
 def test_two_hundred_programs_in_parallel_leave_nothing_behind(tmp_path):
     marker = f"r1lab-parallel-{os.getpid()}"
     box = Sandbox(Limits(wall_s=30), workers=16, tmp_root=str(tmp_path))
-    jobs = [{"program": ADD + ("import subprocess\nsubprocess.Popen(['/bin/sh', '-c', 'exec -a " + marker + " sleep 60'])\n"
-                               if i % 10 == 0 else ""),
-             "tests": [f"assert add({i}, 1) == {i + 1}"]} for i in range(200)]
+    jobs = [{"program": ADD + spawner(marker, 60),
+             "tests": [f"assert add({i}, 1) == {i + 1}", *(["assert spawn() > 0"] if i % 10 == 0 else [])]}
+            for i in range(200)]
     results = box.run_many(jobs)
-    assert sum(r.passed for r in results) == 200, [r for r in results if r.passed != 1][:2]
+    assert sum(r.passed for r in results) == 220, [r for r in results if r.passed != r.total][:2]
     assert leftovers(tmp_path) == []
     time.sleep(0.2)
     if ISOLATED:
@@ -212,3 +218,48 @@ def test_user_namespace_mode_contains_too(tmp_path):
     result = box.run(program, [*ADD_TESTS, "assert 'done' not in attempts()"])
     assert result.passed == 3, result.errors
     assert Path("/usr/bin/env").exists() and leftovers(tmp_path) == []
+
+
+def test_a_program_cannot_shadow_the_tests_builtins(box):
+    program = "def abs(x):\n    return 0\ndef len(x):\n    return 3\ndef f(x):\n    return 99.0\n"
+    result = box.run(program, ["assert abs(f(3.5) - 0.5) < 1e-6", "assert len(str(f(1))) == 3"])
+    assert result.passed == 0
+
+
+def test_keyword_arguments_builtin_exceptions_and_assert_true(box):
+    program = ADD + "def div(a, b):\n    return a / b\n"
+    tests = ["assert True",                                               # HumanEval's filler: not a test
+             "assert add(a=1, b=2) == 3",
+             "try:\n    div(1, 0)\n    assert False\nexcept ZeroDivisionError:\n    pass"]
+    result = box.run(program, tests)
+    assert (result.passed, result.total) == (2, 2), result.errors
+
+
+def test_reports_are_capped_and_deduplicated():
+    from r1lab.sandbox import _result
+    lines = [{"tests": 1}, {"test": 0, "passed": True}, {"test": 0, "passed": True}, {"test": 1, "passed": True}, {"done": True}]
+    result = _result({"results": "\n".join(map(__import__("json").dumps, lines)).encode(), "stdout": b"", "stderr": b""}, "ok", 0.0)
+    assert (result.passed, result.total) == (1, 1)
+
+
+@needs_namespaces
+def test_runs_end_even_when_the_host_process_dies(tmp_path):
+    """The judge's own alarm (wall_s + 5 s) ends a run whose host was killed; the pid namespace goes with it."""
+    import signal
+    import subprocess
+    import sys
+    marker = f"r1lab-orphan-{os.getpid()}"
+    program = spawner(marker, 300) + "import time\nspawn()\ntime.sleep(300)\n"
+    host = ("from r1lab.sandbox import Sandbox, Limits\n"
+            f"Sandbox(Limits(wall_s=2), tmp_root={str(tmp_path)!r}).run({program!r}, ['assert 1'])\n")
+    (tmp_path / "host.py").write_text(host)                  # a file: the marker is not in the host's command line
+    process = subprocess.Popen([sys.executable, str(tmp_path / "host.py")])
+    deadline = time.monotonic() + 20
+    while not [p for p in os.listdir("/proc") if p.isdigit() and marker in _cmdline(p)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [p for p in os.listdir("/proc") if p.isdigit() and marker in _cmdline(p)], "the program never started"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    while [p for p in os.listdir("/proc") if p.isdigit() and marker in _cmdline(p)] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and marker in _cmdline(p)]

@@ -82,8 +82,9 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
         targets = [c.token_ids if name == "policy" else tokenizer(c.text, add_special_tokens=False)["input_ids"]
                    + ([tokenizer.eos_token_id] if c.finish_reason == "stop" else []) for name, _, c in flat]
         active = [i for i in range(len(flat)) if imitate[i] > 0 or push_down[i] > 0]
-        batch_tokens = max(1.0, par.total(sum(len(targets[i]) for i in active)))      # the whole batch's
-        active = active or [0]              # a row with zero weights: every process joins the gradient all-reduce
+        batch_tokens = par.total(sum(len(targets[i]) for i in active))               # the whole batch's
+        learning = par.total(len(active)) > 0     # no member anywhere above or below its mean: no update at all
+        active = (active or [0]) if learning else []   # a zero-weight row: every process joins the all-reduce
         for first in range(0, len(active), cfg.micro_batch_size):
             rows = active[first:first + cfg.micro_batch_size]
             batch = pad_batch([flat[i][1] for i in rows], [targets[i] for i in rows], tokenizer.pad_token_id, device())
@@ -95,7 +96,7 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
                 if cfg.unlikelihood_weight:
                     loss = loss + cfg.unlikelihood_weight * unlikelihood_loss(logprobs, mask, push_down[rows].to(device()), batch_tokens)
                 par.accelerator.backward(loss * par.world)                  # DDP averages: x world gives the sum
-        grad_norm = par.accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item()
+        grad_norm = par.accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item() if learning else 0.0
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

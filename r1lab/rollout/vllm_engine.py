@@ -7,16 +7,20 @@ on its own GPU (`distributed_executor_backend="external_launcher"`). Before ever
 after each optimiser update - the policy's current weights are loaded into vLLM and its prefix cache
 is reset, so samples always come from pi_old. The trainer never imports vLLM; `make_engine` does.
 
-Same contract as HFEngine: token ids with EOS, stop strings kept in the text, log-probs of
-softmax(logits / temperature) before top-p (`logprobs_mode="processed_logprobs"`), and, with `seeds`,
-one random stream per (prompt, sample), so what is drawn does not depend on batching.
+Same contract as HFEngine: token ids with EOS, stop strings kept in the text and, with `seeds`, one
+random stream per (prompt, sample). One difference: vLLM's `processed_logprobs` are taken after
+temperature AND top-p, where HFEngine reports them before top-p; the trainer recomputes every log-prob
+itself, so the loss does not depend on either.
 Not supported: `watch` (streaming; serve with the hf engine) and LoRA policies (merge first).
 Tested here only against a stand-in for vLLM (tests/test_engines.py); see README, "GPU".
 """
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import tempfile
+import weakref
 from pathlib import Path
 
 from r1lab import R1labError
@@ -24,7 +28,7 @@ from r1lab.rollout import Sample, Sampling
 
 
 class VLLMEngine:
-    def __init__(self, model, tokenizer, gpu_memory_utilization: float = 0.3, max_model_len: int = 4096, seed: int = 0):
+    def __init__(self, model, tokenizer, gpu_memory_utilization: float = 0.3, max_model_len: int | None = None, seed: int = 0):
         try:
             import vllm
         except ImportError:
@@ -35,11 +39,14 @@ class VLLMEngine:
         folder = Path(getattr(model, "name_or_path", "") or ".")
         if not (folder / "config.json").is_file():            # e.g. tiny-random: give vLLM a folder to start from
             folder = Path(tempfile.mkdtemp(prefix="r1lab-vllm-"))
+            weakref.finalize(self, shutil.rmtree, folder, True)
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
         for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
-                            ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29533")):
+                            ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port()))):
             os.environ.setdefault(name, value)                  # external_launcher expects a torch.distributed env
+        context = getattr(model.config, "max_position_embeddings", None) or 4096
+        max_model_len = max_model_len or min(context, 8192)
         self.llm = vllm.LLM(model=str(folder), dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                             distributed_executor_backend="external_launcher", seed=seed,
@@ -68,6 +75,12 @@ class VLLMEngine:
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         samples = [to_sample(request.outputs[0]) for request in outputs]
         return [samples[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def to_sample(output) -> Sample:
