@@ -36,10 +36,13 @@ class Parallel:
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
 
+    def check_divides(self, count: int, what: str = "prompts_per_step") -> None:
+        if count % self.world:
+            raise R1labError(f"{what} = {count} must divide by the number of processes ({self.world})")
+
     def share(self, items: list, what: str = "prompts_per_step") -> list:
         """This process's contiguous share of `items` (the same list on every process)."""
-        if len(items) % self.world:
-            raise R1labError(f"{what} = {len(items)} must divide by the number of processes ({self.world})")
+        self.check_divides(len(items), what)
         size = len(items) // self.world
         return items[self.rank * size:(self.rank + 1) * size]
 

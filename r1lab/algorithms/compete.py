@@ -54,7 +54,7 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
                        other_tokenizer, get_template(source.get("template", cfg.template)), source.get("samples", 1)))
     group_size = sum(a[4] for a in agents)
     start = restore_state(checkpoint, optimizer, scheduler, policy_engine.generator)
-    par.share(range(cfg.prompts_per_step))                 # checks the prompts divide among the processes
+    par.check_divides(cfg.prompts_per_step)
     policy, optimizer = par.prepare(CompletionLogits(model), optimizer)
     log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True) if par.is_main else None
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens)

@@ -53,7 +53,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     template, weights = get_template(cfg.template), parse_rewards(cfg.rewards)
     problems = get_task(cfg.task, **cfg.task_options).problems("train", cfg.steps * cfg.prompts_per_step, cfg.seed)
     check_rewards_fit(weights, problems[0])
-    par.share(range(cfg.prompts_per_step))                 # checks the prompts divide among the processes
+    par.check_divides(cfg.prompts_per_step)
     model, tokenizer = load_policy(cfg.model, checkpoint, cfg.dtype, cfg.lora_rank, cfg.lora_alpha,
                                    cfg.gradient_checkpointing)
     ref_model = None

@@ -60,7 +60,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
         raise R1labError(f"{cfg.data}: {len(examples)} examples x {cfg.epochs} epochs is less than one batch of {cfg.batch_size}")
     optimizer, scheduler = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.warmup_steps, cfg.lr_schedule, steps)
     start = restore_state(checkpoint, optimizer, scheduler, None)
-    par.share(range(cfg.batch_size), "batch_size")       # checks the batch divides among the processes
+    par.check_divides(cfg.batch_size, "batch_size")
     policy, optimizer = par.prepare(CompletionLogits(model, shared=False), optimizer)
     log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True) if par.is_main else None
     model.train()
