@@ -324,17 +324,22 @@ def _coerce(name: str, value, default):
     return value
 
 
+def read_yaml(path, what: str):
+    """A YAML file's content ({} when empty); a missing file or bad YAML is an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise R1labError(f"{path}: {what} not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise R1labError(f"{path}: invalid YAML: {e}") from None
+
+
 def load_config(cls, path: str | Path | None = None, overrides: dict | None = None):
     """cls built from a YAML file (optional) updated by overrides; unknown keys name the valid ones."""
     values = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise R1labError(f"{path}: config file not found")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise R1labError(f"{path}: invalid YAML: {e}") from None
+        values = read_yaml(path, "config file")
         if not isinstance(values, dict):
             raise R1labError(f"{path}: expected a mapping of options at the top level")
     values.update(overrides or {})

@@ -27,7 +27,7 @@ import yaml
 
 from r1lab import R1labError
 from r1lab.config import (ColdStartConfig, CompeteConfig, DistillConfig, EvalConfig, GoalDirectedConfig, GRPOConfig,
-                          RejectionConfig, SFTConfig, load_config)
+                          RejectionConfig, SFTConfig, load_config, read_yaml)
 
 KINDS = {  # kind -> (config class, what the stage produces)
     "cold_start": (ColdStartConfig, "data"), "sft": (SFTConfig, "checkpoint"), "grpo": (GRPOConfig, "checkpoint"),
@@ -64,12 +64,7 @@ def _set_override(recipe: dict, key: str, value: str, path: Path) -> None:
 def load_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> list[Stage]:
     """The recipe's stages with their configs, all checked, nothing loaded."""
     path = Path(path)
-    if not path.is_file():
-        raise R1labError(f"{path}: recipe not found")
-    try:
-        recipe = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise R1labError(f"{path}: invalid YAML: {e}") from None
+    recipe = read_yaml(path, "recipe")
     if not isinstance(recipe, dict) or not isinstance(recipe.get("stages"), list) or not recipe["stages"]:
         raise R1labError(f"{path}: a recipe is a mapping with a non-empty 'stages' list")
     for key, value in (overrides or {}).items():
