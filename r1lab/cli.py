@@ -3,10 +3,11 @@
     r1lab models                                   aliases, sources, cache
     r1lab tasks                                    task specs and reasoning-gym datasets
     r1lab generate MODEL "PROMPT" [--template r1_zero] [--n 4] [--max-new-tokens 256]
-    r1lab run RECIPE [key=value | stage.key=value ...]
+    r1lab run RECIPE [key=value | stage.key=value ...] [--allow-config-change]
     r1lab experiment is-rl-needed [--seeds 3] [key=value ...]
     r1lab serve MODEL [--host 127.0.0.1] [--port 8000] [--api-key-env VAR]
-    r1lab train grpo|sft|compete|rejection|distill [--config FILE] [--resume] [--OPTION VALUE ...]   (options: the stage's config fields)
+    r1lab train grpo|sft|compete|rejection|distill [--config FILE] [--resume [--allow-config-change]] [--OPTION VALUE ...]
+                                                   (options: the stage's config fields)
     r1lab data cold-start --task arithmetic --n 150 --out cold.jsonl
     r1lab data goal-directed IN.jsonl --out OUT.jsonl [--augment start,goal,hindsight]
     r1lab eval MODEL [MODEL ...] --task arithmetic --samples 8 [--problems 50] [--out runs/eval]
@@ -53,17 +54,26 @@ def cmd_tasks(args) -> None:
     print("jsonl:<path>             your data, one JSON object per line (fields: prompt, answer, steps;")
     print("                         or prompt, tests, entry_point, setup, prefix for code problems)")
     print("reasoning-gym:<dataset>  one of:", ", ".join(dataset_names()))
+    if args.spec:
+        from r1lab.tasks import get_task
+        task = get_task(args.spec)
+        if not hasattr(task, "distinct_test_questions"):
+            raise R1labError(f"{args.spec}: a count of distinct test items is given for reasoning-gym datasets only")
+        print(f"{task.name}: {task.distinct_test_questions()} distinct test questions among the first 2000 items "
+              f"(test_percent {task.test_percent}); asking for more test problems is an error")
 
 
 def cmd_sandbox(args) -> None:
     from pathlib import Path
 
-    from r1lab.sandbox import Limits, Sandbox
+    from r1lab.sandbox import Limits, Sandbox, check_tests
     box = Sandbox(Limits(wall_s=args.wall_s))
     print(box.describe())
     if args.program:
         if not Path(args.program).is_file():
             raise R1labError(f"{args.program}: file not found")
+        if args.test:
+            check_tests(args.test, "--test")
         result = box.run(Path(args.program).read_text(), args.test)
         print(f"status {result.status}: {result.passed}/{result.total} tests passed in {result.seconds:.2f} s")
         for line in result.errors:
@@ -96,8 +106,6 @@ def relaunch(num_processes: int, argv: list[str]) -> None:
     (one process per GPU; on CPUs, N processes over gloo). The config is checked here first."""
     import subprocess
 
-    if num_processes < 1:
-        raise R1labError(f"--num-processes must be >= 1, got {num_processes}")
     if os.environ.get("WORLD_SIZE"):
         raise R1labError("--num-processes inside an accelerate/torchrun launch: give the process count to one of them only")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
@@ -114,15 +122,26 @@ def cmd_train(args, extra: list[str]) -> None:
     from r1lab.algorithms.distill import run_distill
     from r1lab.algorithms.rejection import run_rejection
     from r1lab.config import CompeteConfig, DistillConfig, RejectionConfig
+    from r1lab.training import accept_settings
 
     kind, train = {"grpo": (GRPOConfig, train_grpo), "sft": (SFTConfig, train_sft), "compete": (CompeteConfig, train_compete),
                    "rejection": (RejectionConfig, lambda c, resume: run_rejection(c)),
                    "distill": (DistillConfig, lambda c, resume: run_distill(c))}[args.stage]
     config = load_config(kind, args.config, options_to_dict(extra))
-    if args.num_processes and args.stage in ("grpo", "sft", "compete"):
+    if args.num_processes is not None:
+        if args.stage not in ("grpo", "sft", "compete"):
+            raise R1labError(f"--num-processes applies to grpo, sft and compete, not {args.stage}")
+        if args.num_processes < 1:
+            raise R1labError(f"--num-processes must be >= 1, got {args.num_processes}")
         share = "batch_size" if args.stage == "sft" else "prompts_per_step"
         if getattr(config, share) % args.num_processes:
             raise R1labError(f"{share} = {getattr(config, share)} must divide by --num-processes {args.num_processes}")
+    if args.allow_config_change:
+        if not args.resume:
+            raise R1labError("--allow-config-change continues a run: give it with --resume")
+        if int(os.environ.get("RANK", "0")) == 0:
+            accept_settings(config.out, config)
+    if args.num_processes is not None:
         relaunch(args.num_processes, ["train", args.stage, *(["--config", args.config] if args.config else []),
                                       *(["--resume"] if args.resume else []), *extra])
     output = train(config, resume=args.resume)
@@ -158,7 +177,7 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 def cmd_run(args) -> None:
     from r1lab.pipeline import run_recipe
-    print(f"report: {run_recipe(args.recipe, parse_overrides(args.overrides))}")
+    print(f"report: {run_recipe(args.recipe, parse_overrides(args.overrides), args.allow_config_change)}")
 
 
 def cmd_data(args) -> None:
@@ -199,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="r1lab", description="Train reasoning LMs the DeepSeek-R1 way.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list model aliases and what is cached")
-    sub.add_parser("tasks", help="list task specs")
+    tasks = sub.add_parser("tasks", help="list task specs; with SPEC, how many distinct test items it has")
+    tasks.add_argument("spec", nargs="?", help="a reasoning-gym task spec, e.g. reasoning-gym:tower_of_hanoi")
     g = sub.add_parser("generate", help="sample completions for one prompt")
     g.add_argument("model")
     g.add_argument("prompt")
@@ -213,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("stage", choices=["grpo", "sft", "compete", "rejection", "distill"])
     t.add_argument("--config", help="YAML file of options (command-line options override it)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue even if settings differ from the checkpoint's (the new ones apply)")
     t.add_argument("--num-processes", type=int, help="data-parallel processes (grpo, sft, compete), via accelerate launch")
     e = sub.add_parser("eval", help="pass@1, cons@k, length, reflection and language mixing for models")
     e.add_argument("models", nargs="+")
@@ -230,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("run", help="run a recipe (YAML): its stages in order, resuming finished ones")
     u.add_argument("recipe")
     u.add_argument("overrides", nargs="*", help="key=value or stage.key=value")
+    u.add_argument("--allow-config-change", action="store_true",
+                   help="rerun finished stages whose settings changed (training continues from its checkpoint)")
     v = sub.add_parser("serve", help="OpenAI-compatible API for a model (reasoning_content split out)")
     v.add_argument("model")
     v.add_argument("--host", default="127.0.0.1")

@@ -3,17 +3,50 @@
     cfg = load_config(GRPOConfig, "my.yaml", {"steps": "20"})
 
 Every field is commented with its unit and the paper default it follows. Unknown keys are errors
-that name the valid ones; impossible combinations are caught in `check()`, before any model loads.
+that name the valid ones. Every field is checked by one mechanism, `check_fields`: its type from the
+annotation (an int is a float too, a bool is never an int) and, where RANGES or CHOICES name it, its
+range or allowed values. Impossible combinations of fields are caught in each class's `check()`;
+both run in `load_config`, before any model loads.
 """
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from r1lab import R1labError
+from r1lab.algorithms.losses import AGGREGATIONS
+from r1lab.rollout import ENGINES
+
+RANGES = {  # field -> the interval its value must lie in; "Class.field" where one class needs another
+    "steps": "[1, inf)", "rounds": "[1, inf)", "epochs": "[1, inf)", "n": "[1, inf)", "problems": "[1, inf)",
+    "prompts_per_step": "[1, inf)", "samples_per_prompt": "[1, inf)", "samples": "[1, inf)",
+    "batch_size": "[1, inf)", "micro_batch_size": "[1, inf)", "updates_per_batch": "[1, inf)",
+    "max_new_tokens": "[1, inf)", "max_per_prompt": "[1, inf)", "concurrency": "[1, inf)", "max_retries": "[0, inf)",
+    "temperature": "[0, inf)",                    # 0 = greedy
+    "GRPOConfig.temperature": "(0, inf)", "CompeteConfig.temperature": "(0, inf)",   # a greedy group has no spread
+    "top_p": "(0, 1]", "vllm_gpu_memory": "(0, 1]",
+    "beta": "[0, inf)", "epsilon": "(0, 1)", "epsilon_high": "(0, inf)", "unlikelihood_weight": "[0, inf)",
+    "learning_rate": "(0, inf)", "weight_decay": "[0, inf)", "warmup_steps": "[0, inf)", "max_grad_norm": "(0, inf)",
+    "lora_rank": "[0, inf)", "lora_alpha": "[1, inf)",
+    "seed": "[0, inf)", "save_every": "[1, inf)", "sample_every": "[1, inf)",
+    "min_language_share": "[0, 1]", "max_paragraph_chars": "[1, inf)",
+}
+CHOICES = {  # field -> its allowed values
+    "lr_schedule": ("constant", "linear", "cosine"),
+    "mixed_precision": ("no", "bf16"),
+    "rollout_dtype": ("float32", "bfloat16"),
+    "dtype": ("float32", "bfloat16"),
+    "loss_aggregation": AGGREGATIONS,
+    "engine": ENGINES,
+    "language": ("en", "zh"),
+}
+TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "none",
+              dict: "a mapping like {k: v}", list: "a list like [a, b]"}
+NOT_SETTINGS = ("out", "save_every", "sample_every")   # where and how often a stage writes: never change its results
 
 
 @dataclass(frozen=True)
@@ -62,7 +95,6 @@ class GRPOConfig:
     out: str = "runs/grpo"             # output directory
 
     def check(self) -> None:
-        from r1lab.algorithms.losses import AGGREGATIONS
         from r1lab.rewards import parse_rewards
         from r1lab.templates import get_template
 
@@ -74,24 +106,6 @@ class GRPOConfig:
         if batch % self.micro_batch_size:
             raise R1labError(f"prompts_per_step x samples_per_prompt = {batch} sequences does not divide into "
                              f"micro-batches of micro_batch_size = {self.micro_batch_size}")
-        if self.loss_aggregation not in AGGREGATIONS:
-            raise R1labError(f"loss_aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.loss_aggregation!r}")
-        if self.lr_schedule not in ("constant", "linear", "cosine"):
-            raise R1labError(f"lr_schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
-        for name in ("steps", "prompts_per_step", "micro_batch_size", "updates_per_batch", "max_new_tokens", "save_every"):
-            if getattr(self, name) < 1:
-                raise R1labError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise R1labError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
-        if self.rollout_dtype not in ("float32", "bfloat16"):
-            raise R1labError(f"rollout_dtype must be float32 or bfloat16, got {self.rollout_dtype!r}")
-        if self.temperature <= 0:
-            raise R1labError(f"temperature must be > 0 for RL sampling, got {self.temperature}")
-        from r1lab.rollout import ENGINES
-        if self.engine not in ENGINES:
-            raise R1labError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if not 0 < self.vllm_gpu_memory <= 1:
-            raise R1labError(f"vllm_gpu_memory must be in (0, 1], got {self.vllm_gpu_memory}")
 
 
 @dataclass(frozen=True)
@@ -121,11 +135,6 @@ class SFTConfig:
         get_template(self.template)
         if self.batch_size % self.micro_batch_size:
             raise R1labError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})")
-        for name in ("epochs", "batch_size", "micro_batch_size", "save_every"):
-            if getattr(self, name) < 1:
-                raise R1labError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise R1labError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
 
 
 @dataclass(frozen=True)
@@ -165,9 +174,6 @@ class CompeteConfig:
             get_template(source.get("template", self.template))
         if self.samples_per_prompt + sum(s.get("samples", 1) for s in self.sources) < 2:
             raise R1labError("a group needs at least 2 members (samples_per_prompt + sources' samples)")
-        for name in ("rounds", "prompts_per_step", "samples_per_prompt", "micro_batch_size", "max_new_tokens", "save_every"):
-            if getattr(self, name) < 1:
-                raise R1labError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -199,9 +205,6 @@ class RejectionConfig:
         from r1lab.templates import get_template
         get_template(self.template)
         readability(self.filters)
-        for name in ("problems", "samples_per_prompt", "max_new_tokens", "max_per_prompt"):
-            if getattr(self, name) < 1:
-                raise R1labError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -227,9 +230,6 @@ class DistillConfig:
         from r1lab.templates import get_template
         get_template(self.template)
         readability(self.filters)
-        for name in ("problems", "samples_per_prompt", "max_new_tokens", "concurrency"):
-            if getattr(self, name) < 1:
-                raise R1labError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -249,8 +249,6 @@ class EvalConfig:
     def check(self) -> None:
         from r1lab.templates import get_template
         get_template(self.template)
-        if self.samples < 1 or self.problems < 1:
-            raise R1labError("samples and problems must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -265,8 +263,6 @@ class ColdStartConfig:
     def check(self) -> None:
         from r1lab.templates import get_template
         get_template(self.template)
-        if self.n < 1:
-            raise R1labError(f"n must be >= 1, got {self.n}")
 
 
 @dataclass(frozen=True)
@@ -293,35 +289,83 @@ def readability(values: dict) -> ReadabilityFilters:
     if unknown:
         raise R1labError(f"unknown filter option(s) {unknown}; valid: {', '.join(valid)}")
     filters = ReadabilityFilters(**values)
-    if filters.language not in ("en", "zh"):
-        raise R1labError(f"filters.language must be 'en' or 'zh', got {filters.language!r}")
+    check_fields(filters)
     return filters
 
 
-def _coerce(name: str, value, default):
-    """A CLI string (or YAML value) converted to the type of the field's default."""
-    if not isinstance(value, str) or isinstance(default, str):
+def _types(hint) -> tuple:
+    """The types a field annotation allows: float | None -> (float, NoneType)."""
+    return typing.get_args(hint) or (hint,)
+
+
+def _has_type(value, kind) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _in_range(value, interval: str) -> bool:
+    """value in an interval written like '(0, 1]' or '[1, inf)'; NaN is in none."""
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    above = value > low if interval[0] == "(" else value >= low
+    below = value < high if interval[-1] == ")" else value <= high
+    return above and below
+
+
+def check_fields(config) -> None:
+    """Every field has its annotated type and lies in its RANGES / CHOICES entry; the error names the
+    class, the field and what was expected."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, kinds, where = getattr(config, f.name), _types(hints[f.name]), f"{type(config).__name__}.{f.name}"
+        interval = RANGES.get(where, RANGES.get(f.name))
+        if not any(_has_type(value, kind) for kind in kinds):
+            raise R1labError(f"{where} must be {' or '.join(TYPE_NAMES[k] for k in kinds)}, got {value!r}")
+        if f.name in CHOICES and value not in CHOICES[f.name]:
+            raise R1labError(f"{where} must be one of {', '.join(CHOICES[f.name])}, got {value!r}")
+        if interval and value is not None and not _in_range(value, interval):
+            raise R1labError(f"{where} must be in {interval}, got {value!r}")
+
+
+def _as_field_type(value, hint):
+    """A command-line string parsed as the field's type (YAML values are typed already; an int given for
+    a float becomes a float). A string that does not parse is left as it is, for check_fields to name."""
+    kinds = _types(hint)
+    if float in kinds and _has_type(value, float):
+        return float(value)
+    if not isinstance(value, str) or str in kinds:
         return value
+    text = value.strip().lower()
+    if type(None) in kinds and text in ("none", "null"):
+        return None
     try:
-        if isinstance(default, bool):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return value.lower() in ("true", "1", "yes")
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float) or default is None:
-            return float(value) if default is not None or value.lower() != "none" else None
-        if isinstance(default, (dict, list)):
-            parsed = yaml.safe_load(value)
-            if isinstance(default, list) and isinstance(parsed, str):
-                parsed = [x.strip() for x in parsed.split(",") if x.strip()]
-            if not isinstance(parsed, type(default)):
-                raise ValueError
-            return parsed
-    except ValueError:
-        kind = {dict: "a mapping like {k: v}", list: "a list like [a, b]"}.get(type(default), type(default).__name__)
-        raise R1labError(f"option {name}: expected {kind}, got {value!r}") from None
-    return value
+        if bool in kinds:
+            return {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}[text]
+        if int in kinds:
+            return int(text)
+        if float in kinds:
+            return float(text)
+        parsed = yaml.safe_load(value)
+        if list in kinds and isinstance(parsed, str):                     # a,b,c
+            parsed = [x.strip() for x in parsed.split(",") if x.strip()]
+        return parsed
+    except (KeyError, ValueError, yaml.YAMLError):
+        return value
+
+
+def settings(config) -> dict:
+    """The fields that can change a stage's results (all but NOT_SETTINGS): what a resumed run and a
+    finished stage's `.done` are compared on."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_SETTINGS}
+
+
+def changed_settings(recorded: dict, config) -> list[str]:
+    """'key: old -> new' for each setting of config that differs from the recorded ones (a key the record
+    lacks, from an older r1lab, counts as its default)."""
+    old = {**settings(type(config)()), **recorded}
+    return [f"{k}: {old[k]} -> {v}" for k, v in settings(config).items() if old[k] != v]
 
 
 def read_yaml(path, what: str):
@@ -330,13 +374,14 @@ def read_yaml(path, what: str):
     if not path.is_file():
         raise R1labError(f"{path}: {what} not found")
     try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise R1labError(f"{path}: invalid YAML: {e}") from None
 
 
 def load_config(cls, path: str | Path | None = None, overrides: dict | None = None):
-    """cls built from a YAML file (optional) updated by overrides; unknown keys name the valid ones."""
+    """cls built from a YAML file (optional) updated by overrides (command-line strings, parsed as the
+    fields' types), then checked: unknown keys name the valid ones."""
     values = {}
     if path is not None:
         values = read_yaml(path, "config file")
@@ -348,7 +393,8 @@ def load_config(cls, path: str | Path | None = None, overrides: dict | None = No
     if unknown:
         where = f" in {path}" if path else ""
         raise R1labError(f"unknown option(s) {unknown}{where}; valid options: {', '.join(fields)}")
-    defaults = cls()
-    config = cls(**{k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()})
+    hints = typing.get_type_hints(cls)
+    config = cls(**{k: _as_field_type(v, hints[k]) for k, v in values.items()})
+    check_fields(config)
     config.check()
     return config

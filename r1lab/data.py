@@ -1,4 +1,5 @@
-"""Data commands: cold-start chains of thought written from a task's reference steps.
+"""jsonl files (one reader, one atomic writer) and the data commands: cold-start chains of thought
+written from a task's reference steps.
 
     r1lab data cold-start --task arithmetic --n 150 --out cold.jsonl [--template r1_zero]
 
@@ -11,11 +12,55 @@ Problems without reference steps are skipped (and counted).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from r1lab import R1labError
 from r1lab.tasks import get_task
 from r1lab.templates import get_template
+
+
+def read_jsonl(path: str | Path, torn_tail: bool = False) -> list[tuple[int, dict]]:
+    """(line number, row) for each JSON object line; a missing file, text that is not UTF-8 or a bad line
+    is an error naming the file and line. With `torn_tail` (files r1lab appends to), a last line without
+    its newline, a write cut short by a kill, is dropped."""
+    path = Path(path)
+    if not path.is_file():
+        raise R1labError(f"{path}: file not found")
+    data = path.read_bytes()
+    if torn_tail:
+        data = data[:data.rfind(b"\n") + 1]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise R1labError(f"{path}, line {line}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") \
+            from None
+    rows = []
+    for number, line in enumerate(text.split("\n"), 1):                 # not splitlines: a JSON string may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise R1labError(f"{path}, line {number}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise R1labError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+        rows.append((number, row))
+    return rows
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write through a temporary file and a rename: a kill leaves the old file or the new one, whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def cold_start_completion(problem, template) -> str:
@@ -35,9 +80,5 @@ def write_cold_start(task_spec: str, n: int, out: str, template: str = "r1_zero"
             for p in problems if p.steps]
     if not rows:
         raise R1labError(f"task {task_spec!r} gave no problems with reference steps; cold-start data needs them")
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    temporary.replace(path)
+    write_jsonl(out, rows)
     return len(rows), len(problems) - len(rows)

@@ -2,24 +2,31 @@
 
     r1lab eval smollm2-135m runs/x/grpo/checkpoint --task arithmetic --samples 8 --problems 50
 
-Per model: pass@1 and cons@k with bootstrap CIs, pass@k, format rate, mean/median response length
-(tokens), reflection rate (share of responses whose reasoning has a marker such as "wait"), and
-language-mixing rate (share whose reasoning mixes scripts). All models see the same problems and the
-same sampling seed. Each problem's samples are appended to `<out>/<model>.jsonl` as they finish, so an
-interrupted eval resumes by problem; `<out>/eval.json` holds the summary table.
+Per model: pass@1 and cons@k with bootstrap CIs, pass@k, the mean task score, format rate, mean/median
+response length (tokens), reflection rate (share of responses whose reasoning has a marker such as
+"wait"), and language-mixing rate (share whose reasoning mixes scripts). A sample is correct only with
+full marks (`rewards.accuracy.is_correct`), the same for pass@1, pass@k and cons@k; a task's partial
+credit (reasoning-gym) shows only in the score column. All models see the same problems, and each
+problem samples from its own random stream, seeded by (seed, problem id), so the samples do not depend
+on batching or on where an interrupted eval resumed. Each problem's samples are appended to
+`<out>/<model>.jsonl` as they finish, after a first line with the settings they were sampled with; an
+interrupted eval resumes by problem, and resuming with other settings is refused, naming them.
+`<out>/eval.json` holds the summary table.
 """
 from __future__ import annotations
 
 import json
+import random
 import re
 import statistics
 from pathlib import Path
 
 from tqdm import tqdm
 
+from r1lab import R1labError
 from r1lab.metrics import bootstrap_ci, cons_at_k, pass_at_1, pass_at_k
 from r1lab.rewards import score
-from r1lab.rewards.accuracy import equivalent
+from r1lab.rewards.accuracy import equivalent, is_correct
 from r1lab.rewards.language import language_share
 
 REFLECTION_MARKERS = ("wait", "let me check", "let me verify", "double-check", "double check", "re-evaluate",
@@ -44,31 +51,61 @@ def slug(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", model.strip("/"))[-80:]
 
 
+def problem_seed(seed: int, problem_id: str) -> int:
+    """The seed of one problem's random stream: its samples do not depend on its batch or on resuming."""
+    return random.Random(f"eval/{seed}/{problem_id}").getrandbits(62)
+
+
+def read_samples(path: Path, settings: dict | None = None) -> list[dict]:
+    """The per-problem rows of an eval file (after its first line, the settings they were sampled with).
+    Given `settings`, a file sampled with others is refused, naming the changes: adding to it would mix them."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    if not lines:
+        return []
+    recorded = json.loads(lines[0]).get("settings")
+    settings = json.loads(json.dumps(settings))                 # as the file holds them (tuples as lists)
+    if settings is not None and recorded != settings:
+        if recorded is None:
+            raise R1labError(f"{path} records no settings (an older r1lab wrote it); delete it or use another --out")
+        changed = [f"{key} {recorded.get(key)} -> {settings.get(key)}" for key in dict.fromkeys([*settings, *recorded])
+                   if recorded.get(key) != settings.get(key)]
+        raise R1labError(f"{path} was sampled with other settings: {', '.join(changed)}; to start over delete it, "
+                         "or use another --out")
+    return [json.loads(line) for line in lines[1:]]
+
+
+def score_group(problem, group) -> dict:
+    """One problem's row: its samples, each one's task score (partial credit kept) and whether it is correct."""
+    _, parts, _ = score({"accuracy_partial": 1.0, "format": 1.0}, group, [problem] * len(group))
+    return {"id": problem.id, "prompt": problem.prompt, "truth": problem.answer, "answers": [c.answer for c in group],
+            "correct": [float(is_correct(s)) for s in parts["accuracy_partial"]], "score": parts["accuracy_partial"],
+            "format": parts["format"], "lengths": [len(c.token_ids) for c in group], "texts": [c.text for c in group],
+            "reasonings": [c.reasoning for c in group]}
+
+
 def sample_model(model_spec: str, problems, template, samples: int, sampling, seed: int, path: Path,
-                 batch_problems: int, dtype: str = "float32") -> list[dict]:
-    """Rows (one per problem) of k samples each, resuming from the rows already in `path`."""
+                 batch_problems: int, settings: dict, dtype: str = "float32") -> list[dict]:
+    """Rows (one per problem) of k samples each, resuming from the rows already in `path` if it was
+    sampled with the same `settings` (everything that decides the samples)."""
     from r1lab.models import load_model
     from r1lab.rollout import rollout
     from r1lab.rollout.hf import HFEngine
 
-    done = {}
-    if path.exists():
-        done = {r["id"]: r for r in map(json.loads, path.read_text().splitlines()) if r.get("id")}
+    done = {r["id"]: r for r in read_samples(path, settings)}
     todo = [p for p in problems if p.id not in done]
     if todo:
         model, tokenizer = load_model(model_spec, dtype)
-        engine = HFEngine(model, tokenizer, max_batch=batch_problems * samples, seed=seed)
+        engine = HFEngine(model, tokenizer, max_batch=batch_problems * samples)
         with path.open("a") as f, tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"eval {model_spec}",
                                         unit="problem") as bar:
+            if f.tell() == 0:
+                f.write(json.dumps({"settings": settings}) + "\n")
             for start in range(0, len(todo), batch_problems):
                 chunk = todo[start:start + batch_problems]
-                _, groups = rollout(engine, chunk, template, tokenizer, samples, sampling)
+                _, groups = rollout(engine, chunk, template, tokenizer, samples, sampling,
+                                    seeds=[problem_seed(seed, p.id) for p in chunk])
                 for problem, group in zip(chunk, groups):
-                    _, parts, _ = score({"accuracy": 1.0, "format": 1.0}, group, [problem] * len(group))
-                    row = {"id": problem.id, "prompt": problem.prompt, "truth": problem.answer,
-                           "answers": [c.answer for c in group], "correct": parts["accuracy"], "format": parts["format"],
-                           "lengths": [len(c.token_ids) for c in group], "texts": [c.text for c in group],
-                           "reasonings": [c.reasoning for c in group]}
+                    row = score_group(problem, group)
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
                     f.flush()
                     done[problem.id] = row
@@ -87,8 +124,9 @@ def summarise(rows: list[dict], samples: int, markers=REFLECTION_MARKERS, seed: 
         "problems": len(rows), "samples": samples,
         "pass@1": pass_at_1([r["correct"] for r in rows]), "pass@1_ci": bootstrap_ci(per_problem_pass1, seed=seed),
         f"cons@{samples}": sum(per_problem_cons) / len(rows), f"cons@{samples}_ci": bootstrap_ci(per_problem_cons, seed=seed),
-        f"pass@{samples}": sum(pass_at_k(len(r["correct"]), int(sum(c >= 1 for c in r["correct"])), samples)
+        f"pass@{samples}": sum(pass_at_k(len(r["correct"]), int(sum(r["correct"])), samples)
                                for r in rows) / len(rows),
+        "score": statistics.mean(statistics.mean(r["score"]) for r in rows),
         "format": sum(f for r in rows for f in r["format"]) / len(texts),
         "length_mean": statistics.mean(lengths), "length_median": statistics.median(lengths),
         "reflection": sum(reflects(r or t, markers) for r, t in zip(reasonings, texts)) / len(texts),
@@ -97,15 +135,17 @@ def summarise(rows: list[dict], samples: int, markers=REFLECTION_MARKERS, seed: 
 
 
 def format_table(summary: dict[str, dict], samples: int) -> str:
-    """Models as rows, metrics as columns (the talk's "Is RL really needed?" layout), CIs in brackets."""
-    head = (f"{'model':36} {'pass@1':>20} {f'cons@{samples}':>20} {f'pass@{samples}':>8} {'format':>7} "
+    """Models as rows, metrics as columns (the talk's "Is RL really needed?" layout), CIs in brackets.
+    An eval.json written before the score column existed shows '-' there."""
+    head = (f"{'model':36} {'pass@1':>20} {f'cons@{samples}':>20} {f'pass@{samples}':>8} {'score':>7} {'format':>7} "
             f"{'len mean':>8} {'len med':>7} {'reflect':>7} {'mixing':>7}")
     lines = [head, "-" * len(head)]
     for name, s in summary.items():
         p, c = s["pass@1_ci"], s[f"cons@{samples}_ci"]
+        score = f"{100 * s['score']:7.1f}" if "score" in s else f"{'-':>7}"
         lines.append(f"{name[-36:]:36} {100 * s['pass@1']:6.1f} [{100 * p[0]:5.1f},{100 * p[1]:5.1f}] "
                      f"{100 * s[f'cons@{samples}']:6.1f} [{100 * c[0]:5.1f},{100 * c[1]:5.1f}] "
-                     f"{100 * s[f'pass@{samples}']:8.1f} {100 * s['format']:7.1f} {s['length_mean']:8.1f} "
+                     f"{100 * s[f'pass@{samples}']:8.1f} {score} {100 * s['format']:7.1f} {s['length_mean']:8.1f} "
                      f"{s['length_median']:7.1f} {100 * s['reflection']:7.1f} {100 * s['language_mixing']:7.1f}")
     return "\n".join(lines)
 
@@ -123,13 +163,14 @@ def evaluate(models: list[str], task_spec: str, samples: int = 8, problems: int 
     sampling = Sampling(temperature, top_p, max_new_tokens)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"task": task_spec, "task_options": task_options or {}, "template": template, "samples": samples,
+                "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed}
     summary = {}
     for model in models:
         rows = sample_model(model, test, template_obj, samples, sampling, seed, out_dir / f"{slug(model)}.jsonl",
-                            batch_problems)
+                            batch_problems, {"model": model, **settings})
         summary[model] = summarise(rows, samples, markers, seed)
-    result = {"task": task_spec, "template": template, "samples": samples, "temperature": temperature,
-              "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed, "models": summary}
+    result = {**settings, "models": summary}
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
     return result
 

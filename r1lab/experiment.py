@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from r1lab import R1labError
-from r1lab.evaluate import model_label, slug
+from r1lab.evaluate import model_label, read_samples, slug
 from r1lab.metrics import bootstrap_ci, cons_at_k
 from r1lab.pipeline import load_recipe, run_recipe
 from r1lab.rewards.accuracy import equivalent
@@ -63,7 +63,7 @@ def run_experiment(recipe: str, seeds: int = 3, overrides: dict[str, str] | None
         per_seed = []
         for stage, stages in zip(evals, runs):
             same = next(m for m in stage.config.models if label(m) == label(model))
-            per_seed.append([json.loads(line) for line in (stage.out / f"{slug(same)}.jsonl").read_text().splitlines()])
+            per_seed.append(read_samples(stage.out / f"{slug(same)}.jsonl"))
         table[label(model)] = pooled(per_seed)
     out = Path(evals[0].out.parent.parent) / name
     out.mkdir(parents=True, exist_ok=True)

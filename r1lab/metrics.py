@@ -1,6 +1,7 @@
 """Pure estimators for the paper's evaluation table.
 
 - pass@1 (paper section 3): the mean correctness of k samples per problem, averaged over problems.
+  Correctness is 0 or 1 here, as in pass@k and cons@k (a task's partial credit is not correctness).
 - pass@k: the unbiased estimator 1 - C(n-c, k) / C(n, k) (Chen et al., 2021) from n samples, c correct.
 - cons@k: majority vote over the k parsed answers. Answers are grouped by the same equivalence the
   accuracy reward uses (math-verify), samples without an answer do not vote, and a tie goes to the
@@ -15,7 +16,7 @@ from typing import Callable, Sequence
 
 
 def pass_at_1(correct: Sequence[Sequence[float]]) -> float:
-    """correct[i][j]: score of sample j of problem i (0/1, or partial credit)."""
+    """correct[i][j]: 1 if sample j of problem i is correct, else 0."""
     return sum(sum(row) / len(row) for row in correct) / len(correct)
 
 
@@ -46,9 +47,9 @@ def majority(answers: Sequence[str | None], same: Callable[[str, str], bool]) ->
 
 
 def cons_at_k(answers: Sequence[str | None], correct: Sequence[float], same: Callable[[str, str], bool]) -> float:
-    """1 if the majority answer of one problem's samples is correct (its representative's score), else 0."""
+    """1 if the majority answer of one problem's samples is correct (its representative is), else 0."""
     winner = majority(answers, same)
-    return 0.0 if winner is None else float(correct[winner] >= 1.0)
+    return 0.0 if winner is None else float(correct[winner])
 
 
 def bootstrap_ci(values: Sequence[float], resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:

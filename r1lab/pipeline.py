@@ -12,14 +12,20 @@ Inputs are wired by name: `model: <stage>` (or `teacher:` for distill) takes tha
 `model: base` the recipe's model, `data: <stage>` that stage's data.jsonl. Left out, a training
 stage starts from the latest checkpoint before it (else the base model) and an SFT stage (or goal_directed) reads the
 latest data before it; an eval stage without `models` compares the base with every checkpoint so far.
-Stage `s` writes `runs/<name>/<s>/`; a finished stage leaves `.done` there and is skipped when the
-recipe runs again; an interrupted training stage resumes from its last checkpoint. Every stage is
-checked when the recipe loads, before any model does: unknown kinds, keys and references, and
-missing input files, are errors naming the file, the stage and the key.
+Stage `s` writes `runs/<name>/<s>/`; a finished stage leaves `.done` there, holding its settings (the
+config fields but `out`, `save_every`, `sample_every`, which never change results), and is skipped
+when the recipe runs again with the same settings; an interrupted training stage resumes from its last
+checkpoint. A finished stage whose settings changed stops the run, naming each change, unless
+`--allow-config-change` is given: then it runs again with the new ones (a training stage continues from
+its checkpoint, any other starts afresh). Whenever a stage runs, the earlier outputs of the stages that read it, directly or
+through others, are removed, so they are redone from the new output. Every stage is checked when the
+recipe loads, before any model does: unknown kinds, keys and references (including a later stage's),
+and missing input files, are errors naming the file, the stage and the key.
 """
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +33,8 @@ import yaml
 
 from r1lab import R1labError
 from r1lab.config import (ColdStartConfig, CompeteConfig, DistillConfig, EvalConfig, GoalDirectedConfig, GRPOConfig,
-                          RejectionConfig, SFTConfig, load_config, read_yaml)
+                          RejectionConfig, SFTConfig, changed_settings, load_config, read_yaml, settings)
+from r1lab.data import write_atomic
 
 KINDS = {  # kind -> (config class, what the stage produces)
     "cold_start": (ColdStartConfig, "data"), "sft": (SFTConfig, "checkpoint"), "grpo": (GRPOConfig, "checkpoint"),
@@ -44,6 +51,7 @@ class Stage:
     kind: str
     config: object      # the kind's frozen config, inputs resolved to paths
     out: Path
+    inputs: tuple[str, ...]   # the earlier stages whose outputs it reads
 
 
 def _set_override(recipe: dict, key: str, value: str, path: Path) -> None:
@@ -74,6 +82,7 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> li
         raise R1labError(f"{path}: unknown recipe key(s) {unknown}; valid: {', '.join(TOP_LEVEL)}")
     runs = Path(recipe.get("runs_dir", "runs")) / str(recipe.get("name", path.stem))
     base = recipe.get("model", "smollm2-135m")
+    names = {str(raw.get("name", f"stage{number}")) for number, raw in enumerate(recipe["stages"], 1) if isinstance(raw, dict)}
     stages: list[Stage] = []
     produced: dict[str, str] = {}           # stage name -> what it produces
     for number, raw in enumerate(recipe["stages"], 1):
@@ -88,6 +97,7 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> li
             raise R1labError(f"{where}: the stage name is used twice (or is the reserved name 'base')")
         cls, output = KINDS[kind]
         fields = {f.name for f in dataclasses.fields(cls)}
+        inputs = []
 
         def checkpoint_of(ref, key):
             if ref == "base":
@@ -95,7 +105,11 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> li
             if ref in produced:
                 if produced[ref] != "checkpoint":
                     raise R1labError(f"{where}, key {key!r}: stage {ref!r} produces {produced[ref]}, not a checkpoint")
+                inputs.append(ref)
                 return str(runs / ref / "checkpoint")
+            if ref in names:
+                raise R1labError(f"{where}, key {key!r}: stage {ref!r} comes later in the recipe (or is this one); "
+                                 f"a stage reads only earlier stages' outputs")
             return ref                       # a model spec
 
         latest = lambda what: next((n for n in reversed(list(produced)) if produced[n] == what), None)  # noqa: E731
@@ -113,6 +127,7 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> li
             if data in produced:
                 if produced[data] != "data":
                     raise R1labError(f"{where}, key 'data': stage {data!r} produces {produced[data]}, not data")
+                inputs.append(data)
                 data = str(runs / data / "data.jsonl")
             elif not Path(data).is_file():
                 raise R1labError(f"{where}, key 'data': {data} is neither an earlier stage nor an existing file")
@@ -125,7 +140,7 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> li
             config = load_config(cls, None, values)
         except R1labError as e:
             raise R1labError(f"{where}: {e}") from None
-        stages.append(Stage(name, kind, config, runs / name))
+        stages.append(Stage(name, kind, config, runs / name, tuple(inputs)))
         produced[name] = output
     return stages
 
@@ -151,17 +166,47 @@ def run_stage(stage: Stage) -> None:
         {"rejection": run_rejection, "distill": run_distill, "eval": run_eval}[stage.kind](c)
 
 
-def run_recipe(path: str, overrides: dict[str, str] | None = None) -> Path:
-    """Run every unfinished stage in order; the report path."""
+def readers(stages: list[Stage], name: str) -> list[Stage]:
+    """The stages that read stage `name`'s output, directly or through others."""
+    read, found = {name}, []
+    for stage in stages:
+        if read & set(stage.inputs):
+            read.add(stage.name)
+            found.append(stage)
+    return found
+
+
+def run_recipe(path: str, overrides: dict[str, str] | None = None, allow_config_change: bool = False) -> Path:
+    """Run every unfinished stage in order (a finished one with changed settings only when allowed); the report path."""
     from r1lab.report import write_report
+    from r1lab.training import accept_settings
 
     stages = load_recipe(path, overrides)
     for stage in stages:
-        if (stage.out / ".done").exists():
-            print(f"[{stage.name}] finished earlier, skipped")
-            continue
+        done = stage.out / ".done"
+        if done.exists():
+            recorded = read_yaml(done, "stage record")
+            changed = changed_settings(recorded, stage.config) if recorded else []   # an empty .done predates the record
+            if not changed:
+                print(f"[{stage.name}] finished earlier, skipped")
+                continue
+            if not allow_config_change:
+                raise R1labError(f"{path}, stage {stage.name!r}: finished earlier with other settings ({'; '.join(changed)}); "
+                                 f"pass --allow-config-change to run it again with the new ones, or delete {stage.out} "
+                                 f"to redo it from scratch")
+            print(f"[{stage.name}] finished earlier with other settings ({'; '.join(changed)}): running it again")
+            if KINDS[stage.kind][1] == "checkpoint":
+                done.unlink()                    # training continues from its checkpoint (accept_settings below)
+            else:
+                shutil.rmtree(stage.out)         # afresh: no earlier output (a distill cache, eval rows) is mixed in
+        for reader in readers(stages, stage.name):
+            if reader.out.exists():
+                print(f"[{reader.name}] reads {stage.name!r}, which runs now: removing its earlier output {reader.out}")
+                shutil.rmtree(reader.out)
+        if allow_config_change and KINDS[stage.kind][1] == "checkpoint":
+            accept_settings(stage.out, stage.config)
         print(f"[{stage.name}] {stage.kind} -> {stage.out}")
         run_stage(stage)
         stage.out.mkdir(parents=True, exist_ok=True)
-        (stage.out / ".done").touch()
+        write_atomic(done, yaml.safe_dump(settings(stage.config), sort_keys=False))
     return write_report(str(stages[0].out.parent))

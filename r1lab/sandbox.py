@@ -31,6 +31,7 @@ host process itself is killed, the judge's own alarm (wall_s + 5 s) still ends t
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import fcntl
 import functools
@@ -50,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r1lab import R1labError
+from r1lab.sandbox_jail import asserts, test_statements
 
 JAIL = str(Path(__file__).with_name("sandbox_jail.py"))
 UID_BASE = 2_000_000_000           # per-run uids, far above any real user's (used only as root)
@@ -85,6 +87,25 @@ class Result:
     @property
     def fraction(self) -> float:
         return self.passed / self.total if self.total else 0.0
+
+
+def check_tests(tests: list[str], where: str) -> None:
+    """Refuse, naming `where`, tests that do not parse or that never run an assertion: some statement
+    that counts as a test (the judge's rule, `sandbox_jail.test_statements`) must assert, or use a
+    function defined in the tests that asserts (HumanEval's `check(f)`)."""
+    for i, test in enumerate(tests):
+        try:
+            ast.parse(test)
+        except SyntaxError as e:
+            raise R1labError(f"{where}: tests[{i}] is not valid Python ({e.msg})") from None
+    statements = [(ast.parse(source).body[0], counts) for source, counts in test_statements(tests)]
+    checkers = {s.name for s, _ in statements if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and any(map(asserts, ast.walk(s)))}
+    if not any(asserts(n) or isinstance(n, ast.Name) and n.id in checkers
+               for s, counts in statements if counts for n in ast.walk(s)):
+        raise R1labError(f"{where}: no test that runs an assertion; a test is a statement that asserts or calls "
+                         "(def, class, import and assignments are setup only): HumanEval's "
+                         "`def check(candidate): ...` needs its call, e.g. `check(my_function)`, after it")
 
 
 @functools.cache
@@ -130,7 +151,8 @@ class Sandbox:
             return list(pool.map(lambda job: self.run(**job), jobs))
 
     def run(self, program: str, tests: list[str], setup: str = "", entry_point: str | None = None) -> Result:
-        """Run `program`, then each test statement (trusted code, in the judge) against its functions.
+        """Run `program`, then each test statement (trusted code, in the judge) against its functions; a
+        statement counts as a test when it can fail (`sandbox_jail.test_statements`: it asserts or calls).
         `setup` is trusted code run before the tests (helpers, imports); `entry_point` is also bound as
         `candidate` (HumanEval's convention). Never raises for anything the program does."""
         started = time.monotonic()

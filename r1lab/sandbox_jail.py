@@ -197,14 +197,26 @@ def serve_program(job: dict, requests, replies) -> None:
 
 # --- the judge ---
 
+SETUP = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom, ast.Assign,
+         ast.AnnAssign, ast.AugAssign)
+
+
+def asserts(node: ast.AST) -> bool:
+    """An `assert` that can fail (not HumanEval's `assert True` filler), or a `raise`."""
+    if isinstance(node, ast.Assert):
+        return not (isinstance(node.test, ast.Constant) and node.test.value)
+    return isinstance(node, ast.Raise)
+
+
 def test_statements(tests: list[str]) -> list[tuple[str, bool]]:
-    """(statement source, counts as a test): each test text is split into top-level statements; one
-    with an `assert` and a call is a test, the others (imports, setup, HumanEval's `assert True`) only run."""
+    """(statement source, counts as a test): each test text is split into top-level statements. A test
+    is one whose execution can fail: it asserts, raises or calls (`check(f)`, `assert f(1) == 2`, a loop
+    of those). Definitions (def, class, import, assignment) are setup: they run but never count, since
+    defining HumanEval's `check(candidate)` cannot fail. The rest (`pass`, `assert True`) only run."""
     statements = []
     for text in tests:
         for node in ast.parse(text).body:
-            nodes = list(ast.walk(node))
-            counts = any(isinstance(n, ast.Assert) for n in nodes) and any(isinstance(n, ast.Call) for n in nodes)
+            counts = not isinstance(node, SETUP) and any(isinstance(n, ast.Call) or asserts(n) for n in ast.walk(node))
             statements.append((ast.unparse(node), counts))
     return statements
 
@@ -249,7 +261,7 @@ def judge(tests: dict, requests, replies, results) -> None:
             raise kind(f"{name} raised {reply.get('error', 'nothing: the reply was not a return value')}")
         return call
 
-    namespace = {"__name__": "tests"}
+    namespace = {"__name__": "__main__"}     # tests written as a script (`if __name__ == "__main__": check(f)`) run
     exec(compile(tests.get("setup") or "", "setup", "exec"), namespace)
     for name in hello.get("functions", []):
         if isinstance(name, str) and name not in vars(builtins):    # a program's `abs` must not replace the tests' abs

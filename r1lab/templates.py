@@ -16,6 +16,12 @@ answer the model committed to:
 - the answer is the FIRST complete `<answer>...</answer>` after the reasoning; an `<answer>` inside
   `<think>` is ignored, later answer blocks are ignored (and cost the format reward);
 - an `<answer>` without `</answer>` is no answer: a truncated reply must not be graded.
+
+A prompt that ends by opening `<think>` (the chat templates of DeepSeek-R1-Distill, QwQ, Qwen3) puts
+the reply inside the reasoning. The parser and the format reward then both read `prompt_tail(prompt)`
+plus the reply (carried as `Completion.prompt_tail`), so `2+2=4</think> <answer>4</answer>` has the
+full format there, and a reply that never closes its reasoning parses as reasoning with no answer.
+The format needs non-blank reasoning and answer (`<think> </think>` is not reasoning).
 """
 from __future__ import annotations
 
@@ -48,7 +54,7 @@ CODE_INSTRUCTION = (
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 _FENCED = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|$)", re.S)
-_EXACT = re.compile(r"\s*<think>(.+?)</think>\s*<answer>(.+?)</answer>\s*", re.S)
+_EXACT = re.compile(r"\s*<think>\s*\S.*?</think>\s*<answer>\s*\S.*?</answer>\s*", re.S)
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,13 @@ def _system_user(system: str, user: str, tokenizer) -> str:
     return f"{system}\n\nUser: {user}\nAssistant:"
 
 
+def prompt_tail(prompt: str) -> str:
+    """The end of `prompt` that a reply continues: `<think>` and the whitespace after it where the prompt
+    ends by opening the reasoning, else ''."""
+    end = prompt.rstrip()
+    return prompt[len(end) - len("<think>"):] if end.endswith("<think>") else ""
+
+
 def parse_tags(text: str) -> tuple[str | None, str | None]:
     """(reasoning, answer) from a `<think>`/`<answer>` reply; rules in the module docstring."""
     opened = text.find("<think>")
@@ -85,7 +98,7 @@ def parse_tags(text: str) -> tuple[str | None, str | None]:
 
 
 def tags_format_score(text: str, partial: bool = False) -> float:
-    """1 for exactly `<think>..</think> <answer>..</answer>` (each tag once, nothing around);
+    """1 for exactly `<think>..</think> <answer>..</answer>` (each tag once, nothing around, parts not blank);
     with partial credit, 0.2 for each of the four tags that appears exactly once."""
     once = [text.count(tag) == 1 for tag in TAGS]
     if all(once) and _EXACT.fullmatch(text):

@@ -12,6 +12,8 @@ import yaml
 
 from r1lab import R1labError
 from r1lab.checkpoint import find_checkpoint, load_state
+from r1lab.config import changed_settings, read_yaml
+from r1lab.data import read_jsonl, write_atomic, write_jsonl
 from r1lab.models import load_model
 
 
@@ -32,16 +34,40 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare_run(out: str, config, resume: bool, write: bool = True) -> tuple[Path, Path | None]:
-    """The run directory with config.yaml (written by the main process only: `write`); the checkpoint
-    to resume from, if resuming."""
+    """The run directory and the checkpoint to resume from, if resuming. The main process (`write`)
+    refuses to resume a checkpoint trained with other settings, naming each change (`accept_settings` is
+    the explicit way past), and writes config.yaml: the settings the run's checkpoints are trained with."""
     out = Path(out)
     checkpoint = find_checkpoint(out)
     if checkpoint is not None and not resume:
         raise R1labError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     if write:
-        (out / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+        changed = changed_settings(_recorded(out), config) if checkpoint is not None else []
+        if changed:
+            raise R1labError(f"{out}: its checkpoint was trained with other settings ({'; '.join(changed)}); pass "
+                             f"--allow-config-change to continue it with the new ones, or start afresh in another directory")
+        _record(out, config)
     return out, checkpoint
+
+
+def accept_settings(out: str | Path, config) -> None:
+    """Let a resumed run continue with changed settings (--allow-config-change): log the changes and record
+    the new settings; restore_state then applies them (learning rate and weight decay included)."""
+    out = Path(out)
+    changed = changed_settings(_recorded(out), config) if find_checkpoint(out) is not None else []
+    if changed:
+        print(f"{out}: continuing with changed settings: {'; '.join(changed)}")
+        _record(out, config)
+
+
+def _recorded(out: Path) -> dict:
+    path = out / "config.yaml"
+    return read_yaml(path, "settings record") if path.is_file() else {}
+
+
+def _record(out: Path, config) -> None:
+    write_atomic(out / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
 
 
 def load_policy(spec: str, checkpoint: Path | None, dtype: str, lora_rank: int, lora_alpha: int,
@@ -87,12 +113,18 @@ def training_state(step: int, optimizer, scheduler, generator: torch.Generator |
 
 
 def restore_state(checkpoint: Path | None, optimizer, scheduler, generator: torch.Generator | None) -> int:
-    """Load optimiser, scheduler and RNG states; the step to continue from (0 when starting fresh)."""
+    """Load optimiser moments, the position in the schedule and RNG states; the step to continue from (0
+    when starting fresh). The learning rate and weight decay stay this run's (the saved states carry
+    the old ones), so a resumed run never mixes settings."""
     if checkpoint is None:
         return 0
     state = load_state(checkpoint)
+    own = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]   # lr, weight decay...
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    scheduler.base_lrs = [group["initial_lr"] for group in own]
+    for group, hyper, factor in zip(optimizer.param_groups, own, scheduler.lr_lambdas):
+        group.update(hyper, lr=hyper["initial_lr"] * factor(scheduler.last_epoch))
     torch.set_rng_state(state["torch_rng"])
     random.setstate(state["python_rng"])
     if generator is not None and state["generator"] is not None:
@@ -101,7 +133,8 @@ def restore_state(checkpoint: Path | None, optimizer, scheduler, generator: torc
 
 
 class JsonlLog:
-    """Append-only jsonl; on resume, rows from steps after the checkpoint (lost work) are dropped.
+    """Append-only jsonl; on resume, rows from steps after the checkpoint (lost work) and a line cut short
+    by a kill are dropped, and the file is rewritten atomically.
     With `tensorboard`, numeric values also go to TensorBoard (`<dir>/tensorboard/`) when it is installed."""
 
     def __init__(self, path: Path, resume_step: int, tensorboard: bool = False):
@@ -114,12 +147,11 @@ class JsonlLog:
             except ImportError:
                 pass
         if self.path.exists():
-            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            kept = [r for r in rows if r.get("step", 0) <= resume_step] if resume_step else []
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            rows = [row for _, row in read_jsonl(self.path, torn_tail=True)]
+            write_jsonl(self.path, [r for r in rows if r.get("step", 0) <= resume_step] if resume_step else [])
 
     def write(self, row: dict) -> None:
-        with self.path.open("a") as f:
+        with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
         if self.board is not None:
             for key, value in row.items():

@@ -26,3 +26,5 @@ class Completion:
     token_ids: list[int] = field(default_factory=list)   # (T,) generated token ids, EOS included if sampled
     logprobs: list[float] = field(default_factory=list)  # (T,) log-prob of each token under the sampling policy
     finish_reason: str = "stop"    # "stop" (EOS or a stop string) or "length" (hit max_new_tokens)
+    prompt_tail: str = ""          # the prompt's end that text continues ("<think>\n" where the chat template
+                                   # opens the reasoning; templates.prompt_tail): parsed and judged with text

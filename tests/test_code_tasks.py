@@ -8,7 +8,8 @@ from r1lab import R1labError
 from r1lab.rewards import REWARDS, check_rewards_fit, parse_rewards, score
 from r1lab.rewards import code as code_rewards
 from r1lab.rewards.code import job
-from r1lab.sandbox import Limits, Sandbox
+from r1lab.sandbox import Limits, Sandbox, check_tests
+from r1lab import sandbox_jail
 from r1lab.tasks import get_task
 from r1lab.templates import extract_program, get_template
 from r1lab.types import Completion, Problem
@@ -39,6 +40,14 @@ def test_every_canonical_solution_passes_and_a_stub_fails():
     first = TEST[0]
     stub = f"def {first.meta['code']['entry_point']}(*args):\n    return None\n"
     assert code_rewards.run_tests(first, stub).passed == 0
+
+
+def test_humaneval_test_counts():
+    """The judge's rule counts each assert of check()'s body once: 7 for HumanEval/0, 1133 in all."""
+    counts = {p.id: sum(counts for _, counts in sandbox_jail.test_statements(p.meta["code"]["tests"])) for p in TRAIN + TEST}
+    assert counts["HumanEval/0"] == 7 and sum(counts.values()) == 1133 and min(counts.values()) >= 1
+    for p in TRAIN + TEST:
+        check_tests(p.meta["code"]["tests"], p.id)
 
 
 def test_code_template_extracts_the_program():
@@ -106,6 +115,35 @@ def test_jsonl_code_problems(tmp_path):
     (tmp_path / "bad_test.jsonl").write_text(json.dumps({"prompt": "p", "tests": ["assert ("]}) + "\n")
     with pytest.raises(R1labError, match=r"line 1: tests\[0\] is not valid Python"):
         get_task(f"jsonl:{tmp_path / 'bad_{split}.jsonl'}").problems("test")
+
+
+HUMANEVAL_ROW = "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(3) == 6\ncheck(double)"
+MBPP_ROW = ["assert double(1) == 2", "assert double(0) == 0", "assert double(-2) == -4"]
+
+
+@pytest.mark.parametrize("tests, program, reward", [
+    (HUMANEVAL_ROW, "def double(x):\n    return 2 * x", 1.0),
+    (HUMANEVAL_ROW, "def double(x):\n    return 0", 0.0),      # the call check(double) is the test, not the def
+    (HUMANEVAL_ROW, "x = 1", 0.0),
+    (MBPP_ROW, "def double(x):\n    return 2 * x", 1.0),
+    (MBPP_ROW, "def double(x):\n    return 0", 1 / 3),
+], ids=["humaneval-right", "humaneval-wrong", "humaneval-no-function", "mbpp-right", "mbpp-wrong"])
+def test_jsonl_code_rows_in_humaneval_and_mbpp_format(tmp_path, tests, program, reward):
+    (tmp_path / "rows_test.jsonl").write_text(json.dumps({"prompt": "Write double(x).", "tests": tests}) + "\n")
+    problem, = get_task(f"jsonl:{tmp_path / 'rows_{split}.jsonl'}").problems("test")
+    assert code_rewards.code_reward([reply(program)], problem) == [pytest.approx(reward)]
+
+
+@pytest.mark.parametrize("tests", [
+    "def check(candidate):\n    assert candidate(1) == 2",       # HumanEval's check() without the call
+    ["assert True"],
+    ["x = double(1)", "print(x)"],
+], ids=["check-never-called", "assert-true", "no-assert"])
+def test_a_jsonl_code_row_without_an_assertion_that_runs_is_refused(tmp_path, tests):
+    rows = [{"prompt": "Write double(x).", "tests": MBPP_ROW}, {"prompt": "Write double(x) again.", "tests": tests}]
+    (tmp_path / "rows_test.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(R1labError, match=r"rows_test.jsonl, line 2: no test that runs an assertion"):
+        get_task(f"jsonl:{tmp_path / 'rows_{split}.jsonl'}").problems("test")
 
 
 def test_cli_trains_grpo_on_humaneval_with_code_rewards(tmp_path, capsys):

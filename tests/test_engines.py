@@ -105,3 +105,36 @@ def test_grpo_with_the_vllm_engine_pushes_updated_weights_each_step(fake_vllm, t
     assert pushes == 2 and len(llm.calls) == 2
     first, second = dict(llm.loaded[:len(llm.loaded) // 2]), dict(llm.loaded[len(llm.loaded) // 2:])
     assert any(not torch.equal(first[k], second[k]) for k in first)      # step 2 sampled from the updated policy
+
+
+def short_context_model(max_position_embeddings: int):
+    """tiny-random with a context of `max_position_embeddings` tokens (same weights)."""
+    from transformers import LlamaForCausalLM
+    model, tokenizer = load_model("tiny-random")
+    config = model.config.to_dict() | {"max_position_embeddings": max_position_embeddings}
+    short = LlamaForCausalLM(type(model.config).from_dict(config))
+    short.load_state_dict(model.state_dict())
+    return short, tokenizer
+
+
+def test_prompt_plus_max_new_tokens_beyond_the_context_fails_before_sampling():
+    from r1lab.rollout import rollout
+    from r1lab.rollout.hf import HFEngine
+    from r1lab.templates import get_template
+    from r1lab.types import Problem
+
+    template, problems = get_template("chat"), [Problem("a", "1+1", "2"), Problem("b", "What is 12 + 30 + 7?", "49")]
+    _, tokenizer = load_model("tiny-random")
+    longest = max(len(tokenizer(template.render(p.prompt, tokenizer), add_special_tokens=False)["input_ids"]) for p in problems)
+    model, tokenizer = short_context_model(longest + 8)            # room for 8 new tokens after the longest prompt
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    engine = HFEngine(model, tokenizer, seed=0)
+    with pytest.raises(R1labError, match=rf"prompt of {longest} tokens \+ max_new_tokens 9 = {longest + 9} .*"
+                                         rf"max_position_embeddings {longest + 8}"):
+        rollout(engine, problems, template, tokenizer, 2, Sampling(max_new_tokens=9))
+    with pytest.raises(R1labError, match=f"max_position_embeddings {longest + 8}"):   # serve and llm() call generate
+        engine.generate(["x" * (longest + 8)], 1, Sampling(max_new_tokens=1))
+    assert calls == []                                                                # nothing was sampled
+    _, groups = rollout(engine, problems, template, tokenizer, 2, Sampling(max_new_tokens=8))   # exactly full fits
+    assert calls and all(len(c.token_ids) <= 8 for g in groups for c in g)

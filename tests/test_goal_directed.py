@@ -48,6 +48,21 @@ def test_wrong_arithmetic_cannot_be_relabelled():
     assert hindsight(bad, ARITHMETIC) is None
 
 
+def test_rewriting_never_emits_a_test_problem():
+    from r1lab.tasks.arithmetic import Arithmetic, expression_split, make_problem
+    for p in Arithmetic().problems("test", 200):
+        a, b, c = map(int, p.meta["expression"].split(" + "))
+        for items in ([a, "+", b, "+", c], [c, "+", b, "+", a]):         # the test problem, and a reordering of it
+            wrong = Trajectory("Calculate 1 + 1 + 1", p.answer, make_problem(items).steps)
+            assert hindsight(wrong, ARITHMETIC) is None and augment(wrong, False, ARITHMETIC, ("hindsight",)) == []
+    relabelled = [hindsight(Trajectory("Calculate 1 + 1 + 1", p.answer, p.steps), ARITHMETIC)
+                  for p in Arithmetic().problems("train", 50)]
+    assert [r.prompt for r in relabelled] == [p.prompt for p in Arithmetic().problems("train", 50)]
+    shifted = [s for p in Arithmetic(operands=4).problems("train", 200)
+               for s in goal_shifts(Trajectory(p.prompt, p.answer, p.steps), ARITHMETIC)]
+    assert len(shifted) > 200 and all(expression_split(s.prompt.removeprefix("Calculate "), 10) == "train" for s in shifted)
+
+
 def test_other_tasks_say_they_cannot_rewrite():
     gym = get_task("reasoning-gym:basic_arithmetic")
     with pytest.raises(R1labError, match="goal-state shift is not supported"):
@@ -64,6 +79,15 @@ def test_rows_put_the_steps_in_the_prefix(tmp_path):
     row = to_row(start_shifts(TALK)[1], get_template("r1_zero"))
     assert row["prefix"] == "<think> Firstly, I would calculate 1 + 2 = 3"
     assert row["completion"] == "Then, I would calculate 3 + 3 = 6 The answer is 6 </think> <answer> 6 </answer>"
+
+
+@pytest.mark.parametrize("lines", [[], ['{"prompt": "Calculate 1 + 2", "answer": "3", "completion": "no tags at all"}']])
+def test_no_examples_is_an_error_naming_the_input(tmp_path, lines):
+    source = tmp_path / "trajectories.jsonl"
+    source.write_text("".join(line + "\n" for line in lines))
+    with pytest.raises(R1labError, match=r"trajectories.jsonl: no examples"):
+        write_goal_directed(str(source), str(tmp_path / "out.jsonl"))
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def test_cli_command_writes_augmented_rows(tmp_path):

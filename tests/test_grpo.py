@@ -88,7 +88,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch)
     ({"samples_per_prompt": "1"}, "must be >= 2"),
     ({"prompts_per_step": "3", "samples_per_prompt": "4", "micro_batch_size": "8"}, "does not divide"),
     ({"stepz": "3"}, "valid options: model"),
-    ({"steps": "many"}, "option steps: expected int"),
+    ({"steps": "many"}, r"GRPOConfig.steps must be an integer, got 'many'"),
     ({"rewards": "acuracy"}, "unknown reward"),
     ({"loss_aggregation": "mean"}, "loss_aggregation must be one of"),
 ])
@@ -111,3 +111,76 @@ def test_metrics_also_go_to_tensorboard_when_installed(tmp_path):
     pytest.importorskip("tensorboard")
     out = train_grpo(config(tmp_path, steps=1, rewards="low_ids")).parent
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def shaped_rollouts(monkeypatch):
+    """Member j of each group keeps 3 + 2j tokens and finishes by "stop" if j is odd, "length" if even:
+    micro-batches then hold different numbers of tokens, and mask_truncated drops half of each group."""
+    import r1lab.algorithms.grpo as grpo
+    real_rollout = grpo.rollout
+
+    def rollout(*args, **kwargs):
+        prompts, groups = real_rollout(*args, **kwargs)
+        for group in groups:
+            for j, c in enumerate(group):
+                c.token_ids, c.logprobs = c.token_ids[:3 + 2 * j], c.logprobs[:3 + 2 * j]
+                c.finish_reason = "stop" if j % 2 else "length"
+        return prompts, groups
+    monkeypatch.setattr(grpo, "rollout", rollout)
+
+
+def record_losses(monkeypatch) -> list[dict]:
+    """Every grpo_loss call of a run: its loss, metrics, tokens in the loss, advantages and keyword arguments."""
+    import r1lab.algorithms.grpo as grpo
+    real_loss, calls = grpo.grpo_loss, []
+
+    def grpo_loss(logprobs, old, ref, advantages, mask, **kwargs):
+        loss, m = real_loss(logprobs, old, ref, advantages, mask, **kwargs)
+        calls.append({"loss": loss.item(), "metrics": m, "tokens": int(mask.sum()), "advantages": advantages.tolist(),
+                      "kept": mask.any(-1).tolist(), **kwargs})
+        return loss, m
+    monkeypatch.setattr(grpo, "grpo_loss", grpo_loss)
+    return calls
+
+
+def token_mean(calls, key):
+    return sum(c["metrics"][key] * c["tokens"] for c in calls) / sum(c["tokens"] for c in calls)
+
+
+def test_kl_and_clip_fraction_are_token_weighted_and_clipping_skips_the_first_pass(tmp_path, monkeypatch):
+    shaped_rollouts(monkeypatch)
+    calls = record_losses(monkeypatch)
+    out = train_grpo(config(tmp_path, steps=1, rewards="low_ids", updates_per_batch=2, micro_batch_size=2,
+                            learning_rate=5e-2)).parent
+    row = metrics(out)[0]
+    assert len(calls) == 8                                          # mu = 2 passes of 4 micro-batches
+    assert len({c["tokens"] for c in calls[:4]}) > 1                # micro-batches of different sizes
+    assert row["kl"] == pytest.approx(token_mean(calls, "kl"), rel=1e-6)
+    assert row["clip_fraction"] == pytest.approx(token_mean(calls[4:], "clip_fraction"), rel=1e-6)   # second pass only
+    assert row["clip_fraction"] > 0 and all(c["metrics"]["clip_fraction"] == 0 for c in calls[:4])
+
+
+def test_clip_fraction_is_absent_with_one_update_per_batch(tmp_path):
+    row = metrics(train_grpo(config(tmp_path, steps=1, rewards="low_ids", updates_per_batch=1)).parent)[0]
+    assert "clip_fraction" not in row and "kl" in row            # with mu = 1 the ratio is exactly 1: nothing can clip
+
+
+def test_warmup_is_counted_in_steps_not_optimiser_updates(tmp_path):
+    out = train_grpo(config(tmp_path, steps=3, rewards="low_ids", updates_per_batch=2, warmup_steps=2)).parent
+    # 2 warm-up steps = 4 updates at 1/4, 2/4, 3/4, 4/4 of the lr; the row logs the lr after the step's updates
+    assert [r["learning_rate"] for r in metrics(out)] == pytest.approx([0.75e-3, 1e-3, 1e-3], rel=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["sample", "constant"])
+def test_mask_truncated_divides_by_the_sequences_left_in_the_loss(tmp_path, monkeypatch, mode):
+    shaped_rollouts(monkeypatch)
+    calls = record_losses(monkeypatch)
+    train_grpo(config(tmp_path, steps=1, rewards="low_ids", beta=0.0, mask_truncated=True, loss_aggregation=mode))
+    # 2 groups of 4, members 1 and 3 stopped: 4 of 8 sequences stay in the loss, with 5 + 9 tokens per group
+    assert [(c["batch_sequences"], c["batch_tokens"]) for c in calls] == [(4, 28), (4, 28)]
+    # the ratio is 1 and beta 0: each kept token's loss is -A_i, so the whole-batch loss is -sum A_i / 4 over the kept
+    # sequences (sample), or -sum A_i |o_i| / (4 * 12) (constant, L = max_new_tokens = 12)
+    kept = [(a, n) for c in calls for a, k, n in zip(c["advantages"], c["kept"], [3, 5, 7, 9]) if k]
+    assert [n for _, n in kept] == [5, 9, 5, 9]
+    expected = -sum(a for a, _ in kept) / 4 if mode == "sample" else -sum(a * n for a, n in kept) / (4 * 12)
+    assert sum(c["loss"] for c in calls) == pytest.approx(expected, rel=1e-6)

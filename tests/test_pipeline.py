@@ -75,11 +75,35 @@ def test_a_killed_recipe_finishes_without_redoing_finished_stages(tmp_path, monk
     (("kind: sft,", "kind: sft, data: nope.jsonl,"), r"stage 'sft', key 'data': nope.jsonl is neither"),
     (("kind: sft,", "kind: sft, model: cold,"), r"key 'model': stage 'cold' produces data"),
     (("samples_per_prompt: 2,\n", "samples_per_prompt: 1,\n"), r"stage 'grpo': samples_per_prompt \(G\) must be >= 2"),
+    (("kind: sft,", "kind: sft, model: grpo,"), r"stage 'sft', key 'model': stage 'grpo' comes later in the recipe"),
+    (("micro_batch_size: 8, learning_rate: 1.0e-3", "micro_batch_size: 8, learning_rate: -1"), r"stage 'sft': SFTConfig.learning_rate must be in \(0, inf\)"),
 ])
 def test_bad_recipes_fail_at_load_naming_file_stage_and_key(tmp_path, edit, message):
     path = write_recipe(tmp_path, RECIPE.replace(*edit))
     with pytest.raises(R1labError, match=message):
         load_recipe(path)
+
+
+def test_a_stage_finished_with_other_settings_stops_until_allowed_then_it_and_what_reads_it_rerun(tmp_path, capsys):
+    path = write_recipe(tmp_path)
+    run_recipe(str(path))
+    runs = tmp_path / "runs" / "tiny"
+    finished = {s: (runs / s / ".done").stat().st_mtime_ns for s in ("cold", "sft", "grpo", "rejection", "eval")}
+    with pytest.raises(R1labError, match=r"stage 'grpo': finished earlier with other settings \(steps: 4 -> 6\).*"
+                                         r"--allow-config-change"):
+        run_recipe(str(path), {"grpo.steps": "6"})
+    run_recipe(str(path), {"grpo.steps": "6"}, allow_config_change=True)
+    out = capsys.readouterr().out
+    assert "continuing with changed settings: steps: 4 -> 6" in out and "[eval] reads 'grpo'" in out
+    steps = [json.loads(line)["step"] for line in (runs / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]                                    # continued from its checkpoint
+    now = {s: (runs / s / ".done").stat().st_mtime_ns for s in finished}
+    assert [s for s in finished if now[s] != finished[s]] == ["grpo", "rejection", "eval"]   # what reads grpo is redone
+    run_recipe(str(path), {"grpo.steps": "6", "grpo.save_every": "3"})   # how often it saves is not a setting
+    assert {s: (runs / s / ".done").stat().st_mtime_ns for s in finished} == now
+    (runs / "eval" / "earlier.jsonl").write_text("{}\n")
+    run_recipe(str(path), {"grpo.steps": "6", "eval.max_new_tokens": "6"}, allow_config_change=True)
+    assert not (runs / "eval" / "earlier.jsonl").exists()                # not training: redone afresh, nothing mixed in
 
 
 def test_overrides(tmp_path):

@@ -26,12 +26,26 @@ def c(text):
     ("<think> 1 + 2 = 3, 3 + 3 = 6 </think> <answer> 6 </answer>", None),
     ("<think> thinking </think>", "no_answer"),
     ("<think> thinking </think> <answer> 7 </answer>", "incorrect"),
+    ("<answer> 6 </answer>", "no_reasoning"),
     ("<think> I think 答案 is six </think> <answer> 6 </answer>", "language_mixing"),
     ("<think> " + "word " * 400 + "</think> <answer> 6 </answer>", "long_paragraph"),
     ("<think> ```python\nprint(6)\n``` </think> <answer> 6 </answer>", "code_block"),
 ])
 def test_rejection_reasons(text, reason):
     assert rejection_reason(c(text), P, F) == reason
+
+
+@pytest.mark.parametrize("reasoning, reward", [
+    ("5 + 17 = 22", 1.0),                  # no words: not language mixing
+    ("I add: 5 + 17 = 22", 1.0),
+    ("I add 答案 5 + 17 = 22", 0.5),       # two English words, two Chinese characters
+    ("", 0.0),                             # no reasoning: no reward, not kept
+])
+def test_language_reward_and_rejection_filter_agree(reasoning, reward):
+    from r1lab.rewards import REWARDS
+    completion, problem = c(f"<think>{reasoning}</think> <answer> 22 </answer>"), Problem("p", "Calculate 5 + 17", "22")
+    assert REWARDS["language"](completion, problem) == pytest.approx(reward)
+    assert (rejection_reason(completion, problem, F) is None) == (reward >= F.min_language_share)
 
 
 def test_thresholds_come_from_the_config():

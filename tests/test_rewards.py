@@ -46,13 +46,18 @@ def test_accuracy_uses_reasoning_gym_scorer():
     assert accuracy(right, problem) == 1.0 and accuracy(wrong, problem) == 0.0
 
 
-def test_language_share_mixed_sentence():
-    share = language_share("I think 答案 is 6", "en")
-    assert 0 < share < 1 and share == pytest.approx(3 / 5)
-    assert language_share("I think 答案 is 6", "zh") == pytest.approx(2 / 5)
-    assert language_share("all english words", "en") == 1.0
-    assert language_share("全部中文", "zh") == 1.0
-    assert language_share("", "en") == 0.0 and language_share("1 + 2 = 3", "en") == 0.0
+@pytest.mark.parametrize("reasoning, en, zh", [
+    ("I think 答案 is 6", 3 / 5, 2 / 5),
+    ("all english words", 1.0, 0.0),
+    ("全部中文", 0.0, 1.0),
+    ("5 + 17 = 22", 1.0, 1.0),          # no words in any language: nothing is mixed
+    ("5 + 17 = 22, 所以 22", 0.0, 1.0),
+    ("  \n", 0.0, 0.0),                 # blank reasoning: nothing earned
+    (None, 0.0, 0.0),                   # no reasoning
+])
+def test_language_share(reasoning, en, zh):
+    assert language_share(reasoning, "en") == pytest.approx(en)
+    assert language_share(reasoning, "zh") == pytest.approx(zh)
 
 
 def test_language_reward_reads_the_reasoning_only():

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from r1lab.sandbox import Limits, Sandbox, isolation
+from r1lab import R1labError
+from r1lab.sandbox import Limits, Sandbox, check_tests, isolation
 
 ISOLATED = isolation() != "none"
 needs_namespaces = pytest.mark.skipif(not ISOLATED, reason="no namespaces here: only rlimits and the timeout apply")
@@ -200,7 +201,6 @@ def _cmdline(pid: str) -> str:
 
 
 def test_bad_limits_are_named():
-    from r1lab import R1labError
     with pytest.raises(R1labError, match="wall_s"):
         Limits(wall_s=0)
 
@@ -231,6 +231,45 @@ def test_keyword_arguments_builtin_exceptions_and_assert_true(box):
              "try:\n    div(1, 0)\n    assert False\nexcept ZeroDivisionError:\n    pass"]
     result = box.run(program, tests)
     assert (result.passed, result.total) == (2, 2), result.errors
+
+
+DOUBLE, NOT_DOUBLE = "def double(x):\n    return 2 * x\n", "def double(x):\n    return 0\n"
+HUMANEVAL_STYLE = "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(3) == 6\ncheck(double)"
+MBPP_STYLE = ["assert double(1) == 2", "assert double(0) == 0", "assert double(-2) == -4"]
+SETUP_THEN_ASSERT = ["import math\nexpected = math.floor(4.5) * 2", "got = double(4)", "assert got == expected"]
+
+
+@pytest.mark.parametrize("program, tests, passed, total", [
+    (DOUBLE, [HUMANEVAL_STYLE], 1, 1),              # HumanEval's own format: the call check(double) is the test
+    (NOT_DOUBLE, [HUMANEVAL_STYLE], 0, 1),          # defining check() cannot fail, so it is not a test
+    ("x = 1", [HUMANEVAL_STYLE], 0, 1),             # no double at all
+    (DOUBLE, MBPP_STYLE, 3, 3),                     # MBPP's list of asserts: one test each
+    (NOT_DOUBLE, MBPP_STYLE, 1, 3),                 # double(0) == 0 holds
+    (DOUBLE, SETUP_THEN_ASSERT, 1, 1),              # imports and assignments are setup; the assert counts
+    (NOT_DOUBLE, SETUP_THEN_ASSERT, 0, 1),
+    (DOUBLE, ["assert True", "pass", "for x in (1, 2):\n    assert double(x) == 2 * x"], 1, 1),
+    (NOT_DOUBLE, [HUMANEVAL_STYLE.replace("check(double)", "if __name__ == '__main__':\n    check(double)")], 0, 1),
+])
+def test_only_statements_that_can_fail_count(box, program, tests, passed, total):
+    result = box.run(program, tests)
+    assert (result.passed, result.total) == (passed, total), result.errors
+
+
+@pytest.mark.parametrize("tests, message", [
+    ([HUMANEVAL_STYLE], None),
+    (MBPP_STYLE, None),
+    (SETUP_THEN_ASSERT, None),
+    (["def check(candidate):\n    assert candidate(1) == 2"], "no test that runs an assertion"),   # check() never called
+    (["assert True", "x = double(1)"], "no test that runs an assertion"),
+    (["print(double(1))"], "no test that runs an assertion"),       # runs the program, asserts nothing
+    (["assert double(1) == 2", "assert ("], r"tests\[1\] is not valid Python"),
+])
+def test_check_tests_refuses_tests_that_assert_nothing(tests, message):
+    if message is None:
+        check_tests(tests, "row 1")
+    else:
+        with pytest.raises(R1labError, match=f"row 1: {message}"):
+            check_tests(tests, "row 1")
 
 
 def test_reports_are_capped_and_deduplicated():

@@ -1,10 +1,12 @@
 import json
+import random
+import re
 
 import pytest
 
 from r1lab import R1labError
 from r1lab.tasks import get_task
-from r1lab.tasks.arithmetic import Arithmetic, split_of
+from r1lab.tasks.arithmetic import Arithmetic, expression_split
 
 
 def test_arithmetic_reference_steps_follow_the_talk():
@@ -37,7 +39,30 @@ def test_train_and_test_are_disjoint_by_construction():
     train = {p.prompt for seed in range(3) for p in task.problems("train", 300, seed)}
     test = {p.prompt for seed in range(3) for p in task.problems("test", 60, seed)}
     assert train and test and not train & test
-    assert all(split_of(p.removeprefix("Calculate "), 10) == "test" for p in test)
+    assert all(expression_split(p.removeprefix("Calculate "), 10) == "test" for p in test)
+
+
+STAND_INS = [random.Random(n).getrandbits(64) for n in range(1000)]
+
+
+def fingerprint(expression: str) -> int:
+    """The expression's value with each number replaced by a fixed random stand-in: equal for reorderings and
+    regroupings of the same numbers ("1 + 2 + 3", "3 + (2 + 1)"), different (but with negligible chance) otherwise."""
+    return eval(re.sub(r"\d+", lambda m: str(STAND_INS[int(m.group())]), expression))
+
+
+@pytest.mark.parametrize("options, train_n, test_n", [
+    ({}, 2000, 200),                                              # the default, "a + b + c" with 1..30
+    ({"operands": 2}, 600, 60),
+    ({"operators": "*", "high": 12}, 1000, 100),
+    ({"operands": 4, "operators": "+-*", "parentheses": 0.5}, 2000, 200),
+])
+def test_no_train_problem_is_a_reordering_of_a_test_problem(options, train_n, test_n):
+    task = Arithmetic(**options)
+    for seed in (0, 1):
+        train = {fingerprint(p.meta["expression"]) for p in task.problems("train", train_n, seed)}
+        test = {fingerprint(p.meta["expression"]) for p in task.problems("test", test_n, seed)}
+        assert len(test) > test_n / 10 and not train & test
 
 
 def test_too_small_problem_space_is_a_clear_error():
@@ -57,6 +82,17 @@ def test_unknown_task_and_option():
 def test_reasoning_gym_steps_from_worked_solutions():
     problems = get_task("reasoning-gym:gsm_symbolic").problems("train", 2, seed=0)
     assert len(problems) == 2 and problems[0].steps and problems[0].answer
+
+
+def test_reasoning_gym_test_split_is_disjoint_from_train_by_question():
+    task = get_task("reasoning-gym:tower_of_hanoi")              # 90 distinct questions in all
+    train = {p.prompt for p in task.problems("train", 2000, seed=0)}
+    test = [p.prompt for p in task.problems("test", 4, seed=0)]
+    assert len(set(test)) == len(test) and not train & set(test)
+    count = task.distinct_test_questions()
+    assert 4 <= count < 90
+    with pytest.raises(R1labError, match=rf"tower_of_hanoi: asked for 50 test problems.* only {count} distinct"):
+        task.problems("test", 50, seed=0)
 
 
 def write(path, lines):
@@ -99,3 +135,19 @@ def test_jsonl_without_answers(tmp_path):
     path = write(tmp_path / "d.jsonl", ['{"prompt": "a"}'] * 3)
     problems = get_task(f"jsonl:{path}", answer_field=None, test_percent=1).problems("train")
     assert problems and problems[0].answer is None
+
+
+def test_a_split_without_problems_is_an_error_naming_task_and_split(tmp_path):
+    empty = write(tmp_path / "empty.jsonl", [])
+    with pytest.raises(R1labError, match=r"jsonl:.*empty.jsonl.* no train problems"):
+        get_task(f"jsonl:{empty}").problems("train")
+    one = write(tmp_path / "one.jsonl", ['{"prompt": "a", "answer": "1"}'])       # "a" falls in the train split
+    assert len(get_task(f"jsonl:{one}").problems("train")) == 1
+    with pytest.raises(R1labError, match=r"jsonl:.*one.jsonl.* no test problems"):
+        get_task(f"jsonl:{one}").problems("test")
+
+
+def test_tasks_command_counts_a_datasets_distinct_test_questions(capsys):
+    from r1lab.cli import main
+    main(["tasks", "reasoning-gym:tower_of_hanoi"])
+    assert re.search(r"tower_of_hanoi: \d+ distinct test questions", capsys.readouterr().out)

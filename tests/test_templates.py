@@ -2,7 +2,10 @@ import json
 
 import pytest
 
-from r1lab.templates import R1_ZERO_INSTRUCTION, get_template, parse_json, parse_tags, tags_format_score
+from r1lab.models import CHATML, tiny_tokenizer
+from r1lab.rewards.format import format_partial, format_strict
+from r1lab.templates import R1_ZERO_INSTRUCTION, get_template, parse_json, parse_tags, prompt_tail, tags_format_score
+from r1lab.types import Completion, Problem
 
 R1 = get_template("r1_zero")
 
@@ -41,6 +44,7 @@ def test_parse_tags(text, reasoning, answer):
     ("<think>a</think>", 0.0, 0.4),
     ("plain text", 0.0, 0.0),
     ("<think></think><answer></answer>", 0.0, 0.8),                                # empty parts are not the format
+    ("<think>\n</think> <answer> </answer>", 0.0, 0.8),                            # nor are blank ones
 ])
 def test_tags_format_score(text, strict, partial):
     assert tags_format_score(text, False) == strict
@@ -86,12 +90,62 @@ def test_hostile_inputs_are_cheap_and_safe():
 
 
 def test_chat_template_carries_the_instruction():
-    from r1lab.models import tiny_tokenizer
     prompt = get_template("chat").render("Calculate 1 + 2", tiny_tokenizer())
     assert R1_ZERO_INSTRUCTION in prompt and "Calculate 1 + 2" in prompt and prompt.endswith("assistant\n")
+
+
+def opens_think(tokenizer):
+    """`tokenizer` with a chat template whose generation prompt opens the reasoning, as DeepSeek-R1-Distill's."""
+    tokenizer.chat_template = CHATML.replace("assistant\n{% endif %}", "assistant\n<think>\n{% endif %}")
+    return tokenizer
+
+
+@pytest.mark.parametrize("reply, reasoning, answer, strict, partial", [
+    ("Let me add: 2+2=4.</think> <answer>4</answer>", "Let me add: 2+2=4.", "4", 1.0, 1.0),
+    ("Let me add: 2+2=4.\n</think>\n\n<answer>4</answer>\n", "Let me add: 2+2=4.", "4", 1.0, 1.0),
+    ("Let me add.</think> <answer>4</answer> Done.", "Let me add.", "4", 0.0, 0.8),      # text after the answer
+    ("<think>2+2=4</think> <answer>4</answer>", "<think>2+2=4", "4", 0.0, 0.6),          # a second <think>
+    ("Let me add: 2+2=4.", "Let me add: 2+2=4.", None, 0.0, 0.2),                        # never left its reasoning
+    ("</think> <answer>4</answer>", "", "4", 0.0, 0.8),                                  # empty reasoning
+])
+def test_a_prompt_that_opens_think_is_judged_with_the_reply(reply, reasoning, answer, strict, partial):
+    """The parser and the format reward read the same text: the prompt's tail plus the reply."""
+    prompt = get_template("chat").render("What is 2 + 2?", opens_think(tiny_tokenizer()))
+    tail = prompt_tail(prompt)
+    assert tail == "<think>\n" and prompt.endswith(tail)
+    parsed = parse_tags(tail + reply)
+    completion = Completion(reply, "chat", *parsed, prompt_tail=tail)
+    problem = Problem("p", "What is 2 + 2?", "4")
+    assert parsed == (reasoning, answer)
+    assert (format_strict(completion, problem), format_partial(completion, problem)) == (strict, pytest.approx(partial))
+
+
+@pytest.mark.parametrize("prompt, tail", [
+    (R1.render("What is 2 + 2?", None), ""),                         # the instruction names <think>: not opened
+    ("<|im_start|>assistant\n", ""),
+    ("<｜Assistant｜><think>\n", "<think>\n"),                        # DeepSeek-R1-Distill
+    ("<|im_start|>assistant\n<think>\n\n</think>\n\n", ""),           # Qwen3 with thinking off: closed
+])
+def test_prompt_tail(prompt, tail):
+    assert prompt_tail(prompt) == tail
 
 
 def test_unknown_template_names_valid_ones():
     from r1lab import R1labError
     with pytest.raises(R1labError, match="r1_zero, chat, code, json_cot"):
         get_template("r2")
+
+
+def test_rollout_carries_the_prompt_tail_to_parser_and_rewards():
+    """Through `rollout`: on a template that opens <think>, a well-formed reply gets full format and accuracy."""
+    from r1lab.rewards import score
+    from r1lab.rollout import Sample, Sampling, rollout
+
+    class Replay:
+        def generate(self, prompts, n, sampling):
+            return [[Sample([1], [0.0], "2 + 2 = 4.</think> <answer>4</answer>", "stop")] * n for _ in prompts]
+
+    problem = Problem("p", "What is 2 + 2?", "4")
+    _, groups = rollout(Replay(), [problem], get_template("chat"), opens_think(tiny_tokenizer()), 2, Sampling())
+    totals, parts, _ = score({"accuracy": 1.0, "format": 1.0}, groups[0], [problem] * 2)
+    assert groups[0][0].reasoning == "2 + 2 = 4." and parts["format"] == [1.0, 1.0] and totals == [2.0, 2.0]

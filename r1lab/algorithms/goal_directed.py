@@ -10,19 +10,18 @@ trajectory A -> B -> C becomes many SFT examples (A -> B, A -> C, B -> C).
 - hindsight: a trajectory whose answer is wrong becomes a correct example for the problem it did solve
   ("1 + 2 + 3" computed as "3 + 2 = 5" -> an example for "1 + 2 + 2"), if its arithmetic is right.
 Steps are the reasoning's lines, or its sentences when it is one line. Rewriting a problem (goal,
-hindsight) is a task method: `arithmetic` has it; other tasks fail with a plain message.
+hindsight) is a task method: `arithmetic` has it, and never returns a problem of its test split (nor a
+reordering of one); other tasks fail with a plain message. Input that gives no example is an error.
 Rows are {prompt, answer, prefix, completion, augmentation}: the SFT stage trains on completion only.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from r1lab import R1labError
+from r1lab.data import read_jsonl, write_jsonl
 from r1lab.rewards.accuracy import equivalent
-from r1lab.tasks.jsonl import read_jsonl
 from r1lab.templates import Template, get_template
 
 AUGMENTATIONS = ("start", "goal", "hindsight")
@@ -63,7 +62,7 @@ def goal_shifts(t: Trajectory, task) -> list[Trajectory]:
         raise R1labError(f"task {task.name!r} cannot rewrite problems, so goal-state shift is not supported; "
                          "use --augment start")
     return [Trajectory(p.prompt, p.answer, t.steps[:index + 1] + (f"The answer is {p.answer}",))
-            for index, p in task.goal_problems(list(t.steps))[:-1]]
+            for index, p in task.goal_problems(list(t.steps))]
 
 
 def hindsight(t: Trajectory, task) -> Trajectory | None:
@@ -106,8 +105,8 @@ def write_goal_directed(source: str, out: str, task_spec: str = "arithmetic", te
     if unknown:
         raise R1labError(f"unknown augmentation(s) {sorted(unknown)}; valid: {', '.join(AUGMENTATIONS)}")
     task, template_obj = get_task(task_spec), get_template(template)
-    rows = []
-    for number, row in read_jsonl(source):
+    rows, trajectories = [], read_jsonl(source)
+    for number, row in trajectories:
         for key in ("prompt", "answer", "completion"):
             if not isinstance(row.get(key), str):
                 raise R1labError(f"{source}, line {number}: field {key!r} must be a string")
@@ -117,11 +116,10 @@ def write_goal_directed(source: str, out: str, task_spec: str = "arithmetic", te
         correct = equivalent(answer, row["answer"])
         rows += [to_row(e, template_obj) for e in augment(Trajectory(row["prompt"], answer, split_steps(reasoning)),
                                                           correct, task, kinds)]
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    temporary.replace(path)
+    if not rows:
+        raise R1labError(f"{source}: no examples from its {len(trajectories)} rows; each needs a completion in the "
+                         f"{template} template's format with a right answer (or, for hindsight, right arithmetic)")
+    write_jsonl(out, rows)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["augmentation"]] = counts.get(r["augmentation"], 0) + 1

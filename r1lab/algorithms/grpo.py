@@ -12,12 +12,18 @@ Deviations from the paper, and why:
   are exactly pi_old's, and a forward pass is saved. With mu = 1 the ratio is therefore exactly 1.
 - with LoRA the reference model is the policy with adapters disabled (no second copy in memory).
 
+Metrics: `kl` (every pass) and `entropy` (first pass) are token-weighted means over the step's
+micro-batches. `clip_fraction` counts only passes 2..mu, where clipping can occur; with mu = 1 it is
+not logged. `warmup_steps` is in steps: the scheduler, which counts optimiser updates, gets it x mu.
+With `mask_truncated`, truncated completions are in no loss denominator (r1lab/algorithms/losses.py).
+
 Multi-process (accelerate; r1lab/distributed.py): each process samples whole groups for its share of
 the prompts; denominators are global, metrics gathered, files written by the main process only.
 """
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 
 import torch
 from tqdm import tqdm
@@ -59,8 +65,9 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     ref_model = None
     if cfg.beta != 0 and cfg.lora_rank == 0:
         ref_model = load_model(cfg.model, cfg.dtype)[0].to(device()).eval().requires_grad_(False)
-    optimizer, scheduler = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.warmup_steps,
-                                          cfg.lr_schedule, cfg.steps * cfg.updates_per_batch)
+    optimizer, scheduler = make_optimizer(model, cfg.learning_rate, cfg.weight_decay,   # the scheduler counts updates
+                                          cfg.warmup_steps * cfg.updates_per_batch, cfg.lr_schedule,   # mu per step
+                                          cfg.steps * cfg.updates_per_batch)
     engine = make_engine(cfg.engine, model, tokenizer, seed=cfg.seed, max_batch=cfg.prompts_per_step * cfg.samples_per_prompt,
                          decode_dtype=cfg.rollout_dtype, gpu_memory_utilization=cfg.vllm_gpu_memory)
     generator = getattr(engine, "generator", None)           # the hf engine's sampler state, saved with checkpoints
@@ -90,10 +97,11 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
         advantages, advantage_metrics = group_advantages(rewards, G, cfg.scale_rewards)
         prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts for _ in range(G)]
         keep = [not (cfg.mask_truncated and c.finish_reason == "length") for c in completions]
-        batch_tokens = par.total(sum(len(c.token_ids) for c, k in zip(completions, keep) if k))   # whole batch
-        batch_sequences = cfg.prompts_per_step * G
+        batch_tokens = par.total(sum(len(c.token_ids) for c, k in zip(completions, keep) if k))   # whole batch, only
+        batch_sequences = par.total(sum(keep))                                       # what stays in the loss
         # 3. mu optimisation passes; the first pass records pi_old (and pi_ref) per micro-batch
-        old, ref, stats = {}, {}, {"clip_fraction": [], "kl": [], "entropy": []}
+        old, ref = {}, {}
+        weighted = defaultdict(lambda: [0.0, 0])          # metric -> [sum of value x tokens, tokens]
         for update in range(cfg.updates_per_batch):
             for start_row in range(0, len(completions), cfg.micro_batch_size):
                 rows = slice(start_row, start_row + cfg.micro_batch_size)
@@ -107,14 +115,18 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
                             old[start_row] = logprobs.detach()
                             ref[start_row] = (reference_logprobs(ref_model, model, batch, cfg.temperature, shared_prompts)
                                               if cfg.beta else None)
-                            stats["entropy"].append(entropy)
                     loss, loss_metrics = grpo_loss(
                         logprobs, old[start_row], ref[start_row], advantages[rows].to(device()), batch["completion_mask"],
                         eps_low=cfg.epsilon, eps_high=cfg.epsilon_high, beta=cfg.beta, mode=cfg.loss_aggregation,
                         batch_sequences=batch_sequences, batch_tokens=batch_tokens, max_length=cfg.max_new_tokens)
                     par.accelerator.backward(loss * par.world)        # DDP averages: x world gives the global sum
+                tokens = int(batch["completion_mask"].sum())
+                if update == 0:                          # pi_old's entropy; the ratio is exactly 1, nothing clips
+                    loss_metrics = {"entropy": entropy, **loss_metrics}
+                    del loss_metrics["clip_fraction"]
                 for key, value in loss_metrics.items():
-                    stats[key].append(value)
+                    weighted[key][0] += value * tokens
+                    weighted[key][1] += tokens
             grad_norm = par.accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item()
             optimizer.step()
             scheduler.step()
@@ -124,7 +136,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
         totals, lengths = par.gather(totals), par.gather([len(c.token_ids) for c in completions])
         parts = {name: par.gather(values) for name, values in parts.items()}
         texts, finished = par.gather([c.text for c in completions]), par.gather([c.finish_reason for c in completions])
-        stats = {key: par.gather(values) for key, values in stats.items()}
+        stats = {key: par.total(total) / max(par.total(tokens), 1) for key, (total, tokens) in sorted(weighted.items())}
         advantage_metrics = {key: sum(par.gather([value])) / par.world for key, value in advantage_metrics.items()}
         sampled_tokens = sum(lengths)
         row = {"step": step + 1, "processes": par.world, "reward": sum(totals) / len(totals), "reward_std": torch.tensor(totals).std().item(),
@@ -134,7 +146,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
                "completion_length": sampled_tokens / len(lengths), "completion_length_max": max(lengths),
                "reflection": sum(map(reflects, texts)) / len(texts),
                "truncated": sum(f == "length" for f in finished) / len(finished),
-               **{k: sum(v) / len(v) for k, v in stats.items() if v},
+               **stats,
                "learning_rate": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                "sample_tokens_per_s": sampled_tokens / (sampled - began),
                "train_tokens_per_s": cfg.updates_per_batch * (par.total(sum(map(len, prompt_ids))) + sampled_tokens) / (trained - sampled),

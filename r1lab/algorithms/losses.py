@@ -4,9 +4,17 @@ Shapes: B sequences in a (micro-)batch, T completion tokens (right-padded, `mask
 
 Choices, each named and tested:
 - Advantages (eq. 3) divide by the group's sample standard deviation (unbiased, as TRL and verl
-  compute it); with `scale=False` they are only centred (Dr. GRPO). A group whose rewards are all
-  equal gets exactly 0, with no epsilon in the denominator, and is counted.
+  compute it) plus ADVANTAGE_EPS = 1e-4 (TRL's): two rewards 1e-6 apart get +-0.005 (verl's 1e-6
+  would give +-0.29, no epsilon +-0.707), while 0/1 rewards move by only 1e-4 / std (0.04% at
+  G = 16). With `scale=False` they are only centred (Dr. GRPO), no epsilon. Computed in float64,
+  returned in the rewards' dtype.
+- A group is constant when its rewards are equal up to rounding: max - min <= 4 machine epsilons of
+  the rewards' dtype times max(1, max |r|) (float32 rounding alone gave [2.4] * 8 a std of ~1e-7
+  and every member +0.935). It gets exactly 0 and is counted in `zero_std_groups`.
 - The KL term is the k3 estimator of eq. 2, per token: pi_ref/pi - log(pi_ref/pi) - 1 >= 0.
+- Every log-ratio is clamped to +-LOG_RATIO_CLAMP = 20 before `exp` (as verl): the KL and the ratio
+  stay finite, with zero gradient beyond the clamp. Padding is masked with `torch.where`, never by
+  multiplying by 0, so a -inf log-prob at a pad position changes neither the loss nor any gradient.
 - The clipped ratio uses `eps_low` below and `eps_high` above 1 (equal in the paper; DAPO's
   clip-higher raises eps_high).
 - `aggregate` turns per-token values into the loss. Its denominators are those of the WHOLE batch
@@ -14,35 +22,39 @@ Choices, each named and tested:
     sample:   1/G sum_i 1/|o_i| sum_t   (the paper)
     token:    sum_i sum_t / sum_i |o_i| (DAPO)
     constant: sum_i sum_t / (G * L)     (Dr. GRPO, L = max completion length)
+  The caller counts only what stays in the loss: a completion dropped by `mask_truncated` is in
+  neither G nor sum |o_i| (kept in G, the effective learning rate would shrink as truncation grows).
 """
 from __future__ import annotations
 
 import torch
 
 AGGREGATIONS = ("sample", "token", "constant")
+ADVANTAGE_EPS = 1e-4      # added to the group std (TRL's value; see the module docstring)
+LOG_RATIO_CLAMP = 20.0    # |log-ratio| bound before exp (verl's)
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True) -> tuple[torch.Tensor, dict]:
-    """Eq. 3 on rewards (N*G,), groups contiguous. Returns advantages (N*G,) and metrics."""
-    grouped = rewards.view(-1, group_size)                                   # (N, G)
-    centred = grouped - grouped.mean(dim=1, keepdim=True)
-    std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(centred[:, :1])
-    constant = std.squeeze(1) == 0                                           # (N,)
-    if scale:
-        centred = torch.where(std > 0, centred / std.clamp_min(torch.finfo(std.dtype).tiny), torch.zeros_like(centred))
-    advantages = torch.where(constant[:, None], torch.zeros_like(centred), centred)
-    return advantages.reshape(-1), {"zero_std_groups": constant.float().mean().item()}
+    """Eq. 3 on rewards (N*G,), groups contiguous. Returns advantages (N*G,) in the rewards' dtype, and metrics."""
+    grouped = rewards.double().view(-1, group_size)                          # (N, G)
+    tolerance = 4 * torch.finfo(rewards.dtype).eps * grouped.abs().amax(1).clamp_min(1)
+    constant = grouped.amax(1) - grouped.amin(1) <= tolerance                # (N,) equal up to rounding
+    centred = grouped - grouped.mean(dim=1, keepdim=True)                    # (N, G)
+    if scale and group_size > 1:
+        centred = centred / (grouped.std(dim=1, keepdim=True) + ADVANTAGE_EPS)
+    advantages = torch.where(constant[:, None], 0.0, centred)
+    return advantages.reshape(-1).to(rewards.dtype), {"zero_std_groups": constant.double().mean().item()}
 
 
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Eq. 2 per token, (B, T): r - log r - 1 with r = pi_ref / pi_theta."""
-    log_ratio = ref_logprobs - logprobs
+    """Eq. 2 per token, (B, T): r - log r - 1 with r = pi_ref / pi_theta, log r clamped to +-20."""
+    log_ratio = (ref_logprobs - logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)     # (B, T)
     return torch.exp(log_ratio) - log_ratio - 1
 
 
 def clipped_surrogate(logprobs, old_logprobs, advantages, eps_low: float, eps_high: float):
     """Per-token min(r A, clip(r, 1-eps_low, 1+eps_high) A), (B, T), and where the clip was active."""
-    ratio = torch.exp(logprobs - old_logprobs)                               # (B, T)
+    ratio = torch.exp((logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))   # (B, T)
     advantages = advantages[:, None]                                         # (B, 1)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * advantages
@@ -52,14 +64,14 @@ def clipped_surrogate(logprobs, old_logprobs, advantages, eps_low: float, eps_hi
 def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, batch_sequences: int, batch_tokens: int,
               max_length: int) -> torch.Tensor:
     """Reduce per-token values (B, T) to a scalar with whole-batch denominators (see module docstring)."""
-    mask = mask.to(values.dtype)
+    masked = torch.where(mask.bool(), values, 0.0)                           # (B, T)
     if mode == "sample":
-        per_sequence = (values * mask).sum(-1) / mask.sum(-1).clamp_min(1)   # (B,)
-        return per_sequence.sum() / batch_sequences
+        per_sequence = masked.sum(-1) / mask.sum(-1).clamp_min(1)            # (B,)
+        return per_sequence.sum() / max(batch_sequences, 1)
     if mode == "token":
-        return (values * mask).sum() / max(batch_tokens, 1)
+        return masked.sum() / max(batch_tokens, 1)
     if mode == "constant":
-        return (values * mask).sum() / (batch_sequences * max_length)
+        return masked.sum() / (max(batch_sequences, 1) * max_length)
     raise ValueError(f"unknown aggregation {mode!r}; valid: {', '.join(AGGREGATIONS)}")
 
 
@@ -69,16 +81,17 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, *, eps_low
     """Negative eq. 1 for a (micro-)batch. logprobs/old/ref: (B, T); advantages: (B,); mask: (B, T).
 
     ref_logprobs may be None only when beta == 0 (no reference model is loaded then)."""
+    real = mask.bool()                                                       # (B, T)
+    logprobs, old_logprobs = torch.where(real, logprobs, 0.0), torch.where(real, old_logprobs, 0.0)   # pads never reach exp
     surrogate, clipped = clipped_surrogate(logprobs, old_logprobs, advantages, eps_low,
                                            eps_low if eps_high is None else eps_high)
     per_token = -surrogate
-    mask_f = mask.to(logprobs.dtype)
-    tokens = mask_f.sum().clamp_min(1)
-    metrics = {"clip_fraction": ((clipped.to(mask_f.dtype) * mask_f).sum() / tokens).item()}
+    tokens = real.sum().clamp_min(1)
+    metrics = {"clip_fraction": ((clipped & real).sum() / tokens).item()}
     if beta != 0:
-        kl = kl_k3(logprobs, ref_logprobs)
+        kl = kl_k3(logprobs, torch.where(real, ref_logprobs, 0.0))
         per_token = per_token + beta * kl
-        metrics["kl"] = ((kl.detach() * mask_f).sum() / tokens).item()
+        metrics["kl"] = (torch.where(real, kl.detach(), 0.0).sum() / tokens).item()
     loss = aggregate(per_token, mask, mode, batch_sequences, batch_tokens, max_length)
     return loss, metrics
 
@@ -87,7 +100,7 @@ def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor |
              batch_tokens: int | None = None) -> torch.Tensor:
     """Negative log-likelihood of the masked tokens, (B, T) -> scalar, mean over the batch's tokens.
     `weights` (B,) scales each sequence; `batch_tokens` is the whole batch's token count (accumulation)."""
-    per_token = -logprobs * mask.to(logprobs.dtype)
+    per_token = torch.where(mask.bool(), -logprobs, 0.0)                     # (B, T)
     if weights is not None:
         per_token = per_token * weights[:, None]
     return per_token.sum() / (batch_tokens if batch_tokens is not None else mask.sum().clamp_min(1))
@@ -97,8 +110,9 @@ def compete_weights(rewards: torch.Tensor, group_size: int, by_advantage: bool =
     """Learning from competition without RL: which members of each group to imitate and which to push down.
 
     rewards (N*G,), groups contiguous. A member above its group's mean is imitated, one below it is
-    pushed down; equal-reward groups teach nothing. Weights are 1, or with `by_advantage` the member's
-    eq. 3 advantage (|A| for the pushed-down). Returns (imitate (N*G,), push_down (N*G,)), both >= 0."""
+    pushed down; groups equal up to rounding (see `group_advantages`) teach nothing. Weights are 1, or
+    with `by_advantage` the member's eq. 3 advantage (|A| for the pushed-down).
+    Returns (imitate (N*G,), push_down (N*G,)), both >= 0."""
     advantages, _ = group_advantages(rewards, group_size, scale=True)
     if by_advantage:
         return advantages.clamp(min=0), (-advantages).clamp(min=0)
@@ -108,6 +122,6 @@ def compete_weights(rewards: torch.Tensor, group_size: int, by_advantage: bool =
 def unlikelihood_loss(logprobs: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, batch_tokens: int) -> torch.Tensor:
     """-log(1 - pi(o_t)) on the masked tokens of pushed-down sequences (Welleck et al., 2019), (B, T) -> scalar,
     each sequence scaled by weights (B,), summed over the whole batch's `batch_tokens`."""
-    probs = logprobs.exp().clamp(max=1 - 1e-6)
-    per_token = -torch.log1p(-probs) * mask.to(logprobs.dtype) * weights[:, None]
+    probs = torch.where(mask.bool(), logprobs, float("-inf")).exp().clamp(max=1 - 1e-6)   # (B, T), 0 at pads
+    per_token = -torch.log1p(-probs) * weights[:, None]
     return per_token.sum() / max(batch_tokens, 1)

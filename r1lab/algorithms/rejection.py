@@ -2,12 +2,13 @@
 
     r1lab train rejection --model runs/x/grpo/checkpoint --task arithmetic --samples-per-prompt 4
 
-A completion is kept when its answer is correct and it passes each readability filter, each a named
-function with its threshold in the config (`ReadabilityFilters`): no language mixing in the reasoning,
-no overly long paragraph, no code block. Duplicates (same text) are dropped, and at most
-`max_per_prompt` completions are kept per problem. Writes `data.jsonl` (prompt, answer, completion:
-ready for the SFT stage) and `summary.json`, which counts why each dropped sample was dropped (the
-first failing check, in the order below).
+A completion is kept when its answer is correct, it has reasoning, and it passes each readability
+filter, each a named function with its threshold in the config (`ReadabilityFilters`): no language
+mixing in the reasoning (the `language` reward's share, so the two agree: reasoning with no words,
+such as `5 + 17 = 22`, mixes nothing), no overly long paragraph, no code block. Duplicates (same
+text) are dropped, and at most `max_per_prompt` completions are kept per problem. Writes
+`data.jsonl` (prompt, answer, completion: ready for the SFT stage) and `summary.json`, which counts
+why each dropped sample was dropped (the first failing check, in the order below).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ _CODE_BLOCK = re.compile(r"```|^(?: {4}|\t)\S", re.M)
 
 
 def no_language_mixing(c: Completion, f: ReadabilityFilters) -> bool:
-    return language_share(c.reasoning, f.language, no_words=1.0) >= f.min_language_share   # bare maths mixes nothing
+    return language_share(c.reasoning, f.language) >= f.min_language_share   # the language reward's own share
 
 
 def no_long_paragraphs(c: Completion, f: ReadabilityFilters) -> bool:
@@ -39,6 +40,7 @@ def no_code_blocks(c: Completion, f: ReadabilityFilters) -> bool:
 CHECKS = {  # name -> keep?; the first failing one is the recorded reason
     "no_answer": lambda c, p, f: c.answer is not None,
     "incorrect": lambda c, p, f: accuracy(c, p) >= 1.0,
+    "no_reasoning": lambda c, p, f: bool((c.reasoning or "").strip()),
     "language_mixing": lambda c, p, f: no_language_mixing(c, f),
     "long_paragraph": lambda c, p, f: no_long_paragraphs(c, f),
     "code_block": lambda c, p, f: no_code_blocks(c, f),

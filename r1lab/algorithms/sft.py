@@ -22,7 +22,7 @@ from r1lab.algorithms.sequences import CompletionLogits, pad_batch, token_logpro
 from r1lab.checkpoint import save_checkpoint
 from r1lab.config import SFTConfig
 from r1lab.distributed import Parallel
-from r1lab.tasks.jsonl import read_jsonl
+from r1lab.data import read_jsonl
 from r1lab.templates import get_template
 from r1lab.training import (JsonlLog, autocast, device, load_policy, make_optimizer, prepare_run, restore_state,
                             seed_everything, training_state)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Callable
 
 from r1lab import R1labError
-from r1lab.rewards.accuracy import accuracy
+from r1lab.rewards.accuracy import accuracy, accuracy_partial
 from r1lab.rewards.code import code_reward, code_strict_reward
 from r1lab.rewards.format import format_partial, format_strict
 from r1lab.rewards.language import language_en, language_zh
@@ -23,7 +23,8 @@ from r1lab.types import Completion, Problem
 RewardFn = Callable[[Completion, Problem], float]
 
 REWARDS: dict[str, RewardFn] = {
-    "accuracy": accuracy,            # parsed answer vs ground truth (task scorer, math-verify, numeric tolerance)
+    "accuracy": accuracy,            # 1 if the parsed answer is right (task scorer, math-verify, numeric tolerance), else 0
+    "accuracy_partial": accuracy_partial,   # as accuracy, with a task's partial credit (reasoning-gym's score_answer)
     "format": format_strict,         # 1 for the template's exact structure, else 0
     "format_partial": format_partial,  # as format, with partial credit for each well-placed tag
     "language": language_en,         # share of English words in the reasoning (paper section 2.3.2)

@@ -4,6 +4,10 @@ Order: the task's own scorer (reasoning-gym's `score_answer`) where the problem 
 math-verify (bare numbers, `\\boxed{}`, fractions, LaTeX); else a numeric comparison with a relative
 tolerance of 1e-6 (e.g. "1,000" vs "1000.0"). Only the answer part counts: a correct number in the
 reasoning earns nothing. Answers over MAX_ANSWER_CHARS are not judged (bounded time).
+
+`accuracy` is 1 or 0: an answer is correct only with full marks (`is_correct`, the same notion evaluation
+uses). A task's partial credit (reasoning-gym gives len(truth)/len(answer) when the truth is inside the
+answer, which rewards answers like "0 1 2 ... 9") is the separate reward `accuracy_partial`.
 """
 from __future__ import annotations
 
@@ -40,7 +44,13 @@ def equivalent(answer: str, truth: str) -> bool:
     return a is not None and b is not None and numbers_close(a, b)
 
 
-def accuracy(completion: Completion, problem: Problem) -> float:
+def is_correct(score: float) -> bool:
+    """Whether a task score means a correct answer: full marks, for rewards and evaluation alike."""
+    return score >= 1.0
+
+
+def accuracy_partial(completion: Completion, problem: Problem) -> float:
+    """The task's own score, partial credit included, where it has one; else 1 or 0 as `accuracy`."""
     if completion.answer is None:
         return 0.0
     own = task_score(problem, completion.answer)
@@ -49,3 +59,7 @@ def accuracy(completion: Completion, problem: Problem) -> float:
     if problem.answer is None:
         return 0.0
     return 1.0 if equivalent(completion.answer, problem.answer) else 0.0
+
+
+def accuracy(completion: Completion, problem: Problem) -> float:
+    return float(is_correct(accuracy_partial(completion, problem)))

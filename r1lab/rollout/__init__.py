@@ -3,7 +3,8 @@
 An Engine is any object with `generate(prompts, n, sampling) -> list[list[Sample]]` (one list of n
 samples per prompt). `hf.HFEngine` runs any transformers causal LM on CPU or GPU;
 `vllm_engine.VLLMEngine` runs vLLM on a GPU. The trainer only sees this protocol and `make_engine`,
-never a particular engine.
+never a particular engine. `check_context` refuses a prompt + max_new_tokens beyond the model's
+context before any sampling (HFEngine calls it): beyond it a model meets positions it never trained on.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from r1lab import R1labError
-from r1lab.templates import Template
+from r1lab.templates import Template, prompt_tail
 from r1lab.types import Completion, Problem
 
 
@@ -50,10 +51,24 @@ def make_engine(name: str, model, tokenizer, seed: int = 0, max_batch: int = 64,
     raise R1labError(f"unknown engine {name!r}; valid engines: {', '.join(ENGINES)}")
 
 
-def to_completion(sample: Sample, template: Template) -> Completion:
-    reasoning, answer = template.parse(sample.text)
+def check_context(model, prompt_lengths: list[int], max_new_tokens: int) -> None:
+    """Refuse, before any sampling, a prompt whose tokens plus `max_new_tokens` exceed the model's
+    context (`config.max_position_embeddings`; models that do not declare one are not checked)."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    longest = max(prompt_lengths, default=0)
+    if context is not None and longest + max_new_tokens > context:
+        raise R1labError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} = {longest + max_new_tokens} "
+                         f"exceeds the model's context (max_position_embeddings {context}); "
+                         "lower max_new_tokens or shorten the prompt")
+
+
+def to_completion(sample: Sample, template: Template, tail: str = "") -> Completion:
+    """A parsed completion; `tail` is the prompt's end the reply continues (`<think>` where the chat
+    template opens the reasoning), read together with the reply by the parser and the format reward."""
+    reasoning, answer = template.parse(tail + sample.text)
     return Completion(text=sample.text, template=template.name, reasoning=reasoning, answer=answer,
-                      token_ids=sample.token_ids, logprobs=sample.logprobs, finish_reason=sample.finish_reason)
+                      token_ids=sample.token_ids, logprobs=sample.logprobs, finish_reason=sample.finish_reason,
+                      prompt_tail=tail)
 
 
 def rollout(engine: Engine, problems: list[Problem], template: Template, tokenizer, n: int,
@@ -64,7 +79,8 @@ def rollout(engine: Engine, problems: list[Problem], template: Template, tokeniz
     sampling = Sampling(sampling.temperature, sampling.top_p, sampling.max_new_tokens,
                         tuple(dict.fromkeys(sampling.stop + template.stop)))
     groups = engine.generate(prompts, n, sampling, seeds=seeds) if seeds is not None else engine.generate(prompts, n, sampling)
-    return prompts, [[to_completion(s, template) for s in group] for group in groups]
+    return prompts, [[to_completion(s, template, prompt_tail(prompt)) for s in group]
+                     for prompt, group in zip(prompts, groups)]
 
 
 def rollout_all(engine: Engine, problems: list[Problem], template: Template, tokenizer, n: int, sampling: Sampling,

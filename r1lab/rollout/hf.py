@@ -20,7 +20,7 @@ import copy
 import torch
 from transformers import DynamicCache
 
-from r1lab.rollout import Sample, Sampling
+from r1lab.rollout import Sample, Sampling, check_context
 
 
 def sample_tokens(logprobs: torch.Tensor, top_p: float, generator) -> torch.Tensor:
@@ -69,8 +69,9 @@ class HFEngine:
         after each new one and returns False to drop it (finish_reason "cancelled"): streaming, and
         freeing a disconnected client's rows. `seeds` (one per prompt) give each sample its own random
         stream, so what is drawn does not depend on which prompts share a batch (or a process)."""
-        self._refresh_decoder()
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        check_context(self.policy, list(map(len, ids)), sampling.max_new_tokens)
+        self._refresh_decoder()
         per_chunk = max(1, self.max_batch // n)
         samples: list[Sample] = []
         was_training = self.model.training

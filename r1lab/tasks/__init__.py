@@ -6,10 +6,12 @@
 
 A task is any object with `name` and `problems(split, n, seed) -> list[Problem]`; splits are
 "train" and "test". Options are the task class's fields; an unknown one is an error naming the valid ones.
+A task from `get_task` never returns an empty split: that is an error naming the task and split.
 """
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Protocol
 
 from r1lab import R1labError
@@ -43,7 +45,27 @@ def get_task(spec: str, **options) -> Task:
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise R1labError(f"unknown option(s) {unknown} for task {spec!r}; valid options: {', '.join(valid)}")
-    return cls(**positional, **options)
+    return NonEmpty(cls(**positional, **options))
+
+
+@dataclass(frozen=True)
+class NonEmpty:
+    """What get_task returns: the task itself (its fields and methods are this object's), except that a split
+    with no problems (an empty file; rows that all hash to the other split) is an error naming the task and
+    split here, instead of a ZeroDivisionError or IndexError in whatever asked for them."""
+    task: Task
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):          # copy and pickle look these up before `task` is set
+            raise AttributeError(name)
+        return getattr(self.task, name)
+
+    def problems(self, split: str, *args, **kwargs) -> list[Problem]:
+        problems = self.task.problems(split, *args, **kwargs)
+        if not problems:
+            raise R1labError(f"task {self.task.name!r} has no {split} problems; is its data empty, or does its "
+                             "test_percent leave this split without rows?")
+        return problems
 
 
 def check_split(split: str) -> None:
@@ -52,8 +74,8 @@ def check_split(split: str) -> None:
 
 
 def task_score(problem: Problem, answer: str) -> float | None:
-    """A task's own scorer for this problem (reasoning-gym's `score_answer`; a code problem's tests, all
-    passing = 1), or None to use math-verify."""
+    """A task's own score for this answer (reasoning-gym's `score_answer`, which can give partial credit; a
+    code problem's tests, all passing = 1), or None to use math-verify."""
     if "code" in problem.meta:
         from r1lab.rewards.code import run_tests
         return 1.0 if run_tests(problem, answer).fraction == 1.0 else 0.0

@@ -6,11 +6,14 @@ reference steps follow the talk's goal-directed examples, one step per operation
 (parentheses first, then *, then + and - left to right):
     "Firstly, I would calculate 1 + 2 = 3", "Then, I would calculate 3 + 3 = 6", "The answer is 6".
 
-Train and test are disjoint by construction: an expression's split is a hash of its text, so no
-seed or size can put a test expression into train.
+Train and test are disjoint by construction: an expression's split is a hash of its polynomial in its
+numbers (`expression_split`), so no seed or size can put a test expression into train, nor a reordering
+or regrouping of one ("3 + 1 + 2" when "1 + 2 + 3" is a test problem). The problems rewritten from a
+trajectory (goal-state shift, hindsight relabelling) are held to the same split.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import random
 import re
@@ -23,9 +26,36 @@ from r1lab.types import Problem
 _APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
-def split_of(expression: str, test_percent: int) -> str:
-    bucket = int(hashlib.sha256(expression.encode()).hexdigest(), 16) % 100
+def split_of(text: str, test_percent: int) -> str:
+    """"test" for test_percent of all texts, by a hash of the text, else "train"."""
+    bucket = int(hashlib.sha256(text.encode()).hexdigest(), 16) % 100
     return "test" if bucket < test_percent else "train"
+
+
+def polynomial(node: ast.expr) -> dict[tuple[int, ...], int]:
+    """An expression's syntax tree as a polynomial in its numbers, each number an unknown: {the sorted numbers
+    of a product: its coefficient}. Order, grouping and cancellation are gone: "1 + 2 * 3", "3 * 2 + 1" and
+    "(2 * 3 + 1) + 4 - 4" all give {(1,): 1, (2, 3): 1}; for a chain of "+" it is the multiset of operands."""
+    if isinstance(node, ast.Constant):
+        return {(node.value,): 1}
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return {m: -c for m, c in polynomial(node.operand).items()}
+    left, right = polynomial(node.left), polynomial(node.right)
+    if isinstance(node.op, ast.Mult):
+        pairs = [(tuple(sorted(m + n)), c * d) for m, c in left.items() for n, d in right.items()]
+    else:
+        sign = 1 if isinstance(node.op, ast.Add) else -1
+        pairs = [*left.items(), *((m, sign * c) for m, c in right.items())]
+    terms: dict[tuple[int, ...], int] = {}
+    for monomial, coefficient in pairs:
+        terms[monomial] = terms.get(monomial, 0) + coefficient
+    return {m: c for m, c in terms.items() if c}
+
+
+def expression_split(expression: str, test_percent: int) -> str:
+    """The split of an arithmetic expression: a hash of its polynomial, so that every reordering and
+    regrouping of the same numbers is in the same split (the only notion of split for arithmetic)."""
+    return split_of(repr(sorted(polynomial(ast.parse(expression, mode="eval").body).items())), test_percent)
 
 
 def render(items: list) -> str:
@@ -110,7 +140,7 @@ class Arithmetic:
     high: int = 30              # largest operand
     operators: str = "+"        # operators to draw from, any of "+-*"
     parentheses: float = 0.0    # probability that an expression has one parenthesised group (needs >= 3 operands)
-    test_percent: int = 10      # share of all expressions that belong to the test split, by hash
+    test_percent: int = 10      # share of all expressions that belong to the test split, by a hash of their polynomial
 
     name = "arithmetic"
 
@@ -145,7 +175,7 @@ class Arithmetic:
                 break
             items = self._random_items(rng)
             expression = render(items)
-            if expression not in found and split_of(expression, self.test_percent) == split:
+            if expression not in found and expression_split(expression, self.test_percent) == split:
                 found[expression] = make_problem(items)
         if len(found) < n:
             raise R1labError(f"arithmetic: asked for {n} {split} problems but this configuration only "
@@ -154,13 +184,23 @@ class Arithmetic:
 
     # Goal-directed fine-tuning (the talk's proposals), problems rewritten from a trajectory's own steps.
 
-    def goal_problems(self, steps: list[str]) -> list[tuple[int, Problem]]:
-        """Goal-state shift: for each calculation step (its index), the problem whose answer is its result
-        ("Firstly, I would calculate 1 + 2 = 3" -> "Calculate 1 + 2", answer 3). Empty if the arithmetic is wrong."""
+    def _rewritten(self, steps: list[str]) -> list[tuple[int, Problem]]:
+        """For each calculation step (its index), the problem whose answer is its result; empty if the
+        arithmetic is wrong."""
         return [(i, Problem(id=e, prompt=f"Calculate {e}", answer=str(v), meta={"task": "arithmetic", "expression": e}))
                 for i, e, v in (expressions_from_steps(steps) or [])]
 
+    def _train(self, problem: Problem) -> bool:
+        return expression_split(problem.meta["expression"], self.test_percent) == "train"
+
+    def goal_problems(self, steps: list[str]) -> list[tuple[int, Problem]]:
+        """Goal-state shift: for each calculation step before the last (its index), the problem whose answer
+        is its result ("Firstly, I would calculate 1 + 2 = 3" -> "Calculate 1 + 2", answer 3), leaving out
+        those in the test split. Empty if the arithmetic is wrong."""
+        return [(i, p) for i, p in self._rewritten(steps)[:-1] if self._train(p)]
+
     def hindsight_problem(self, steps: list[str]) -> Problem | None:
-        """Hindsight relabelling: the problem the trajectory did solve ("1 + 2 = 3", "3 + 2 = 5" -> "Calculate 1 + 2 + 2")."""
-        problems = self.goal_problems(steps)
-        return problems[-1][1] if problems else None
+        """Hindsight relabelling: the problem the trajectory did solve ("1 + 2 = 3", "3 + 2 = 5" -> "Calculate 1 + 2 + 2");
+        None if its arithmetic is wrong or that problem is in the test split."""
+        problems = self._rewritten(steps)
+        return problems[-1][1] if problems and self._train(problems[-1][1]) else None

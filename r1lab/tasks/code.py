@@ -4,8 +4,11 @@
   execution code is not used). `test_percent` of them (by a hash of the task id; default 20) form the
   test split, the rest the train split; `test_percent=100` makes the whole benchmark the test split.
 - `jsonl:<path>` rows with a `tests` field are code problems too (tasks/jsonl.py): `tests` (a list of
-  assert statements, or one string of code), optional `entry_point`, `setup` (trusted helpers for the
-  tests) and `prefix` (code placed before the model's program, e.g. imports and the signature).
+  assert statements as in MBPP, or one string of code, e.g. HumanEval's `def check(candidate): ...`
+  followed by `check(f)`), optional `entry_point`, `setup` (trusted helpers for the tests) and `prefix`
+  (code placed before the model's program, e.g. imports and the signature). A test is a top-level
+  statement that asserts or calls; definitions, imports and assignments only run (sandbox_jail.py).
+  A row whose tests never run an assertion is an error at load, naming the file and line.
 
 Every code problem carries meta["code"] = {tests, setup, prefix, entry_point}. The program that runs is
 `prefix + model's program`, so a reply may restate the whole function or give only its body.
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from r1lab import R1labError
+from r1lab.sandbox import check_tests
 from r1lab.tasks import check_split
 from r1lab.tasks.arithmetic import split_of
 from r1lab.types import Problem
@@ -82,11 +86,7 @@ def jsonl_code_problem(path: str, number: int, row: dict, prompt_field: str) -> 
         tests = [tests]
     if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
         raise R1labError(f"{where}: field 'tests' must be a non-empty list of strings (assert statements)")
-    for i, test in enumerate(tests):
-        try:
-            ast.parse(test)
-        except SyntaxError as e:
-            raise R1labError(f"{where}: tests[{i}] is not valid Python ({e.msg})") from None
+    check_tests(tests, where)
     prefix = str(row.get("prefix", ""))
     return code_problem(f"{path}:{number}", prefix, str(row.get("entry_point") or ""), tests,
                         setup=str(row.get("setup", "")), reference=row.get("answer"),

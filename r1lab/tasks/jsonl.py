@@ -7,35 +7,14 @@ A row with a `tests` field is a code problem (see tasks/code.py); it needs no an
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from r1lab import R1labError
+from r1lab.data import read_jsonl
 from r1lab.tasks import check_split
 from r1lab.tasks.arithmetic import split_of
 from r1lab.tasks.code import jsonl_code_problem
 from r1lab.types import Problem
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a jsonl file; a missing file or a bad line is an error naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise R1labError(f"{path}: file not found")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise R1labError(f"{path}, line {number}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise R1labError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
-            rows.append((number, row))
-    return rows
 
 
 @dataclass(frozen=True)
