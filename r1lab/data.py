@@ -50,6 +50,19 @@ def read_jsonl(path: str | Path, torn_tail: bool = False) -> list[tuple[int, dic
     return rows
 
 
+def resume_appending(path: str | Path) -> list[dict]:
+    """The rows of a jsonl file r1lab appends to (eval samples, teacher caches), before appending more:
+    a torn last line (a kill mid-write) is cut from the file, so the next row starts on a line of its own."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = [row for _, row in read_jsonl(path, torn_tail=True)]
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        os.truncate(path, data.rfind(b"\n") + 1)
+    return rows
+
+
 def write_atomic(path: str | Path, text: str) -> None:
     """Write through a temporary file and a rename: a kill leaves the old file or the new one, whole."""
     path = Path(path)

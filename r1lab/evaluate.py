@@ -24,6 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from r1lab import R1labError
+from r1lab.data import resume_appending
 from r1lab.metrics import bootstrap_ci, cons_at_k, pass_at_1, pass_at_k
 from r1lab.rewards import score
 from r1lab.rewards.accuracy import equivalent, is_correct
@@ -59,10 +60,10 @@ def problem_seed(seed: int, problem_id: str) -> int:
 def read_samples(path: Path, settings: dict | None = None) -> list[dict]:
     """The per-problem rows of an eval file (after its first line, the settings they were sampled with).
     Given `settings`, a file sampled with others is refused, naming the changes: adding to it would mix them."""
-    lines = path.read_text().splitlines() if path.exists() else []
+    lines = resume_appending(path)
     if not lines:
         return []
-    recorded = json.loads(lines[0]).get("settings")
+    recorded = lines[0].get("settings")
     settings = json.loads(json.dumps(settings))                 # as the file holds them (tuples as lists)
     if settings is not None and recorded != settings:
         if recorded is None:
@@ -71,7 +72,7 @@ def read_samples(path: Path, settings: dict | None = None) -> list[dict]:
                    if recorded.get(key) != settings.get(key)]
         raise R1labError(f"{path} was sampled with other settings: {', '.join(changed)}; to start over delete it, "
                          "or use another --out")
-    return [json.loads(line) for line in lines[1:]]
+    return lines[1:]
 
 
 def score_group(problem, group) -> dict:

@@ -100,3 +100,14 @@ def test_report_writes_plots_and_markdown(tmp_path):
         assert (tmp_path / name).stat().st_size > 5000
     text = report.read_text()
     assert "![Reward and accuracy over training](reward.png)" in text and "cons@4" in text
+
+
+def test_a_torn_last_line_is_cut_before_the_eval_resumes(tmp_path):
+    """A kill mid-write leaves half a row: resuming drops it and appends whole rows after it."""
+    from r1lab.evaluate import read_samples
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"settings": {"samples": 2}}) + "\n" + json.dumps({"id": "a"}) + "\n" + '{"id": "b", "cor')
+    assert read_samples(path, {"samples": 2}) == [{"id": "a"}]
+    with path.open("a") as f:
+        f.write(json.dumps({"id": "c"}) + "\n")
+    assert [r["id"] for r in read_samples(path, {"samples": 2})] == ["a", "c"]

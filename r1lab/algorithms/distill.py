@@ -27,6 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from r1lab import R1labError
+from r1lab.data import resume_appending
 from r1lab.algorithms.rejection import select, write_data
 from r1lab.config import DistillConfig, readability
 from r1lab.templates import R1_ZERO_INSTRUCTION, Template, get_template
@@ -74,11 +75,7 @@ def trace_completion(message: dict, template: Template) -> Completion:
 
 def endpoint_traces(cfg: DistillConfig, problems: list[Problem], template: Template, cache: Path) -> dict:
     """{(problem id, sample index): assistant message}, from the cache and then the endpoint."""
-    done = {}
-    if cache.exists():
-        for line in cache.read_text().splitlines():
-            row = json.loads(line)
-            done[(row["id"], row["sample"])] = row["message"]
+    done = {(row["id"], row["sample"]): row["message"] for row in resume_appending(cache)}
     todo = [(p, i) for p in problems for i in range(cfg.samples_per_prompt) if (p.id, i) not in done]
     url = cfg.teacher.rstrip("/") + "/chat/completions"
     key = os.environ.get(cfg.api_key_env)
