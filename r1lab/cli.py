@@ -47,6 +47,11 @@ def cmd_models(args) -> None:
     print("Also: a local Hugging Face folder, a .gguf file, or a hub id (where the hub is reachable).")
 
 
+def cmd_doctor(args) -> None:
+    from r1lab.hardware import doctor_report
+    print(doctor_report())
+
+
 def cmd_tasks(args) -> None:
     from r1lab.tasks.gym import dataset_names
     print("arithmetic               built in: 'Calculate 1 + 2 + 3', seeded, disjoint train/test")
@@ -218,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="r1lab", description="Train reasoning LMs the DeepSeek-R1 way.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list model aliases and what is cached")
+    sub.add_parser("doctor", help="this machine: hardware, the precision 'auto' picks and why, measured speeds, sandbox")
     tasks = sub.add_parser("tasks", help="list task specs; with SPEC, how many distinct test items it has")
     tasks.add_argument("spec", nargs="?", help="a reasoning-gym task spec, e.g. reasoning-gym:tower_of_hanoi")
     g = sub.add_parser("generate", help="sample completions for one prompt")
@@ -291,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
         elif extra:
             parser.error(f"unrecognised arguments: {' '.join(extra)}")
         else:
-            {"models": cmd_models, "tasks": cmd_tasks, "generate": cmd_generate, "eval": cmd_eval,
+            {"models": cmd_models, "doctor": cmd_doctor, "tasks": cmd_tasks, "generate": cmd_generate, "eval": cmd_eval,
              "report": cmd_report, "data": cmd_data,
              "run": cmd_run, "experiment": cmd_experiment,
              "serve": cmd_serve, "sandbox": cmd_sandbox}[args.command](args)

@@ -37,8 +37,8 @@ RANGES = {  # field -> the interval its value must lie in; "Class.field" where o
 }
 CHOICES = {  # field -> its allowed values
     "lr_schedule": ("constant", "linear", "cosine"),
-    "mixed_precision": ("no", "bf16"),
-    "rollout_dtype": ("float32", "bfloat16"),
+    "mixed_precision": ("auto", "no", "bf16"),          # auto: bf16 only where the device runs it natively
+    "rollout_dtype": ("auto", "float32", "bfloat16"),   # (r1lab/hardware.py)
     "dtype": ("float32", "bfloat16"),
     "loss_aggregation": AGGREGATIONS,
     "engine": ENGINES,
@@ -67,7 +67,7 @@ class GRPOConfig:
     max_new_tokens: int = 128          # completion length cap, tokens
     temperature: float = 1.0           # sampling temperature (R1-Zero: 1.0)
     top_p: float = 1.0                 # nucleus mass (R1-Zero: 1.0)
-    rollout_dtype: str = "float32"     # "bfloat16": sample from a bf16 copy of the policy, refreshed each step (faster where bf16 is)
+    rollout_dtype: str = "auto"        # "bfloat16": sample from a bf16 copy of the policy, refreshed each step; auto: bf16 where native
     engine: str = "hf"                 # rollout engine: hf (any device) or vllm (GPU; pip install 'r1lab[vllm]')
     vllm_gpu_memory: float = 0.3       # share of the GPU's memory vLLM may take (the trainer needs the rest)
     mask_truncated: bool = False       # drop completions that hit max_new_tokens from the loss (DAPO's overlong filter)
@@ -87,7 +87,7 @@ class GRPOConfig:
     lora_alpha: int = 32               # LoRA scaling numerator
     gradient_checkpointing: bool = False   # recompute activations in backward: less memory, ~35% slower
     dtype: str = "float32"             # weights dtype: float32 or bfloat16
-    mixed_precision: str = "no"        # "bf16": autocast training forward/backward to bfloat16 (fp32 weights and loss math)
+    mixed_precision: str = "auto"      # "bf16": autocast training passes to bfloat16 (fp32 weights, loss math); auto: where native
     # bookkeeping
     seed: int = 0                      # problems, sampling and initialisation
     save_every: int = 10               # steps between checkpoints (the last step always saves)
@@ -125,7 +125,7 @@ class SFTConfig:
     lora_alpha: int = 32               # LoRA scaling numerator
     gradient_checkpointing: bool = False   # recompute activations in backward
     dtype: str = "float32"             # weights dtype
-    mixed_precision: str = "no"        # "bf16" autocasts forward/backward
+    mixed_precision: str = "auto"      # "bf16" autocasts forward/backward; auto: bf16 where the device runs it natively
     seed: int = 0                      # data order
     save_every: int = 50               # optimiser steps between checkpoints (the last always saves)
     out: str = "runs/sft"              # output directory
@@ -157,8 +157,8 @@ class CompeteConfig:
     unlikelihood_weight: float = 1.0   # weight of pushing below-average members down; 0 switches it off
     learning_rate: float = 1e-5        # AdamW lr
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"        # "bf16" autocasts training passes
-    rollout_dtype: str = "float32"     # "bfloat16": sample from a bf16 copy of the policy
+    mixed_precision: str = "auto"      # "bf16" autocasts training passes; auto: bf16 where the device runs it natively
+    rollout_dtype: str = "auto"        # "bfloat16": sample from a bf16 copy of the policy; auto: bf16 where native
     seed: int = 0
     save_every: int = 10               # rounds between checkpoints (the last always saves)
     out: str = "runs/compete"

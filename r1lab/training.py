@@ -28,6 +28,18 @@ def autocast(mixed_precision: str):
     return torch.autocast(device().type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
 
 
+def choose_precision(out: Path, mixed_precision: str, rollout_dtype: str | None = None, write: bool = True):
+    """The stage's concrete precision (`auto` resolved for this device, r1lab/hardware.py): printed, and
+    written to `<out>/precision.json` with the hardware it was chosen on."""
+    from r1lab.hardware import cpu_name, resolve_precision
+    precision = resolve_precision(mixed_precision, device(), rollout_dtype)
+    if write:
+        print(precision.describe())
+        write_atomic(out / "precision.json", json.dumps({**asdict(precision), "device": str(device()), "cpu": cpu_name(),
+                                                         "cpu_capability": torch.backends.cpu.get_cpu_capability()}))
+    return precision
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)

@@ -70,7 +70,7 @@ def test_every_number_has_a_range(cls):
     (GRPOConfig, {"epsilon_high": "abc"}, r"GRPOConfig.epsilon_high must be a number or none, got 'abc'"),
     (GRPOConfig, {"learning_rate": "nan"}, r"GRPOConfig.learning_rate must be in"),
     (SFTConfig, {"lr_schedule": "cosin"}, r"SFTConfig.lr_schedule must be one of constant, linear, cosine, got 'cosin'"),
-    (CompeteConfig, {"mixed_precision": "fp16"}, r"CompeteConfig.mixed_precision must be one of no, bf16"),
+    (CompeteConfig, {"mixed_precision": "fp16"}, r"CompeteConfig.mixed_precision must be one of auto, no, bf16"),
     (EvalConfig, {"temperature": -0.1}, r"EvalConfig.temperature must be in \[0, inf\)"),
 ])
 def test_bad_values_the_review_found(cls, values, message):

@@ -32,19 +32,20 @@ from r1lab.rollout import Sampling, rollout
 from r1lab.rollout.hf import HFEngine
 from r1lab.tasks import get_task
 from r1lab.templates import get_template
-from r1lab.training import (JsonlLog, autocast, device, load_policy, make_optimizer, prepare_run, restore_state,
+from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_policy, make_optimizer, prepare_run, restore_state,
                             seed_everything, training_state)
 
 
 def train_compete(cfg: CompeteConfig, resume: bool = False):
     par = Parallel()
     out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)
+    precision = choose_precision(out, cfg.mixed_precision, cfg.rollout_dtype, par.is_main)
     seed_everything(cfg.seed)
     weights = parse_rewards(cfg.rewards)
     problems = get_task(cfg.task, **cfg.task_options).problems("train", cfg.rounds * cfg.prompts_per_step, cfg.seed)
     model, tokenizer = load_policy(cfg.model, checkpoint, "float32", 0, 0, False)
     optimizer, scheduler = make_optimizer(model, cfg.learning_rate, 0.0, 0, "constant", cfg.rounds)
-    policy_engine = HFEngine(model, tokenizer, seed=cfg.seed, decode_dtype=cfg.rollout_dtype)
+    policy_engine = HFEngine(model, tokenizer, seed=cfg.seed, decode_dtype=precision.rollout_dtype)
     # (name, engine, its tokenizer, template, members per group); the policy first
     agents = [("policy", policy_engine, tokenizer, get_template(cfg.template), cfg.samples_per_prompt)]
     for i, source in enumerate(cfg.sources):
@@ -89,7 +90,7 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
             rows = active[first:first + cfg.micro_batch_size]
             batch = pad_batch([flat[i][1] for i in rows], [targets[i] for i in rows], tokenizer.pad_token_id, device())
             with par.sync_unless(policy, accumulating=first + cfg.micro_batch_size < len(active)):
-                with autocast(cfg.mixed_precision):
+                with autocast(precision.mixed_precision):
                     logprobs, _ = token_logprobs(policy, batch)                                # (b, C)
                 mask = batch["completion_mask"]
                 loss = sft_loss(logprobs, mask, imitate[rows].to(device()), batch_tokens)

@@ -39,7 +39,7 @@ from r1lab.rewards import check_rewards_fit, parse_rewards, score
 from r1lab.rollout import Sampling, make_engine, rollout
 from r1lab.tasks import get_task
 from r1lab.templates import get_template
-from r1lab.training import (JsonlLog, autocast, device, load_policy, make_optimizer, prepare_run, restore_state,
+from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_policy, make_optimizer, prepare_run, restore_state,
                             seed_everything, training_state)
 
 
@@ -55,6 +55,7 @@ def reference_logprobs(ref_model, policy, batch, temperature, shared):
 def train_grpo(cfg: GRPOConfig, resume: bool = False):
     par = Parallel()
     out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)
+    precision = choose_precision(out, cfg.mixed_precision, cfg.rollout_dtype, par.is_main)
     seed_everything(cfg.seed)
     template, weights = get_template(cfg.template), parse_rewards(cfg.rewards)
     problems = get_task(cfg.task, **cfg.task_options).problems("train", cfg.steps * cfg.prompts_per_step, cfg.seed)
@@ -69,7 +70,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
                                           cfg.warmup_steps * cfg.updates_per_batch, cfg.lr_schedule,   # mu per step
                                           cfg.steps * cfg.updates_per_batch)
     engine = make_engine(cfg.engine, model, tokenizer, seed=cfg.seed, max_batch=cfg.prompts_per_step * cfg.samples_per_prompt,
-                         decode_dtype=cfg.rollout_dtype, gpu_memory_utilization=cfg.vllm_gpu_memory)
+                         decode_dtype=precision.rollout_dtype, gpu_memory_utilization=cfg.vllm_gpu_memory)
     generator = getattr(engine, "generator", None)           # the hf engine's sampler state, saved with checkpoints
     start = restore_state(checkpoint, optimizer, scheduler, generator)
     shared_prompts = not cfg.gradient_checkpointing       # a prompt's KV cache cannot be kept under checkpointing
@@ -109,7 +110,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
                                   tokenizer.pad_token_id, device())
                 batch["completion_mask"] *= torch.tensor(keep[rows], device=device())[:, None]
                 with par.sync_unless(policy, accumulating=start_row + cfg.micro_batch_size < len(completions)):
-                    with autocast(cfg.mixed_precision):
+                    with autocast(precision.mixed_precision):
                         logprobs, entropy = token_logprobs(policy, batch, cfg.temperature, with_entropy=update == 0)  # (b, C)
                         if update == 0:
                             old[start_row] = logprobs.detach()

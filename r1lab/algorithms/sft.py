@@ -24,7 +24,7 @@ from r1lab.config import SFTConfig
 from r1lab.distributed import Parallel
 from r1lab.data import read_jsonl
 from r1lab.templates import get_template
-from r1lab.training import (JsonlLog, autocast, device, load_policy, make_optimizer, prepare_run, restore_state,
+from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_policy, make_optimizer, prepare_run, restore_state,
                             seed_everything, training_state)
 
 
@@ -46,6 +46,7 @@ def load_pairs(path: str) -> list[tuple[str, str, str]]:
 def train_sft(cfg: SFTConfig, resume: bool = False):
     par = Parallel()
     out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)
+    precision = choose_precision(out, cfg.mixed_precision, None, par.is_main)
     seed_everything(cfg.seed)
     pairs = load_pairs(cfg.data)
     template = get_template(cfg.template)
@@ -75,7 +76,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
             rows = batch[first:first + cfg.micro_batch_size]
             tensors = pad_batch([p for p, _ in rows], [c for _, c in rows], tokenizer.pad_token_id, device())
             with par.sync_unless(policy, accumulating=first + cfg.micro_batch_size < len(batch)):
-                with autocast(cfg.mixed_precision):
+                with autocast(precision.mixed_precision):
                     logprobs, _ = token_logprobs(policy, tensors)               # (b, C)
                 loss = sft_loss(logprobs, tensors["completion_mask"], batch_tokens=batch_tokens)
                 par.accelerator.backward(loss * par.world)                      # DDP averages: x world gives the sum

@@ -1,0 +1,149 @@
+"""What this machine runs fast, and the precision `auto` picks from it.
+
+    r1lab doctor                      # hardware, the precision auto picks and why, measured speeds
+    resolve_precision("auto", dev)    # -> Precision(mixed_precision="bf16" | "no", rollout_dtype=..., reason)
+
+Why: a bf16 matmul runs ~3x faster than fp32 on a CPU with AVX-512-BF16 or AMX, and ~130x SLOWER on
+an AVX2-only CPU (measured on two 2-core AMD EPYC machines of the same shape; see the README). So no
+recipe or default names a precision: `auto` (the default of every stage) chooses bf16 only where the
+device runs it natively:
+- CUDA: `torch.cuda.is_bf16_supported()`;
+- CPU: the `avx512_bf16` or `amx_bf16` flag in /proc/cpuinfo; where no flags can be read (not Linux),
+  a short measured bf16-vs-fp32 matmul probe (bf16 must be at least as fast), cached for the process.
+Asking for bf16 explicitly on a device without it works, but warns once with the measured slowdown.
+"""
+from __future__ import annotations
+
+import functools
+import platform
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo, or None where they cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.partition(":")[2].split())
+    return None
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def matmul_gflops(dtype: torch.dtype, size: int = 512, seconds: float = 0.2) -> float:
+    """Measured GFLOP/s of a (size x size) @ (size x size) matmul on the CPU in `dtype`."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b                                                      # warm-up (oneDNN picks its kernel)
+    runs, began = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - began) < seconds:
+        a @ b
+        runs += 1
+    return 2 * size ** 3 * runs / elapsed / 1e9
+
+
+def memory_gbps(megabytes: int = 256) -> float:
+    """Measured memory read bandwidth (GB/s): summing a buffer larger than the caches."""
+    x = torch.ones(megabytes * 2 ** 20 // 4)
+    x.sum()
+    began = time.perf_counter()
+    for _ in range(3):
+        x.sum()
+    return 3 * x.numel() * 4 / (time.perf_counter() - began) / 1e9
+
+
+@functools.cache
+def bf16_slowdown() -> float:
+    """fp32 / bf16 matmul throughput on this CPU (> 1: bf16 is slower), measured once per process."""
+    return matmul_gflops(torch.float32) / matmul_gflops(torch.bfloat16, seconds=0.1)
+
+
+def native_bf16(device: torch.device | str = "cpu", flags: set[str] | None | bool = False) -> tuple[bool, str]:
+    """Whether `device` runs bf16 natively, and why. `flags` overrides /proc/cpuinfo (tests)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return ok, f"CUDA {torch.cuda.get_device_name(device)}: bf16 {'supported' if ok else 'not supported'}"
+    if device.type != "cpu":
+        return False, f"{device.type}: bf16 not assumed"
+    flags = cpu_flags() if flags is False else flags
+    if flags is not None:
+        found = [f for f in NATIVE_BF16_FLAGS if f in flags]
+        if found:
+            return True, f"CPU has {', '.join(found)}"
+        return False, f"CPU has no {' / '.join(NATIVE_BF16_FLAGS)} (capability {torch.backends.cpu.get_cpu_capability()})"
+    slowdown = bf16_slowdown()
+    return slowdown <= 1.0, f"no CPU flags readable; measured bf16 matmul {1 / slowdown:.2f}x fp32"
+
+
+@dataclass(frozen=True)
+class Precision:
+    mixed_precision: str      # "bf16" or "no": autocast of training passes
+    rollout_dtype: str | None  # "bfloat16" or "float32": the sampler's copy of the policy; None: no rollouts
+    reason: str               # why; printed at the start of a stage and written to its precision.json
+
+    def describe(self) -> str:
+        rollouts = f", rollouts {self.rollout_dtype}" if self.rollout_dtype else ""
+        return f"precision: training {self.mixed_precision}{rollouts} ({self.reason})"
+
+
+def resolve_precision(mixed_precision: str, device: torch.device | str = "cpu", rollout_dtype: str | None = "auto",
+                      flags: set[str] | None | bool = False) -> Precision:
+    """Turn the configs' `auto` into a concrete choice for `device`; explicit choices are kept (with a
+    one-time warning when bf16 is asked for on a device without native bf16)."""
+    native, why = native_bf16(device, flags)
+    auto_mixed, auto_rollout = ("bf16", "bfloat16") if native else ("no", "float32")
+    mixed = auto_mixed if mixed_precision == "auto" else mixed_precision
+    rollout = auto_rollout if rollout_dtype == "auto" else rollout_dtype
+    explicit = [name for name, value, asked in (("mixed_precision", mixed, mixed_precision),
+                                                ("rollout_dtype", rollout, rollout_dtype))
+                if asked != "auto" and value in ("bf16", "bfloat16")]
+    if explicit and not native:
+        _warn_slow_bf16(", ".join(explicit), why, torch.device(device).type)
+    source = "auto" if "auto" in (mixed_precision, rollout_dtype) else "as configured"
+    return Precision(mixed, rollout, f"{source}: {why}")
+
+
+@functools.cache
+def _warn_slow_bf16(fields: str, why: str, device_type: str) -> None:
+    measured = f"; bf16 matmul measured {bf16_slowdown():.0f}x slower than fp32 here" if device_type == "cpu" else ""
+    warnings.warn(f"{fields} asks for bf16 but {why}{measured}. Use 'auto' (or float32/no) unless you mean it.",
+                  stacklevel=3)
+
+
+def doctor_report() -> str:
+    """What `r1lab doctor` prints: the hardware, what `auto` picks, the sandbox mode, measured speeds."""
+    from r1lab.sandbox import Sandbox
+    from r1lab.training import device
+
+    dev = device()
+    flags = cpu_flags() or set()
+    simd = sorted(f for f in flags if f.startswith(("avx", "amx")))
+    lines = [f"cpu: {cpu_name()}, {torch.get_num_threads()} torch threads, capability "
+             f"{torch.backends.cpu.get_cpu_capability()}",
+             f"cpu flags: {' '.join(simd) or 'unknown'}",
+             f"device: {dev}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
+             f"torch {torch.__version__}",
+             resolve_precision("auto", dev).describe()]
+    fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16, seconds=0.1)
+    lines += [f"cpu matmul 512x512: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.1f} GFLOP/s ({bf16 / fp32:.2f}x)",
+              f"cpu memory read: {memory_gbps():.1f} GB/s",
+              Sandbox().describe()]
+    return "\n".join(lines)
