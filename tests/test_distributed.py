@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 GRPO = ["train", "grpo", "--model", "tiny-random", "--steps", "3", "--prompts-per-step", "4", "--samples-per-prompt", "4",
         "--micro-batch-size", "4", "--max-new-tokens", "12", "--learning-rate", "1e-2", "--beta", "0.04",
-        "--updates-per-batch", "2", "--loss-aggregation", "token", "--rewards", "tests.learnable:low_ids"]
+        "--updates-per-batch", "2", "--loss-aggregation", "token", "--rewards", "tests.learnable:low_ids",
+        "--mixed-precision", "no", "--rollout-dtype", "float32"]   # fp32: equal up to summation order on every CPU
 
 
 def accelerate(processes: int) -> list[str]:
@@ -73,12 +74,12 @@ def test_two_processes_match_one_in_sft_and_compete(tmp_path):
     data = tmp_path / "cold.jsonl"
     write_cold_start("arithmetic", 16, str(data), "r1_zero", 0)
     sft = ["train", "sft", "--model", "tiny-random", "--data", str(data), "--batch-size", "8", "--micro-batch-size", "2",
-           "--learning-rate", "1e-3"]
+           "--learning-rate", "1e-3", "--mixed-precision", "no"]
     assert_same_parameters(launch(1, sft, tmp_path / "sft1"), launch(2, sft, tmp_path / "sft2"))
     assert rows(tmp_path / "sft1")[-1]["loss"] == pytest.approx(rows(tmp_path / "sft2")[-1]["loss"], rel=1e-5)
     compete = ["train", "compete", "--model", "tiny-random", "--rounds", "2", "--prompts-per-step", "4",
                "--samples-per-prompt", "4", "--micro-batch-size", "4", "--max-new-tokens", "12", "--learning-rate", "1e-2",
-               "--rewards", "tests.learnable:low_ids"]
+               "--rewards", "tests.learnable:low_ids", "--mixed-precision", "no", "--rollout-dtype", "float32"]
     one, two = launch(1, compete, tmp_path / "c1"), launch(2, compete, tmp_path / "c2")
     assert_same_parameters(one, two)
     assert [r["imitated"] for r in rows(tmp_path / "c1")] == [r["imitated"] for r in rows(tmp_path / "c2")]

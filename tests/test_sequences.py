@@ -71,3 +71,53 @@ def test_sample_tokens_draws_from_the_distribution_and_the_nucleus():
     assert torch.allclose(share, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.015)
     share = torch.bincount(sample_tokens(logprobs, 0.7, generator), minlength=4) / 20000   # nucleus {0.5, 0.3}
     assert torch.allclose(share, torch.tensor([0.625, 0.375, 0.0, 0.0]), atol=0.015)
+
+
+def test_chunked_logprobs_and_entropy_equal_the_whole_logits_with_their_gradients():
+    """The chunked head (recomputed in backward) against log_softmax over the whole (N, V) logits."""
+    from r1lab.algorithms.sequences import chunked_logprobs, logprobs_from_logits
+    torch.manual_seed(0)
+    for softcap in (None, 5.0):
+        hidden, weight = torch.randn(23, 16, requires_grad=True), torch.randn(40, 16, requires_grad=True)
+        ids = torch.randint(0, 40, (23,))
+        logits = hidden @ weight.T
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        whole = torch.log_softmax(logits / 0.7, -1)
+        expected, expected_entropy = whole.gather(-1, ids[:, None]).squeeze(-1), -(whole.exp() * whole).sum(-1)
+        expected_grads = torch.autograd.grad((expected * torch.arange(23.0)).sum(), (hidden, weight))
+        for chunk in (1, 5, 23, 100):
+            got, entropy = chunked_logprobs(hidden, weight, ids, 0.7, softcap, with_entropy=True, chunk=chunk)
+            grads = torch.autograd.grad((got * torch.arange(23.0)).sum(), (hidden, weight))
+            assert torch.allclose(got, expected, atol=1e-5) and torch.allclose(entropy, expected_entropy, atol=1e-5)
+            assert all(torch.allclose(g, e, atol=1e-5) for g, e in zip(grads, expected_grads)), (softcap, chunk)
+        plain, _ = logprobs_from_logits(logits, ids, 0.7)
+        assert torch.allclose(plain, expected, atol=1e-6)
+
+
+def test_model_logprobs_chunked_match_the_models_own_logits(monkeypatch):
+    """Through a whole model, both prompt layouts: values, entropy and every parameter's gradient."""
+    from r1lab.algorithms import sequences
+    model, _ = load_model("tiny-random")
+    batch = pad_batch(*rows(), pad_id=0, device="cpu")
+    results = {}
+    for chunked in (True, False):
+        if not chunked:
+            monkeypatch.setattr(sequences, "lm_head", lambda model: None)       # the model's own (B, C, V) logits
+        for shared in (True, False):
+            model.zero_grad()
+            logprobs, entropy = token_logprobs(model, batch, 0.8, with_entropy=True, shared=shared)
+            (torch.where(batch["completion_mask"].bool(), logprobs, 0.0)).sum().backward()
+            results[chunked, shared] = logprobs.detach(), entropy, torch.cat([p.grad.flatten() for p in model.parameters()])
+    mask = batch["completion_mask"].bool()
+    for shared in (True, False):
+        (a, ea, ga), (b, eb, gb) = results[True, shared], results[False, shared]
+        assert torch.allclose(a[mask], b[mask], atol=1e-5) and abs(ea - eb) < 1e-5 and torch.allclose(ga, gb, atol=1e-5)
+
+
+def test_a_model_with_a_logit_scale_keeps_its_own_logits():
+    from r1lab.algorithms.sequences import lm_head
+    model, _ = load_model("tiny-random")
+    assert lm_head(model)[0] is model.lm_head.weight
+    model.config.logit_scale = 0.5
+    assert lm_head(model) is None

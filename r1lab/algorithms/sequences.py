@@ -9,11 +9,21 @@ compute of a step. The vocabulary projection is only computed at completion posi
 Layout: unique prompts (U, P) left-padded; completions (B, C) right-padded; `owner` (B,) maps each
 completion to its prompt row. With gradient checkpointing (which cannot keep a cache) each row runs
 in full instead (`shared=False`).
+
+Log-probs and entropy are computed chunk by chunk over the completion tokens, straight from the
+final hidden states and the LM head's weight (`chunked_logprobs`), so the fp32 (B, C, V) logits are
+never held whole (as Liger's and torchtune's chunked losses do): each chunk's logits are recomputed
+in backward (activation checkpointing of the head alone), which costs one more LM-head matmul and
+saves B x C x V x 4 bytes of memory and the passes over it. Models whose logits are more than
+`softcap(hidden @ W.T)` (a bias, a logit scale, a LoRA-wrapped head) take their own logits instead.
 """
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
+
+CHUNK_BYTES = 32 * 2 ** 20      # fp32 logits per chunk: 170 tokens of a 49k vocabulary
 
 
 def pad_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, device) -> dict:
@@ -39,57 +49,112 @@ def pad_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_
             "completion_ids": completions.to(device), "completion_mask": completion_mask.to(device)}  # (B, C)
 
 
-def _logits_shared(model, batch: dict) -> torch.Tensor:
-    """Completion-position logits (B, C, V): prompts once, their cache indexed out to the completions."""
+def lm_head(model) -> tuple[torch.Tensor, float | None] | None:
+    """(weight (V, H), softcap) when the model's logits are exactly softcap(hidden @ weight.T), else None."""
+    config, head = model.config, model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.bias is not None:
+        return None
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in ("logit_scale", "logits_scaling")):
+        return None
+    return head.weight, getattr(config, "final_logit_softcapping", None)
+
+
+def _run(model, chunked: bool, keep: int = 0, **inputs) -> torch.Tensor:
+    """The last `keep` positions' (0: all) final hidden states (chunked: the head is applied later) or logits."""
+    if chunked:
+        hidden = model.get_decoder()(**inputs).last_hidden_state
+        return hidden[:, -keep:] if keep else hidden
+    return model(**inputs, logits_to_keep=keep).logits
+
+
+def _outputs_shared(model, batch: dict, chunked: bool) -> torch.Tensor:
+    """Completion-position outputs (B, C, H or V): prompts once, their cache indexed out to the completions."""
     positions = (batch["prompt_mask"].cumsum(-1) - 1).clamp(min=0)                                # (U, P)
     cache = DynamicCache()
-    prefill = model(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], position_ids=positions,
-                    cache=cache, use_cache=True, logits_to_keep=1)
+    prefill = _run(model, chunked, 1, input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"],
+                   position_ids=positions, cache=cache, use_cache=True)
     owner = batch["owner"]
     cache.batch_select_indices(owner)
-    first = prefill.logits[:, -1][owner]                                                            # (B, V)
+    first = prefill[:, -1][owner]                                                                   # (B, H|V)
     completion_ids = batch["completion_ids"][:, :-1]                                               # (B, C-1) inputs
     if completion_ids.shape[1] == 0:
         return first[:, None]
     mask = torch.cat([batch["prompt_mask"][owner], batch["completion_mask"][:, :-1]], dim=1)      # (B, P+C-1)
     start = batch["prompt_mask"].sum(-1)[owner]                                                     # (B,)
-    rest = model(input_ids=completion_ids, attention_mask=mask, cache=cache, use_cache=True,
-                 position_ids=start[:, None] + torch.arange(completion_ids.shape[1], device=start.device))
-    return torch.cat([first[:, None], rest.logits], dim=1)                                          # (B, C, V)
+    rest = _run(model, chunked, input_ids=completion_ids, attention_mask=mask, cache=cache, use_cache=True,
+                position_ids=start[:, None] + torch.arange(completion_ids.shape[1], device=start.device))
+    return torch.cat([first[:, None], rest], dim=1)                                                 # (B, C, H|V)
 
 
-def _logits_full(model, batch: dict) -> torch.Tensor:
-    """Completion-position logits (B, C, V), each row run as prompt + completion (no cache)."""
+def _outputs_full(model, batch: dict, chunked: bool) -> torch.Tensor:
+    """Completion-position outputs (B, C, H or V), each row run as prompt + completion (no cache)."""
     owner, width = batch["owner"], batch["completion_ids"].shape[1]
     input_ids = torch.cat([batch["prompt_ids"][owner], batch["completion_ids"]], dim=1)           # (B, P+C)
     mask = torch.cat([batch["prompt_mask"][owner], batch["completion_mask"]], dim=1)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                logits_to_keep=width + 1, use_cache=False)
-    return out.logits[:, :-1]
+    out = _run(model, chunked, width + 1, input_ids=input_ids, attention_mask=mask,
+               position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)
+    return out[:, :-1]
+
+
+def logprobs_from_logits(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
+                         with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(logits / temperature) at `ids`, (N,), from logits (N, V); and each row's entropy (N,),
+    without gradient, if asked."""
+    logits = logits.float() / temperature                                                           # (N, V)
+    normaliser = logits.logsumexp(-1)                                                               # (N,)
+    logprobs = logits.gather(-1, ids[:, None]).squeeze(-1) - normaliser
+    if not with_entropy:
+        return logprobs, None
+    with torch.no_grad():
+        entropy = normaliser - (torch.softmax(logits, -1) * logits).sum(-1)                         # (N,)
+    return logprobs, entropy
+
+
+def _head_chunk(hidden, weight, ids, temperature: float, softcap: float | None, with_entropy: bool):
+    logits = hidden @ weight.T                                                                      # (n, V)
+    if softcap:
+        logits = torch.tanh(logits.float() / softcap) * softcap
+    return logprobs_from_logits(logits, ids, temperature, with_entropy)
+
+
+def chunked_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
+                     softcap: float | None = None, with_entropy: bool = False, chunk: int | None = None):
+    """`logprobs_from_logits(softcap(hidden @ weight.T), ...)` for hidden (N, H), weight (V, H), ids (N,),
+    `chunk` rows at a time; a chunk's logits are recomputed in backward, never stored."""
+    chunk = chunk or max(1, CHUNK_BYTES // (4 * weight.shape[0]))
+    parts = [checkpoint(_head_chunk, hidden[i:i + chunk], weight, ids[i:i + chunk], temperature, softcap, with_entropy,
+                        use_reentrant=False) for i in range(0, hidden.shape[0], chunk)]
+    logprobs = torch.cat([p[0] for p in parts])                                                     # (N,)
+    return logprobs, torch.cat([p[1] for p in parts]) if with_entropy else None
 
 
 class CompletionLogits(torch.nn.Module):
-    """A causal LM as one module whose forward gives a batch's completion-position logits (B, C, V):
-    one call per micro-batch even when the prompt and completions run separately, as DDP/FSDP expect."""
+    """A causal LM as one module whose forward gives a batch's completion-token log-probs (B, C) and
+    per-token entropies: one call per micro-batch, as DDP/FSDP expect, even when the prompt and the
+    completions run separately."""
 
     def __init__(self, model, shared: bool = True):
         super().__init__()
         self.model, self.shared = model, shared
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        return (_logits_shared if self.shared else _logits_full)(self.model, batch)
+    def forward(self, batch: dict, temperature: float = 1.0, with_entropy: bool = False):
+        head = lm_head(self.model)
+        outputs = (_outputs_shared if self.shared else _outputs_full)(self.model, batch, head is not None)  # (B, C, H|V)
+        ids = batch["completion_ids"]                                                               # (B, C)
+        flat, flat_ids = outputs.reshape(-1, outputs.shape[-1]), ids.reshape(-1)
+        if head is None:
+            logprobs, entropy = logprobs_from_logits(flat, flat_ids, temperature, with_entropy)
+        else:
+            logprobs, entropy = chunked_logprobs(flat, head[0], flat_ids, temperature, head[1], with_entropy)
+        return logprobs.view(ids.shape), None if entropy is None else entropy.view(ids.shape)
 
 
 def token_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: bool = False, shared: bool = True):
-    """log pi(o_t | q, o_<t) for each completion token, (B, C); and the mean entropy (no grad) if asked.
-    `model` is a causal LM, or a (wrapped) CompletionLogits, whose own `shared` then applies."""
-    logits = model(batch) if not hasattr(model, "config") else (_logits_shared if shared else _logits_full)(model, batch)
-    logits = logits.float() / temperature                                                           # (B, C, V)
-    logprobs = logits.gather(-1, batch["completion_ids"][..., None]).squeeze(-1) - logits.logsumexp(-1)
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            per_token = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)       # (B, C)
-            mask = batch["completion_mask"].float()
-            entropy = ((per_token * mask).sum() / mask.sum().clamp_min(1)).item()
+    """log pi(o_t | q, o_<t) for each completion token, (B, C); and the mean entropy over the completion
+    tokens (no grad) if asked. `model` is a causal LM, or a (wrapped) CompletionLogits, whose own `shared` applies."""
+    policy = model if not hasattr(model, "config") else CompletionLogits(model, shared)
+    logprobs, entropy = policy(batch, temperature, with_entropy)
+    if entropy is not None:
+        mask = batch["completion_mask"].bool()
+        entropy = (torch.where(mask, entropy, 0.0).sum() / mask.sum().clamp_min(1)).item()
     return logprobs, entropy
