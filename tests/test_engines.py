@@ -138,3 +138,63 @@ def test_prompt_plus_max_new_tokens_beyond_the_context_fails_before_sampling():
     assert calls == []                                                                # nothing was sampled
     _, groups = rollout(engine, problems, template, tokenizer, 2, Sampling(max_new_tokens=8))   # exactly full fits
     assert calls and all(len(c.token_ids) <= 8 for g in groups for c in g)
+
+
+def test_fast_decoding_matches_the_models_own_layers_and_follows_weight_updates(monkeypatch):
+    """Packed oneDNN linears + the growing KV cache against eager layers + DynamicCache: the same greedy
+    tokens, sampled log-probs within 1e-4; after an in-place weight update the packs are rebuilt."""
+    import contextlib
+
+    from transformers import DynamicCache
+
+    from r1lab.rollout import decoding, hf
+    from r1lab.rollout.hf import HFEngine
+    model, tokenizer = load_model("tiny-random")
+    prompts = ["Calculate 1 + 2", "What is 12 + 30 + 7?"]
+    engine = HFEngine(model, tokenizer, max_batch=8, seed=0)        # kept: its packs must follow the weights
+
+    def both(sampling, seeds=None):
+        fast = engine.generate(prompts, 3, sampling, seeds=seeds)
+        with monkeypatch.context() as m:
+            m.setattr(hf, "packed_linears", lambda *a: contextlib.nullcontext())
+            m.setattr(hf, "GrowingCache", DynamicCache)
+            slow = HFEngine(model, tokenizer, max_batch=8, seed=0).generate(prompts, 3, sampling, seeds=seeds)
+        return [s for g in fast for s in g], [s for g in slow for s in g]
+
+    if decoding._packs_correctly(8):
+        with torch.no_grad():
+            probe = torch.randn(2, 64)
+            linear = model.model.layers[0].mlp.up_proj
+            assert torch.allclose(decoding.PackedLinear(linear, 8)(probe), linear(probe), atol=1e-5)
+    for _ in range(2):
+        fast, slow = both(Sampling(temperature=0, max_new_tokens=24))
+        assert [s.token_ids for s in fast] == [s.token_ids for s in slow]
+        fast, slow = both(Sampling(temperature=1.0, max_new_tokens=24), seeds=[5, 6])
+        assert [s.token_ids for s in fast] == [s.token_ids for s in slow]
+        assert max(abs(a - b) for f, s in zip(fast, slow) for a, b in zip(f.logprobs, s.logprobs)) < 1e-4
+        with torch.no_grad():                                    # a training step: weights change in place
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+
+
+def test_growing_cache_equals_the_dynamic_cache_through_repeat_and_select():
+    from transformers import DynamicCache
+
+    from r1lab.rollout.decoding import GrowingCache
+    model, _ = load_model("tiny-random")
+    ids = torch.randint(3, 500, (2, 7))
+    outputs = []
+    for cache in (DynamicCache(), GrowingCache()):
+        with torch.no_grad():
+            model(input_ids=ids, cache=cache, use_cache=True)
+            cache.batch_repeat_interleave(3)
+            steps = []
+            for t in range(70):                                   # past the first room (7 + 64)
+                if t == 10:
+                    cache.batch_select_indices(torch.tensor([0, 2, 5]))
+                rows = cache.layers[0].keys.shape[0]
+                out = model(input_ids=torch.full((rows, 1), 3 + t), cache=cache, use_cache=True,
+                            position_ids=torch.full((rows, 1), 7 + t))
+                steps.append(out.logits[:, -1])
+        outputs.append(steps)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*outputs))

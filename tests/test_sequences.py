@@ -121,3 +121,18 @@ def test_a_model_with_a_logit_scale_keeps_its_own_logits():
     assert lm_head(model)[0] is model.lm_head.weight
     model.config.logit_scale = 0.5
     assert lm_head(model) is None
+
+
+def test_two_level_sampling_is_the_inverse_cdf_of_the_nucleus(monkeypatch):
+    """Small blocks and candidate sets, so every path runs: a block boundary, the top-k nucleus, the full sort."""
+    from r1lab.rollout import hf
+    monkeypatch.setattr(hf, "CDF_BLOCK", 3)
+    generator = torch.Generator().manual_seed(1)
+    probs = torch.tensor([0.05, 0.3, 0.15, 0.02, 0.4, 0.08])
+    logprobs = probs.log().repeat(40000, 1)
+    share = torch.bincount(hf.sample_tokens(logprobs, 1.0, generator), minlength=6) / 40000
+    assert torch.allclose(share, probs, atol=0.01)
+    for candidates in (2, 6):                                         # 2: mass 0.7 < 0.8, the full sort is used
+        monkeypatch.setattr(hf, "NUCLEUS_CANDIDATES", candidates)
+        share = torch.bincount(hf.sample_tokens(logprobs, 0.8, generator), minlength=6) / 40000
+        assert torch.allclose(share, torch.tensor([0, 0.3, 0.15, 0, 0.4, 0]) / 0.85, atol=0.01)   # {0.4, 0.3, 0.15}

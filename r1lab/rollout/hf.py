@@ -2,9 +2,13 @@
 
 Why not `model.generate`: on a 2-core CPU, generate spends most of its time outside the model
 (logits processors, stopping criteria, stop-string matching); this loop does only what sampling
-needs, and two things generate does not:
+needs, and things generate does not:
 - the prompt is prefilled once and its KV cache copied to its n samples;
-- finished sequences leave the batch (their cache rows are dropped), so the remaining ones run faster.
+- finished sequences leave the batch (their cache rows are dropped), so the remaining ones run faster;
+- the KV cache grows in place and, on a CPU, the linear layers run as prepacked oneDNN matmuls
+  (rollout/decoding.py): the decode step's skinny matmuls were most of its time;
+- stop strings are looked for only after a token that can end one (its text holds a stop string's
+  last character), not by decoding every row's tail at every token.
 Log-probs are those of softmax(logits / temperature) before top-p truncation, the distribution the
 trainer recomputes (TRL and verl make the same choice).
 
@@ -18,28 +22,49 @@ from __future__ import annotations
 import copy
 
 import torch
-from transformers import DynamicCache
 
 from r1lab.rollout import Sample, Sampling, check_context
+from r1lab.rollout.decoding import GrowingCache, packed_linears
+
+
+NUCLEUS_CANDIDATES = 1024      # the top-p nucleus is looked for among the k most likely tokens first
+CDF_BLOCK = 1024               # vocabulary block of the two-level inverse CDF
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities sorted descending with those outside the top-p nucleus zeroed, their ids), both (B, K).
+    Exact: the K = 1024 most likely tokens are sorted first, the whole vocabulary only for rows whose
+    nucleus is not inside them (their mass < top_p); a full sort of a 49k vocabulary costs ~10x more."""
+    top, order = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]), dim=-1)             # (B, K)
+    if top.shape[-1] < probs.shape[-1] and bool((top.double().sum(-1) <= top_p).any()):
+        top, order = probs.sort(dim=-1, descending=True)                                     # (B, V)
+    before = top.double().cumsum(-1) - top                                                   # mass of the more likely
+    return top.masked_fill(before > top_p, 0.0), order
 
 
 def sample_tokens(logprobs: torch.Tensor, top_p: float, generator) -> torch.Tensor:
     """Draw one id per row from log-probs (B, V), restricted to the top-p nucleus. Returns (B,).
     `generator`: one torch.Generator for the batch, or a list with one per row (seeded rollouts).
 
-    Inverse-CDF sampling with one uniform per row (a float64 cumulative sum and a binary search): an
-    exact draw that, on a 49k vocabulary, costs a fraction of torch.multinomial."""
-    probs, order = logprobs.double().exp(), None
+    Inverse-CDF sampling with one float64 uniform per row, in two levels: the block (of CDF_BLOCK
+    tokens) from the cumulative float64 sums of the blocks, then the token from the cumulative sum inside
+    that block. An exact draw that touches the vocabulary once in float32 instead of a float64 cumulative
+    sum over all of it."""
+    probs, order = logprobs.exp(), None                                                      # (B, V)
     if top_p < 1.0:
-        probs, order = probs.sort(dim=-1, descending=True)                # (B, V)
-        probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p, 0.0)   # mass before this token already >= top_p
-    cdf = probs.cumsum(-1)                                                 # (B, V)
+        probs, order = nucleus(probs, top_p)
+    rows, width = probs.shape
+    blocks = torch.nn.functional.pad(probs, (0, (-width) % CDF_BLOCK)).view(rows, -1, CDF_BLOCK)   # (B, nb, block)
+    block_cdf = blocks.sum(-1, dtype=torch.float64).cumsum(-1)                              # (B, nb)
     if isinstance(generator, list):
-        u = torch.cat([torch.rand(1, 1, generator=g, dtype=cdf.dtype, device=cdf.device) for g in generator])
+        u = torch.cat([torch.rand(1, 1, generator=g, dtype=torch.float64, device=probs.device) for g in generator])
     else:
-        u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
-    u = u * cdf[:, -1:]
-    chosen = torch.searchsorted(cdf, u, right=True).clamp_max(cdf.shape[1] - 1)   # (B, 1)
+        u = torch.rand(rows, 1, generator=generator, dtype=torch.float64, device=probs.device)
+    u = u * block_cdf[:, -1:]                                                                # (B, 1)
+    block = torch.searchsorted(block_cdf, u, right=True).clamp_max(block_cdf.shape[1] - 1)   # (B, 1)
+    before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp_min(0)), 0.0)      # (B, 1)
+    inside = blocks.gather(1, block[..., None].expand(-1, -1, CDF_BLOCK)).squeeze(1).double().cumsum(-1) + before
+    chosen = (block * CDF_BLOCK + torch.searchsorted(inside, u, right=True).clamp_max(CDF_BLOCK - 1)).clamp_max(width - 1)
     return (chosen if order is None else order.gather(-1, chosen)).squeeze(-1)
 
 
@@ -53,6 +78,7 @@ class HFEngine:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         extra = getattr(model.generation_config, "eos_token_id", None)
         self.eos_ids |= set(extra if isinstance(extra, list) else [extra] if extra is not None else [])
+        self._packs, self._stop_enders = {}, {}      # packed weights between calls; stop strings -> token ids
 
     def _refresh_decoder(self) -> None:
         """Point `self.model` at a copy of the policy in decode_dtype, with the policy's current weights."""
@@ -77,17 +103,26 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, len(ids), per_chunk):
-                chunk_seeds = None if seeds is None else seeds[start:start + per_chunk]
-                samples += self._generate_chunk(ids[start:start + per_chunk], n, sampling, watch, start * n, chunk_seeds)
+            with packed_linears(self.model, min(self.max_batch, len(ids) * n), self._packs):
+                for start in range(0, len(ids), per_chunk):
+                    chunk_seeds = None if seeds is None else seeds[start:start + per_chunk]
+                    samples += self._generate_chunk(ids[start:start + per_chunk], n, sampling, watch, start * n, chunk_seeds)
         finally:
             self.model.train(was_training)
         return [samples[i * n:(i + 1) * n] for i in range(len(prompts))]
 
+    def _enders(self, stop: tuple[str, ...]) -> set[int]:
+        """Ids of the tokens whose text holds the last character of a stop string: only they can end one."""
+        if stop not in self._stop_enders:
+            texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+            self._stop_enders[stop] = {i for i, text in enumerate(texts)                   # (or part of a character)
+                                       if "\ufffd" in text or any(s[-1] in text for s in stop if s)}
+        return self._stop_enders[stop]
+
     def _stopped(self, tokens: list[int], stop: tuple[str, ...]) -> bool:
         if tokens[-1] in self.eos_ids:
             return True
-        if not stop:
+        if not stop or tokens[-1] not in self._enders(stop):
             return False
         tail = self.tokenizer.decode(tokens[-16:], skip_special_tokens=True)
         return any(s in tail for s in stop)
@@ -105,7 +140,7 @@ class HFEngine:
             input_ids[row, width - len(p):] = torch.tensor(p, device=device)
             mask[row, width - len(p):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)                         # (P, W)
-        cache = DynamicCache()
+        cache = GrowingCache()
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                          cache=cache, use_cache=True, logits_to_keep=1)
         cache.batch_repeat_interleave(n)                                       # one prefill per prompt

@@ -1,0 +1,114 @@
+"""Decoding speed of the hf engine against this machine's roofline, fast path against the model's own layers.
+
+    .venv/bin/python bench/decode_roofline.py [--rows 16 64] [--new-tokens 64] [--dtype float32]
+
+SmolLM2-135M, `rows` sequences (prompts of ~100 tokens, 4 samples each, as GRPO groups them), every row
+decoding `new-tokens` tokens (EOS ignored, so the row count stays fixed). Roofline for `rows`: the lower
+of the bandwidth bound (rows x measured read bandwidth / bytes of weights read per step) and the compute
+bound (measured peak matmul FLOP/s / (2 x parameters) tokens per second), both measured here first.
+Breakdown per token step: forward (model calls after the prefill), sampling (`sample_tokens`), the rest
+(prefill, bookkeeping). "eager" is the same loop with the model's own nn.Linear layers and DynamicCache.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+import torch
+
+
+def measure(engine, prompts: list[str], n: int, new_tokens: int) -> dict:
+    from r1lab.rollout import Sampling, hf
+
+    clock = {"forward": 0.0, "sampling": 0.0, "calls": 0}
+
+    def before(module, args, kwargs):
+        clock["started"] = time.perf_counter()
+
+    def after(module, args, kwargs, output):
+        clock["calls"] += 1
+        if clock["calls"] > 1:                                  # the first call is the prefill
+            clock["forward"] += time.perf_counter() - clock["started"]
+
+    original = hf.sample_tokens
+
+    def timed_sampling(*args):
+        began = time.perf_counter()
+        chosen = original(*args)
+        clock["sampling"] += time.perf_counter() - began
+        return chosen
+
+    hooks = [engine.model.register_forward_pre_hook(before, with_kwargs=True),
+             engine.model.register_forward_hook(after, with_kwargs=True)]
+    hf.sample_tokens = timed_sampling
+    try:
+        began = time.perf_counter()
+        groups = engine.generate(prompts, n, Sampling(temperature=1.0, max_new_tokens=new_tokens))
+        total = time.perf_counter() - began
+    finally:
+        hf.sample_tokens = original
+        for hook in hooks:
+            hook.remove()
+    tokens = sum(len(s.token_ids) for g in groups for s in g)
+    steps = new_tokens - 1
+    return {"tokens_per_s": tokens / total, "forward_ms": 1000 * clock["forward"] / steps,
+            "sampling_ms": 1000 * clock["sampling"] / new_tokens,
+            "rest_ms": 1000 * (total - clock["forward"] - clock["sampling"]) / new_tokens, "seconds": total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = parser.parse_args()
+
+    from r1lab.hardware import cpu_name, matmul_gflops, memory_gbps
+    from r1lab.models import load_model
+    from r1lab.rollout import hf
+    from r1lab.rollout.hf import HFEngine
+
+    model, tokenizer = load_model("smollm2-135m", args.dtype)
+    model.eval()
+    dtype = getattr(torch, args.dtype)
+    peak, bandwidth = matmul_gflops(dtype, size=1024, seconds=1.0), memory_gbps()
+    params = sum(p.numel() for p in model.parameters())
+    weight_bytes = params * dtype.itemsize
+    print(f"{cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}; smollm2-135m {args.dtype}, {params / 1e6:.1f}M parameters")
+    print(f"measured: matmul {peak:.0f} GFLOP/s, memory read {bandwidth:.1f} GB/s -> compute bound "
+          f"{peak * 1e9 / (2 * params):.0f} tok/s")
+    torch.manual_seed(0)
+    words = "add the numbers and explain each step of the reasoning carefully before giving the final answer".split()
+    print(f"{'rows':>5} {'path':>6} {'tok/s':>7} {'roofline':>9} {'fraction':>9} {'forward ms':>11} {'sampling ms':>12} "
+          f"{'rest ms':>8}")
+    for rows in args.rows:
+        prompts = [" ".join(words[i % len(words)] for i in range(k, k + 60)) for k in range(rows // 4)]
+        roofline = min(rows * bandwidth * 1e9 / weight_bytes, peak * 1e9 / (2 * params))
+        for path in ("eager", "fast"):
+            engine = HFEngine(model, tokenizer, max_batch=rows, seed=0)
+            engine.eos_ids = set()                             # every row decodes all new tokens
+            with contextlib.ExitStack() as stack:
+                if path == "eager":
+                    from transformers import DynamicCache
+                    stack.enter_context(_patched(hf, "packed_linears", lambda *a: contextlib.nullcontext()))
+                    stack.enter_context(_patched(hf, "GrowingCache", DynamicCache))
+                measure(engine, prompts[:1], 4, 4)              # warm-up (and packing, as a first GRPO step would)
+                r = measure(engine, prompts, 4, args.new_tokens)
+            print(f"{rows:5d} {path:>6} {r['tokens_per_s']:7.0f} {roofline:9.0f} {r['tokens_per_s'] / roofline:9.0%} "
+                  f"{r['forward_ms']:11.1f} {r['sampling_ms']:12.1f} {r['rest_ms']:8.1f}")
+
+
+@contextlib.contextmanager
+def _patched(module, name, value):
+    original = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+if __name__ == "__main__":
+    main()
