@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from r1lab import R1labError
-from r1lab.algorithms.losses import AGGREGATIONS
+from r1lab.algorithms.losses import AGGREGATIONS, RATIO_LEVELS
 from r1lab.rollout import ENGINES
 
 RANGES = {  # field -> the interval its value must lie in; "Class.field" where one class needs another
@@ -32,6 +32,7 @@ RANGES = {  # field -> the interval its value must lie in; "Class.field" where o
     "beta": "[0, inf)", "epsilon": "(0, 1)", "epsilon_high": "(0, inf)", "unlikelihood_weight": "[0, inf)",
     "learning_rate": "(0, inf)", "weight_decay": "[0, inf)", "warmup_steps": "[0, inf)", "max_grad_norm": "(0, inf)",
     "lora_rank": "[0, inf)", "lora_alpha": "[1, inf)",
+    "importance_sampling_cap": "[1, inf)", "dynamic_sampling_max_draws": "[1, inf)",
     "seed": "[0, inf)", "save_every": "[1, inf)", "sample_every": "[1, inf)",
     "min_language_share": "[0, 1]", "max_paragraph_chars": "[1, inf)",
 }
@@ -41,6 +42,9 @@ CHOICES = {  # field -> its allowed values
     "rollout_dtype": ("auto", "float32", "bfloat16"),   # (r1lab/hardware.py)
     "dtype": ("float32", "bfloat16"),
     "loss_aggregation": AGGREGATIONS,
+    "ratio_level": RATIO_LEVELS,
+    "advantage": ("grpo", "rloo"),
+    "importance_sampling": ("auto", "on", "off"),      # auto: on when the sampler is not the trainer's computation
     "engine": ENGINES,
     "language": ("en", "zh"),
 }
@@ -71,12 +75,22 @@ class GRPOConfig:
     engine: str = "hf"                 # rollout engine: hf (any device) or vllm (GPU; pip install 'r1lab[vllm]')
     vllm_gpu_memory: float = 0.3       # share of the GPU's memory vLLM may take (the trainer needs the rest)
     mask_truncated: bool = False       # drop completions that hit max_new_tokens from the loss (DAPO's overlong filter)
+    dynamic_sampling: bool = False     # DAPO: draw more prompts until prompts_per_step groups have unequal rewards
+    dynamic_sampling_max_draws: int = 3   # rounds of prompts_per_step fresh prompts per step at most, the first included;
+                                          # then the step trains on what it has (verl's DAPO scripts: 10, then an error)
     # objective
     beta: float = 0.04                 # KL weight to the frozen reference (DeepSeekMath: 0.04; R1: 0.001); 0 loads no reference
     epsilon: float = 0.2               # clip range below 1 (and above, unless epsilon_high is set) (DeepSeekMath, PPO: 0.2)
     epsilon_high: float | None = None  # clip range above 1 (DAPO clip-higher: 0.28); None = epsilon
-    scale_rewards: bool = True         # divide advantages by the group std (eq. 3); false = Dr. GRPO
+    scale_rewards: bool = True         # divide advantages by the group std (eq. 3); false = Dr. GRPO (grpo advantages only)
+    advantage: str = "grpo"            # grpo: eq. 3; rloo: r_i - mean of the group's others, no std (Ahmadian et al., 2024)
     loss_aggregation: str = "sample"   # sample (paper), token (DAPO), constant (Dr. GRPO)
+    ratio_level: str = "token"         # token (eq. 1) or sequence (GSPO: one geometric-mean ratio per sequence;
+                                       # its paper clips at epsilon 3e-4, epsilon_high 4e-4)
+    importance_sampling: str = "auto"  # truncated IS weight min(pi_old/pi_sampler, C) per token: on, off, auto (on when the
+                                       # sampler differs from the trainer: vllm, rollout_dtype != dtype, bf16 autocast)
+    importance_sampling_cap: float = 2.0   # C, a ratio (the TIS blog's and TRL's while it truncated per token: 2;
+                                           # TRL's default is now sequence-level masking at 3)
     # optimiser
     learning_rate: float = 1e-6        # AdamW peak lr (DeepSeekMath GRPO: 1e-6; R1: 3e-6); small models want more
     weight_decay: float = 0.0          # AdamW weight decay

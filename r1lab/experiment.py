@@ -3,9 +3,15 @@
     r1lab experiment is-rl-needed [--seeds 3] [--recipe recipes/is_rl_needed.yaml] [key=value ...]
 
 Runs the recipe once per seed (`runs/<name>_seed<s>/`, each resumable), then pools the held-out
-results of its eval stage: per method, pass@1 and cons@k over all (seed, problem) pairs with a
-bootstrap 95% CI, and pass@1 of each seed, in the talk's layout (methods as rows). Writes
+results of its eval stage: per method, pass@1 and cons@k over all (seed, problem) pairs and pass@1 of
+each seed, in the talk's layout (methods as rows); and each trained method's gain over the checkpoint
+it started from (its stage's `model`, when that is evaluated too), paired on (seed, problem): the eval
+stage samples every model on the same problems with the same per-problem seeds. Writes
 `runs/<name>/experiment.json` and `experiment.md`.
+
+CIs are 95% cluster-bootstrap intervals (r1lab/metrics.py): seeds resampled, then problems within
+each seed, so the variance between training seeds is in them (resampling (seed, problem) pairs as
+independent leaves it out, and with seeds that disagree gives intervals that are far too narrow).
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import yaml
 
 from r1lab import R1labError
 from r1lab.evaluate import model_label, read_samples, slug
-from r1lab.metrics import bootstrap_ci, cons_at_k
+from r1lab.metrics import cluster_bootstrap_ci, cons_at_k, paired_cluster_bootstrap_ci
 from r1lab.pipeline import load_recipe, run_recipe
 from r1lab.rewards.accuracy import equivalent
 
@@ -26,22 +32,43 @@ def label(model: str) -> str:
     return model_label(model) if Path(model).name == "checkpoint" else "base"
 
 
+def pass1(row: dict) -> float:
+    return sum(row["correct"]) / len(row["correct"])
+
+
 def pooled(per_seed_rows: list[list[dict]]) -> dict:
-    """Pass@1 / cons@k over all (seed, problem) pairs, with CIs, and pass@1 per seed."""
-    pass1 = [sum(r["correct"]) / len(r["correct"]) for rows in per_seed_rows for r in rows]
-    cons = [cons_at_k(r["answers"], r["correct"], equivalent) for rows in per_seed_rows for r in rows]
-    return {"pass@1": sum(pass1) / len(pass1), "pass@1_ci": bootstrap_ci(pass1), "cons": sum(cons) / len(cons),
-            "cons_ci": bootstrap_ci(cons),
-            "per_seed": [sum(sum(r["correct"]) / len(r["correct"]) for r in rows) / len(rows) for rows in per_seed_rows]}
+    """Pass@1 / cons@k over all (seed, problem) pairs, with cluster-bootstrap CIs, and pass@1 per seed."""
+    pass1s = [[pass1(r) for r in rows] for rows in per_seed_rows]
+    cons = [[cons_at_k(r["answers"], r["correct"], equivalent) for r in rows] for rows in per_seed_rows]
+    mean = lambda table: sum(map(sum, table)) / sum(map(len, table))   # noqa: E731
+    return {"pass@1": mean(pass1s), "pass@1_ci": cluster_bootstrap_ci(pass1s), "cons": mean(cons),
+            "cons_ci": cluster_bootstrap_ci(cons), "per_seed": [sum(rows) / len(rows) for rows in pass1s]}
 
 
-def format_experiment(table: dict[str, dict], samples: int, seeds: int) -> str:
+def paired_gain(per_seed_rows: list[list[dict]], start_rows: list[list[dict]]) -> dict:
+    """Pass@1 of a method minus its start's, problem by problem within each seed (rows matched by problem id):
+    the mean difference and its paired cluster-bootstrap CI."""
+    method, start = [], []
+    for rows, before in zip(per_seed_rows, start_rows, strict=True):
+        before = {r["id"]: r for r in before}
+        method.append([pass1(r) for r in rows])
+        start.append([pass1(before[r["id"]]) for r in rows])
+    gain = sum(map(sum, method)) / sum(map(len, method)) - sum(map(sum, start)) / sum(map(len, start))
+    return {"pass@1": gain, "pass@1_ci": paired_cluster_bootstrap_ci(method, start)}
+
+
+def format_experiment(table: dict[str, dict], samples: int, seeds: int, gains: dict[str, dict]) -> str:
     head = f"{'method':22} {'pass@1 [95% CI]':>22} {f'cons@{samples} [95% CI]':>22}   pass@1 per seed"
     lines = [head, "-" * (len(head) + 12)]
     for method, s in table.items():
         lines.append(f"{method:22} {100 * s['pass@1']:6.1f} [{100 * s['pass@1_ci'][0]:5.1f}, {100 * s['pass@1_ci'][1]:5.1f}]  "
                      f"{100 * s['cons']:6.1f} [{100 * s['cons_ci'][0]:5.1f}, {100 * s['cons_ci'][1]:5.1f}]   "
                      + " ".join(f"{100 * v:5.1f}" for v in s["per_seed"]))
+    if gains:
+        lines += ["", f"{'method':22} {'started from':22} {'pass@1 gain [95% CI], paired':>30}", "-" * 76]
+        lines += [f"{method:22} {g['start']:22} {100 * g['pass@1']:+9.1f} [{100 * g['pass@1_ci'][0]:+6.1f}, "
+                  f"{100 * g['pass@1_ci'][1]:+6.1f}]" for method, g in gains.items()]
+    lines.append(f"\n95% CIs: cluster bootstrap over {seeds} seed(s), then problems within each seed.")
     return "\n".join(lines)
 
 
@@ -58,18 +85,19 @@ def run_experiment(recipe: str, seeds: int = 3, overrides: dict[str, str] | None
         runs.append(load_recipe(recipe, settings))
     evals = [next(s for s in reversed(stages) if s.kind == "eval") for stages in runs]
     samples = evals[0].config.samples
-    table = {}
+    rows = {}                                     # method -> its eval rows, per seed
     for model in evals[0].config.models:
-        per_seed = []
-        for stage, stages in zip(evals, runs):
-            same = next(m for m in stage.config.models if label(m) == label(model))
-            per_seed.append(read_samples(stage.out / f"{slug(same)}.jsonl"))
-        table[label(model)] = pooled(per_seed)
+        same = [next(m for m in stage.config.models if label(m) == label(model)) for stage in evals]   # in each seed's run
+        rows[label(model)] = [read_samples(stage.out / f"{slug(m)}.jsonl") for stage, m in zip(evals, same)]
+    table = {method: pooled(per_seed) for method, per_seed in rows.items()}
+    starts = {s.name: label(s.config.model) for s in runs[0] if s.kind in ("sft", "grpo", "compete")}
+    gains = {method: {"start": starts[method], **paired_gain(rows[method], rows[starts[method]])}
+             for method in rows if starts.get(method) in rows}
     out = Path(evals[0].out.parent.parent) / name
     out.mkdir(parents=True, exist_ok=True)
-    text = format_experiment(table, samples, seeds)
+    text = format_experiment(table, samples, seeds, gains)
     (out / "experiment.json").write_text(json.dumps({"recipe": recipe, "seeds": seeds, "samples": samples,
-                                                     "methods": table}, indent=2))
+                                                     "methods": table, "gains": gains}, indent=2))
     (out / "experiment.md").write_text(f"# Is RL really needed? ({recipe}, {seeds} seeds)\n\n```\n{text}\n```\n")
     print(text)
     return out / "experiment.md"

@@ -7,6 +7,10 @@
   accuracy reward uses (math-verify), samples without an answer do not vote, and a tie goes to the
   answer that appeared first among the samples (a fixed, order-based rule; samples are in seed order).
 - bootstrap confidence intervals over problems (percentile method, seeded).
+- cluster bootstrap over (seed, problem) tables: resample the seeds, then the problems within each
+  drawn seed (two-stage, as for clustered data), so the interval holds the between-seed variance
+  that pooling (seed, problem) pairs as independent leaves out; the paired variant resamples the
+  per-(seed, problem) differences of two models evaluated on the same problems and sampling seeds.
 """
 from __future__ import annotations
 
@@ -52,10 +56,35 @@ def cons_at_k(answers: Sequence[str | None], correct: Sequence[float], same: Cal
     return 0.0 if winner is None else float(correct[winner])
 
 
+def _percentiles(means: list[float], level: float) -> tuple[float, float]:
+    means, tail = sorted(means), (1 - level) / 2
+    return means[int(tail * len(means))], means[min(len(means) - 1, int((1 - tail) * len(means)))]
+
+
 def bootstrap_ci(values: Sequence[float], resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of per-problem values."""
     rng = random.Random(seed)
     n = len(values)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
-    tail = (1 - level) / 2
-    return means[int(tail * resamples)], means[min(resamples - 1, int((1 - tail) * resamples))]
+    return _percentiles([sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples)], level)
+
+
+def cluster_bootstrap_ci(values: Sequence[Sequence[float]], resamples: int = 1000, level: float = 0.95,
+                         seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the mean over seeds of values[s][p] (seed s, problem p): each resample draws as
+    many seeds as there are, with replacement, then each drawn seed's problems with replacement; its
+    statistic is the mean of the drawn seeds' means (every seed weighs the same)."""
+    rng = random.Random(seed)
+    means = []
+    for _ in range(resamples):
+        drawn = [values[rng.randrange(len(values))] for _ in values]
+        means.append(sum(sum(rows[rng.randrange(len(rows))] for _ in rows) / len(rows) for rows in drawn) / len(drawn))
+    return _percentiles(means, level)
+
+
+def paired_cluster_bootstrap_ci(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], resamples: int = 1000,
+                                level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """`cluster_bootstrap_ci` of the differences a[s][p] - b[s][p]: two models on the same problems under the
+    same seeds, so each problem's difficulty cancels out of the interval."""
+    if [len(rows) for rows in a] != [len(rows) for rows in b]:
+        raise ValueError("paired values need the same seeds and problems on both sides")
+    return cluster_bootstrap_ci([[x - y for x, y in zip(ra, rb)] for ra, rb in zip(a, b)], resamples, level, seed)

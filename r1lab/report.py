@@ -4,7 +4,11 @@
 
 Reads every `metrics.jsonl` (a stage's per-step metrics) and `eval.json` under RUN_DIR and writes
 PNGs: reward and accuracy over steps, response length over steps (the paper: answers get longer with
-RL), reflection rate over steps (the "aha moment"), and held-out pass@1 / cons@k bars with CIs.
+RL), reflection rate over steps (the "aha moment"), the RL diagnostics (policy entropy; the share of
+groups whose rewards are all equal, which carry no signal; the sampler's mismatch with the trainer
+and the importance weights and ratios), and held-out pass@1 / cons@k bars with CIs. A diagnostic
+plot is written only when some stage logged its metrics. Series are named by their stage's folder
+(the run's own folder when RUN_DIR is a single stage).
 """
 from __future__ import annotations
 
@@ -13,35 +17,73 @@ from pathlib import Path
 
 from r1lab import R1labError
 
+# file, title, panels: (keys with labels, y label, log scale)
+PLOTS = [
+    ("reward.png", "Reward and accuracy over training",
+     [([("reward", "total reward"), ("accuracy", "accuracy"), ("reward_drawn", "total reward, every group drawn")],
+       "mean over the step's completions", False)]),
+    ("length.png", "Response length over training",
+     [([("completion_length", "mean length")], "completion length (tokens)", False)]),
+    ("reflection.png", "Reflection ('wait', 'let me check') over training",
+     [([("reflection", "reflection rate")], "share of completions", False)]),
+    ("entropy.png", "Policy entropy over training", [([("entropy", "entropy")], "nats per sampled token", False)]),
+    ("groups.png", "Groups without signal (all rewards equal)",
+     [([("zero_std_groups", "share of the trained groups"), ("dynamic_filtered", "share of drawn groups filtered out")],
+       "share of groups", False)]),
+    ("mismatch.png", "Sampler vs trainer, importance weights and ratios",
+     [([("sampler_mismatch", "mean |log p_sampler - log p_old| per token"), ("sampler_kl", "KL(sampler || old) per sequence")],
+       "nats (log scale)", True),
+      ([("is_weight", "mean importance weight"), ("is_capped", "share of weights capped"), ("ratio_mean", "ratio mean"),
+        ("ratio_min", "ratio min"), ("ratio_max", "ratio max")], "weight / ratio", False)]),
+]
+
+
+def _name(path: Path, run: Path) -> str:
+    """A file's stage: its folder relative to the run, or the run's own name for a file directly in it."""
+    folder = path.parent.relative_to(run)
+    return run.name if folder == Path(".") else str(folder)
+
 
 def _series(run: Path) -> dict[str, list[dict]]:
     found = {}
     for path in sorted(run.rglob("metrics.jsonl")):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if rows:
-            found[str(path.parent.relative_to(run)) or run.name] = rows
+            found[_name(path, run)] = rows
     return found
 
 
-def _line_plot(series, keys, title, ylabel, path):
+def _line_plot(series, panels, title, path) -> bool:
+    """One figure with a panel per (keys, y label, log) entry; False (nothing written) when no series has a key."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for stage, rows in series.items():
-        for key, label in keys:
-            points = [(r["step"], r[key]) for r in rows if key in r]
-            if points:
-                ax.plot(*zip(*points), marker="o", markersize=3, label=f"{stage}: {label}")
-    ax.set_title(title)
-    ax.set_xlabel("training step")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if not any(key in r for rows in series.values() for r in rows for keys, _, _ in panels for key, _ in keys):
+        return False
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 4 * len(panels)), squeeze=False)
+    for ax, (keys, ylabel, log) in zip(axes[:, 0], panels):
+        for stage, rows in series.items():
+            for key, label in keys:
+                points = [(r["step"], r[key]) for r in rows if key in r and (r[key] > 0 or not log)]
+                if points:
+                    ax.plot(*zip(*points), marker="o", markersize=3, label=f"{stage}: {label}")
+        if log:
+            ax.set_yscale("log")
+        else:
+            ax.ticklabel_format(axis="y", useOffset=False)      # entropy 6.2225 reads as such, not "+6.222" and .0005
+        ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    axes[0, 0].set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def _eval_bars(evals: dict[str, dict], path: Path):
@@ -80,17 +122,14 @@ def write_report(run_dir: str) -> Path:
     if not run.is_dir():
         raise R1labError(f"{run}: run directory not found")
     series = _series(run)
-    evals = {str(p.parent.relative_to(run)) or ".": json.loads(p.read_text()) for p in sorted(run.rglob("eval.json"))}
+    evals = {_name(p, run): json.loads(p.read_text()) for p in sorted(run.rglob("eval.json"))}
     if not series and not evals:
         raise R1labError(f"{run}: no metrics.jsonl or eval.json found under it")
     lines = [f"# Report: {run.name}", ""]
-    plots = [("reward.png", [("reward", "total reward"), ("accuracy", "accuracy")], "Reward and accuracy over training", "mean over the step's completions"),
-             ("length.png", [("completion_length", "mean length")], "Response length over training", "completion length (tokens)"),
-             ("reflection.png", [("reflection", "reflection rate")], "Reflection ('wait', 'let me check') over training", "share of completions")]
     if series:
-        for name, keys, title, ylabel in plots:
-            _line_plot(series, keys, title, ylabel, run / name)
-            lines += [f"## {title}", "", f"![{title}]({name})", ""]
+        for name, title, panels in PLOTS:
+            if _line_plot(series, panels, title, run / name):
+                lines += [f"## {title}", "", f"![{title}]({name})", ""]
         lines += ["## Last step of each stage", "", "| stage | step | reward | accuracy | length | reflection |", "|---|---|---|---|---|---|"]
         for stage, rows in series.items():
             last = rows[-1]

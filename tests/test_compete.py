@@ -55,3 +55,14 @@ def test_compete_learns_and_only_the_policy_changes(tmp_path, monkeypatch):
 def test_grpo_accepts_majority_without_answers(tmp_path):
     cfg = load_config(GRPOConfig, None, {"rewards": "majority,format", "task": f"jsonl:{tmp_path}/d.jsonl"})
     assert cfg.rewards == "majority,format"
+
+
+def test_compete_trains_the_policy_without_dropout(tmp_path, monkeypatch):
+    import r1lab.algorithms.compete as compete
+    from tests.test_grpo import with_dropout
+    loaded = []
+    monkeypatch.setattr(compete, "load_policy", with_dropout(compete.load_policy, loaded))
+    monkeypatch.setitem(REWARDS, "low_ids", low_ids)
+    train_compete(load_config(CompeteConfig, None, {"model": "tiny-random", "rewards": "low_ids", "rounds": 1,
+                                                    "prompts_per_step": 2, "max_new_tokens": 6, "out": str(tmp_path / "c")}))
+    assert [m.attention_dropout for m in loaded[0].modules() if hasattr(m, "attention_dropout")] == [0.0, 0.0]

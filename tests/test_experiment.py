@@ -1,7 +1,9 @@
 import json
 
+import pytest
+
 from r1lab.cli import main
-from r1lab.experiment import label, pooled
+from r1lab.experiment import label, paired_gain, pooled
 
 TINY = """
 name: tiny_exp
@@ -27,6 +29,17 @@ def test_pooled_hand_computed():
     assert result["pass@1"] == (0.5 + 1 + 0) / 3 and result["cons"] == (1 + 1 + 0) / 3
     assert result["per_seed"] == [0.75, 0.0]
     assert label("runs/x_seed0/compete/checkpoint") == "compete" and label("smollm2-135m") == "base"
+    # seeds, then problems, resampled: seed 1 twice (p = 1/4) gives 0; seed 0 twice with its problems' pass@1 (.5, 1)
+    # resampled gives 1 with p = 1/64 < 2.5%, .875 with p = 1/16: the interval is [0, .875]
+    assert result["pass@1_ci"] == (0.0, 0.875)
+
+
+def test_paired_gain_matches_rows_by_problem_within_each_seed():
+    start = [[{"id": "a", "correct": [0, 0]}, {"id": "b", "correct": [1, 0]}], [{"id": "c", "correct": [0, 1]}]]
+    after = [[{"id": "b", "correct": [1, 1]}, {"id": "a", "correct": [1, 0]}], [{"id": "c", "correct": [1, 1]}]]
+    gain = paired_gain(after, start)
+    assert gain["pass@1"] == (1 + 0.5 + 1) / 3 - (0 + 0.5 + 0.5) / 3                  # differences +.5, +.5, +.5
+    assert gain["pass@1_ci"] == (0.5, 0.5)
 
 
 def test_experiment_runs_each_seed_and_pools_the_table(tmp_path, capsys):
@@ -38,4 +51,9 @@ def test_experiment_runs_each_seed_and_pools_the_table(tmp_path, capsys):
     assert list(result["methods"]) == ["base", "sft", "compete_majority", "goal_sft"]
     assert all(len(m["per_seed"]) == 2 for m in result["methods"].values())
     assert (tmp_path / "runs" / "tiny_exp_seed1" / "eval" / "eval.json").is_file()
-    assert "compete_majority" in printed and "cons@2" in printed
+    assert "compete_majority" in printed and "cons@2" in printed and "cluster bootstrap" in printed
+    gains = result["gains"]                 # each trained method against the evaluated checkpoint it started from
+    assert {m: g["start"] for m, g in gains.items()} == {"sft": "base", "compete_majority": "sft", "goal_sft": "base"}
+    sft, base = (result["methods"][m]["pass@1"] for m in ("sft", "base"))
+    assert gains["sft"]["pass@1"] == pytest.approx(sft - base)
+    assert gains["sft"]["pass@1_ci"][0] <= gains["sft"]["pass@1"] <= gains["sft"]["pass@1_ci"][1]

@@ -1,4 +1,5 @@
 import json
+import zlib
 from pathlib import Path
 
 import pytest
@@ -6,14 +7,16 @@ import torch
 from safetensors.torch import load_file
 
 from r1lab import R1labError
-from r1lab.algorithms.grpo import train_grpo
+from r1lab.algorithms.grpo import disable_dropout, importance_sampling_on, train_grpo
 from r1lab.config import GRPOConfig, load_config
+from r1lab.hardware import Precision
 from r1lab.models import load_model
 from r1lab.rewards import REWARDS
 from tests.learnable import low_ids
 
 TINY = dict(model="tiny-random", prompts_per_step=2, samples_per_prompt=4, micro_batch_size=4,
             max_new_tokens=12, beta=0.04, learning_rate=1e-3)
+FP32 = dict(mixed_precision="no", rollout_dtype="float32")      # the sampler is the trainer's own computation
 
 
 def config(tmp_path, **overrides):
@@ -24,9 +27,23 @@ def metrics(out):
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
+def always_one(completion, problem):
+    return 1.0
+
+
+def half_constant(completion, problem):
+    """low_ids on problems whose id hashes odd, 0 on the others: about half the groups are all-equal."""
+    return low_ids(completion, problem) if odd(problem) else 0.0
+
+
+def odd(problem) -> bool:
+    return zlib.crc32(problem.id.encode()) % 2 == 1
+
+
 @pytest.fixture(autouse=True)
 def learnable_reward(monkeypatch):
-    monkeypatch.setitem(REWARDS, "low_ids", low_ids)
+    for reward in (low_ids, always_one, half_constant):
+        monkeypatch.setitem(REWARDS, reward.__name__, reward)
 
 
 def test_smoke_parameters_change_and_files_appear(tmp_path):
@@ -158,11 +175,18 @@ def test_kl_and_clip_fraction_are_token_weighted_and_clipping_skips_the_first_pa
     assert row["kl"] == pytest.approx(token_mean(calls, "kl"), rel=1e-6)
     assert row["clip_fraction"] == pytest.approx(token_mean(calls[4:], "clip_fraction"), rel=1e-6)   # second pass only
     assert row["clip_fraction"] > 0 and all(c["metrics"]["clip_fraction"] == 0 for c in calls[:4])
+    # the ratio's statistics, second pass only; in the first, pi_old (the scoring pass) is the same computation
+    assert row["ratio_mean"] == pytest.approx(token_mean(calls[4:], "ratio_mean"), rel=1e-6)
+    assert row["ratio_min"] == min(c["metrics"]["ratio_min"] for c in calls[4:] if "ratio_min" in c["metrics"])
+    assert row["ratio_max"] == max(c["metrics"]["ratio_max"] for c in calls[4:] if "ratio_max" in c["metrics"])
+    assert row["ratio_min"] < 1 < row["ratio_max"]
+    first = [c["metrics"] for c in calls[:4] if "ratio_min" in c["metrics"]]
+    assert first and all(m["ratio_min"] == pytest.approx(1, abs=1e-6) == m["ratio_max"] for m in first)
 
 
-def test_clip_fraction_is_absent_with_one_update_per_batch(tmp_path):
+def test_clip_fraction_and_ratio_are_absent_with_one_update_per_batch(tmp_path):
     row = metrics(train_grpo(config(tmp_path, steps=1, rewards="low_ids", updates_per_batch=1)).parent)[0]
-    assert "clip_fraction" not in row and "kl" in row            # with mu = 1 the ratio is exactly 1: nothing can clip
+    assert "kl" in row and not {"clip_fraction", "ratio_mean", "ratio_min", "ratio_max"} & set(row)   # the ratio is 1
 
 
 def test_warmup_is_counted_in_steps_not_optimiser_updates(tmp_path):
@@ -175,7 +199,8 @@ def test_warmup_is_counted_in_steps_not_optimiser_updates(tmp_path):
 def test_mask_truncated_divides_by_the_sequences_left_in_the_loss(tmp_path, monkeypatch, mode):
     shaped_rollouts(monkeypatch)
     calls = record_losses(monkeypatch)
-    train_grpo(config(tmp_path, steps=1, rewards="low_ids", beta=0.0, mask_truncated=True, loss_aggregation=mode))
+    train_grpo(config(tmp_path, steps=1, rewards="low_ids", beta=0.0, mask_truncated=True, loss_aggregation=mode,
+                      importance_sampling="off"))      # weights on the tokens would change the hand-computed loss
     # 2 groups of 4, members 1 and 3 stopped: 4 of 8 sequences stay in the loss, with 5 + 9 tokens per group
     assert [(c["batch_sequences"], c["batch_tokens"]) for c in calls] == [(4, 28), (4, 28)]
     # the ratio is 1 and beta 0: each kept token's loss is -A_i, so the whole-batch loss is -sum A_i / 4 over the kept
@@ -184,3 +209,130 @@ def test_mask_truncated_divides_by_the_sequences_left_in_the_loss(tmp_path, monk
     assert [n for _, n in kept] == [5, 9, 5, 9]
     expected = -sum(a for a, _ in kept) / 4 if mode == "sample" else -sum(a * n for a, n in kept) / (4 * 12)
     assert sum(c["loss"] for c in calls) == pytest.approx(expected, rel=1e-6)
+
+
+def test_sampler_and_trainer_agree_when_they_share_dtype_and_weights(tmp_path):
+    row = metrics(train_grpo(config(tmp_path, steps=1, rewards="low_ids", **FP32)).parent)[0]
+    assert row["sampler_mismatch"] < 1e-5 and 0 <= row["sampler_kl"] < 1e-5
+    assert "is_weight" not in row                                   # auto: off, nothing to correct
+
+
+def test_a_bf16_sampler_is_measured_and_corrected(tmp_path, monkeypatch):
+    calls = record_losses(monkeypatch)
+    row = metrics(train_grpo(config(tmp_path, steps=1, rewards="low_ids", mixed_precision="no",
+                                    rollout_dtype="bfloat16")).parent)[0]
+    assert row["sampler_mismatch"] > 1e-4 and row["sampler_kl"] > 0          # a bf16 copy samples, fp32 trains
+    weights = torch.cat([c["is_weights"][c["is_weights"] > 0] for c in calls])
+    assert row["is_weight"] == pytest.approx(weights.mean().item(), rel=1e-5) and 0.5 < row["is_weight"] < 1.5
+    assert weights.max() <= 2.0 and 0 <= row["is_capped"] < 0.1 and len(set(weights.tolist())) > 1
+
+
+@pytest.mark.parametrize("choice, engine, dtype, mixed, rollout, on", [
+    ("auto", "hf", "float32", "no", "float32", False),       # the sampler is the policy itself
+    ("auto", "hf", "bfloat16", "no", "bfloat16", False),
+    ("auto", "hf", "float32", "no", "bfloat16", True),        # a bf16 copy samples, fp32 trains
+    ("auto", "hf", "float32", "bf16", "bfloat16", True),      # bf16 autocast trains (fp32 norms), a bf16 copy samples
+    ("auto", "hf", "float32", "bf16", "float32", True),
+    ("auto", "vllm", "float32", "no", "float32", True),
+    ("off", "vllm", "float32", "bf16", "bfloat16", False),
+    ("on", "hf", "float32", "no", "float32", True),
+])
+def test_importance_sampling_auto_is_on_exactly_when_the_sampler_differs(choice, engine, dtype, mixed, rollout, on):
+    chosen, why = importance_sampling_on(choice, engine, dtype, Precision(mixed, rollout, "test"))
+    assert chosen == on and (choice != "auto" or why.startswith("auto"))
+
+
+def record_rollouts(monkeypatch) -> list[list]:
+    """The problems of every rollout call of a run, in order."""
+    import r1lab.algorithms.grpo as grpo
+    real_rollout, problems = grpo.rollout, []
+
+    def rollout(engine, batch_problems, *args, **kwargs):
+        problems.append(list(batch_problems))
+        return real_rollout(engine, batch_problems, *args, **kwargs)
+    monkeypatch.setattr(grpo, "rollout", rollout)
+    return problems
+
+
+def test_dynamic_sampling_stops_at_the_cap_and_trains_on_what_it_has(tmp_path, monkeypatch):
+    rounds, calls = record_rollouts(monkeypatch), record_losses(monkeypatch)
+    rows = metrics(train_grpo(config(tmp_path, steps=2, rewards="always_one", dynamic_sampling=True,
+                                     dynamic_sampling_max_draws=3)).parent)
+    assert len(rounds) == 6 and len({p.id for r in rounds for p in r}) == 12      # 3 rounds a step, fresh problems
+    for row in rows:                     # 6 groups drawn, none with a spread: the first 2 are trained on (KL only)
+        assert row["dynamic_draws"] == 3 and row["dynamic_filtered"] == pytest.approx(4 / 6) and row["zero_std_groups"] == 1
+        assert row["reward"] == row["reward_drawn"] == 1.0
+    assert [len(c["advantages"]) for c in calls] == [4, 4, 4, 4] and not any(a for c in calls for a in c["advantages"])
+
+
+def test_dynamic_sampling_trains_only_on_groups_with_a_spread(tmp_path, monkeypatch):
+    rounds = record_rollouts(monkeypatch)
+    rows = metrics(train_grpo(config(tmp_path, steps=4, rewards="half_constant", dynamic_sampling=True,
+                                     dynamic_sampling_max_draws=5)).parent)
+    for row in rows:
+        step_rounds, rounds = rounds[:row["dynamic_draws"]], rounds[row["dynamic_draws"]:]
+        spread = [sum(map(odd, r)) for r in step_rounds]
+        assert sum(spread[:-1]) < 2 <= sum(spread)                   # stopped at the first round that filled the step
+        assert row["zero_std_groups"] == 0 and row["dynamic_filtered"] == pytest.approx(1 - 2 / (2 * len(step_rounds)))
+    assert not rounds and any(r["dynamic_draws"] > 1 for r in rows)
+    assert "dynamic_draws" not in metrics(train_grpo(config(tmp_path / "plain", steps=1, rewards="low_ids")).parent)[0]
+
+
+def test_dynamic_sampling_is_refused_with_several_processes(tmp_path, monkeypatch):
+    import r1lab.algorithms.grpo as grpo
+
+    class TwoProcesses(grpo.Parallel):
+        def __init__(self):
+            super().__init__()
+            self.world = 2
+    monkeypatch.setattr(grpo, "Parallel", TwoProcesses)
+    with pytest.raises(R1labError, match="dynamic_sampling runs in one process"):
+        train_grpo(config(tmp_path, dynamic_sampling=True))
+
+
+def test_rloo_advantages_and_sequence_ratios_reach_the_loss(tmp_path, monkeypatch):
+    calls = record_losses(monkeypatch)
+    out = train_grpo(config(tmp_path, steps=1, rewards="low_ids", advantage="rloo", ratio_level="sequence",
+                            updates_per_batch=2, epsilon=3e-4, epsilon_high=4e-4)).parent
+    rewards = [json.loads(line)["reward"] for line in (out / "samples.jsonl").read_text().splitlines()]   # group 0
+    expected = [r - (sum(rewards) - r) / 3 for r in rewards]
+    assert calls[0]["advantages"] == pytest.approx(expected, rel=1e-5, abs=1e-6) and calls[0]["ratio_level"] == "sequence"
+    assert metrics(out)[0]["clip_fraction"] > 0                   # GSPO's clip range is tiny
+
+
+def with_dropout(loader, loaded: list):
+    """`loader` whose models get attention dropout 0.5 (the built-in models have none)."""
+    def load(*args, **kwargs):
+        model, tokenizer = loader(*args, **kwargs)
+        for module in model.modules():
+            if hasattr(module, "attention_dropout"):
+                module.attention_dropout = 0.5
+        loaded.append(model)
+        return model, tokenizer
+    return load
+
+
+def test_grpo_trains_the_policy_without_dropout(tmp_path, monkeypatch):
+    import r1lab.algorithms.grpo as grpo
+    loaded = []
+    monkeypatch.setattr(grpo, "load_policy", with_dropout(grpo.load_policy, loaded))
+    train_grpo(config(tmp_path, steps=1, rewards="low_ids"))
+    assert [m.attention_dropout for m in loaded[0].modules() if hasattr(m, "attention_dropout")] == [0.0, 0.0]
+
+
+def test_disable_dropout_zeroes_every_dropout():
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=32))   # pdrop 0.1: nn.Dropout
+    llama = LlamaForCausalLM(LlamaConfig(num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                                         num_key_value_heads=2, vocab_size=50, attention_dropout=0.5))   # read in forward
+    ids = torch.arange(20)[None]
+    for model in (gpt2, llama):
+        model.train()
+        assert not torch.equal(model(ids).logits, model(ids).logits)
+        disable_dropout(model)
+        assert torch.equal(model(ids).logits, model(ids).logits)                 # training mode, yet deterministic
+        assert all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert any(isinstance(m, torch.nn.Dropout) for m in gpt2.modules())
+    assert (gpt2.config.resid_pdrop, gpt2.config.attn_pdrop, gpt2.config.embd_pdrop) == (0, 0, 0)
+    assert llama.config.attention_dropout == 0

@@ -1,6 +1,7 @@
 import pytest
 
-from r1lab.metrics import bootstrap_ci, cons_at_k, majority, pass_at_1, pass_at_k
+from r1lab.metrics import (bootstrap_ci, cluster_bootstrap_ci, cons_at_k, majority, paired_cluster_bootstrap_ci, pass_at_1,
+                           pass_at_k)
 from r1lab.rewards.accuracy import equivalent
 
 
@@ -34,3 +35,35 @@ def test_bootstrap_ci_brackets_the_mean_and_is_seeded():
     assert lo < sum(values) / len(values) < hi and 0 <= lo and hi <= 1
     assert bootstrap_ci(values) == (lo, hi)
     assert bootstrap_ci([1.0] * 10) == (1.0, 1.0)
+
+
+def test_cluster_bootstrap_degenerate_cases_by_hand():
+    assert cluster_bootstrap_ci([[0.5] * 4, [0.5] * 7]) == (0.5, 0.5)
+    # one seed, problems [0, 1]: a resample's mean is 0, .5 or 1 with probabilities 1/4, 1/2, 1/4 -> the 95% interval is [0, 1]
+    assert cluster_bootstrap_ci([[0.0, 1.0]]) == (0.0, 1.0)
+    # two seeds, each constant within: only the seeds vary; means 0, .5, 1 with probabilities 1/4, 1/2, 1/4
+    assert cluster_bootstrap_ci([[0.0] * 10, [1.0] * 10]) == (0.0, 1.0)
+
+
+def test_between_seed_variance_widens_the_interval_over_the_naive_one():
+    seeds = [[0.0] * 10, [1.0] * 10]
+    naive_low, naive_high = bootstrap_ci([v for rows in seeds for v in rows])     # 20 "independent" pairs: about [.3, .7]
+    assert naive_high - naive_low < 0.5 < cluster_bootstrap_ci(seeds)[1] - cluster_bootstrap_ci(seeds)[0]
+    # seeds that agree add nothing: the cluster interval is then about the naive one
+    agreeing = [[1.0, 0.0] * 10] * 3
+    low, high = cluster_bootstrap_ci(agreeing)
+    naive_low, naive_high = bootstrap_ci([v for rows in agreeing for v in rows])
+    assert low < 0.5 < high and abs((high - low) - (naive_high - naive_low)) < 0.1
+    assert cluster_bootstrap_ci(seeds, seed=3) == cluster_bootstrap_ci(seeds, seed=3)
+
+
+def test_paired_cluster_bootstrap_cancels_what_the_problems_share():
+    # problem difficulties vary widely, but model a is exactly .5 above b on every (seed, problem): the interval is [.5, .5]
+    b = [[0.0, 0.25, 0.5], [0.5, 0.0, 0.25]]
+    a = [[x + 0.5 for x in rows] for rows in b]
+    assert paired_cluster_bootstrap_ci(a, b) == (0.5, 0.5)
+    unpaired = [cluster_bootstrap_ci(a), cluster_bootstrap_ci(b)]
+    assert unpaired[0][0] - unpaired[1][1] < 0.5                         # unpaired, the intervals overlap far more
+    assert paired_cluster_bootstrap_ci([[1.0, 0.0]], [[0.0, 0.0]]) == (0.0, 1.0)   # differences [1, 0]: as above
+    with pytest.raises(ValueError, match="same seeds and problems"):
+        paired_cluster_bootstrap_ci([[1.0, 0.0]], [[0.0]])

@@ -12,6 +12,8 @@ Groups can mix agents and prompt styles (`sources`): each extra source (a model 
 adds members to every group; each member records its source and the metrics are kept per source. Only
 the policy is trained, on every member, each under the prompt its own template rendered — the policy
 learns from what the others did well and badly.
+
+Dropout is off in the policy, as in GRPO (r1lab/algorithms/grpo.py, `disable_dropout`).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from collections import defaultdict
 import torch
 from tqdm import tqdm
 
+from r1lab.algorithms.grpo import disable_dropout
 from r1lab.algorithms.losses import compete_weights, sft_loss, unlikelihood_loss
 from r1lab.algorithms.sequences import CompletionLogits, pad_batch, token_logprobs
 from r1lab.checkpoint import save_checkpoint
@@ -44,6 +47,7 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
     weights = parse_rewards(cfg.rewards)
     problems = get_task(cfg.task, **cfg.task_options).problems("train", cfg.rounds * cfg.prompts_per_step, cfg.seed)
     model, tokenizer = load_policy(cfg.model, checkpoint, "float32", 0, 0, False)
+    disable_dropout(model)                                   # as in GRPO (TRL: disable_dropout)
     optimizer, scheduler = make_optimizer(model, cfg.learning_rate, 0.0, 0, "constant", cfg.rounds)
     policy_engine = HFEngine(model, tokenizer, seed=cfg.seed, decode_dtype=precision.rollout_dtype)
     # (name, engine, its tokenizer, template, members per group); the policy first

@@ -2,19 +2,47 @@
 
     r1lab train grpo --model smollm2-135m --task arithmetic --template r1_zero --rewards accuracy,format
 
-Each step: `prompts_per_step` problems, G = `samples_per_prompt` completions each from the current
-policy (pi_old), scored by the rule-based rewards, group-normalised advantages, then mu =
-`updates_per_batch` AdamW steps over the batch (micro-batched, gradients accumulated).
+Each step:
+1. sample G = `samples_per_prompt` completions for each of `prompts_per_step` problems from the
+   sampler (the policy, its bf16 copy, or vLLM); with `dynamic_sampling` (DAPO), more rounds of fresh
+   problems until `prompts_per_step` groups have unequal rewards;
+2. score them with the rule-based rewards; group advantages (eq. 3, or RLOO's leave-one-out);
+3. a no-grad scoring pass over the micro-batches: pi_old, pi_ref, the entropy, the sampler mismatch
+   and the truncated importance weights;
+4. mu = `updates_per_batch` AdamW steps over the batch (micro-batched, gradients accumulated).
 
-Deviations from the paper, and why:
-- pi_old log-probs are the policy's own log-probs in the first pass over the batch (detached),
-  not a separate forward pass: parameters only change after the whole batch has been seen, so they
-  are exactly pi_old's, and a forward pass is saved. With mu = 1 the ratio is therefore exactly 1.
-- with LoRA the reference model is the policy with adapters disabled (no second copy in memory).
+Choices and deviations from the paper, and why:
+- pi_old's log-probs come from the scoring pass, a separate no-grad forward in the same precision as
+  the update passes (with mu = 1 the ratio is then 1: pi_old is the same computation on the same
+  weights). It costs one more forward pass per step (with mu = 1 roughly a third more training
+  compute); in return the mismatch and the importance weights, which need pi_old, are known before the
+  first update, and the update passes only compute what the loss needs.
+- Dropout is off in the policy (as TRL's `disable_dropout`): with it, pi_theta and pi_old of the same
+  weights differ token by token, so the ratio measures noise, not policy change. The saved checkpoint's
+  config says dropout 0 too. (The built-in models have no dropout; this matters for others.)
+- Truncated importance sampling (`importance_sampling`): the tokens are drawn by the sampler, whose
+  log-probs differ from the trainer's wherever it is another computation (a bf16 copy while training
+  in fp32 or under autocast, vLLM); with mu = 1 the PPO ratio is 1 and corrects none of it. Each
+  token's surrogate is weighted by min(pi_old / pi_sampler, C) (r1lab/algorithms/losses.py); `auto`
+  turns it on exactly when the sampler differs from the trainer, and the choice is printed.
+- Dynamic sampling (DAPO, `dynamic_sampling`): rounds of `prompts_per_step` fresh problems (step s
+  draws rounds s x max_draws + r) are sampled until `prompts_per_step` groups have unequal rewards or
+  `dynamic_sampling_max_draws` rounds were drawn. The step trains on the first such groups; at the cap
+  it is filled up with the first all-equal groups drawn (they add only the KL term), so every step
+  trains on `prompts_per_step` groups (verl's DAPO stops with an error at its cap instead). One
+  process only: several would stop drawing at different rounds.
+- With LoRA the reference model is the policy with adapters disabled (no second copy in memory).
 
-Metrics: `kl` (every pass) and `entropy` (first pass) are token-weighted means over the step's
-micro-batches. `clip_fraction` counts only passes 2..mu, where clipping can occur; with mu = 1 it is
-not logged. `warmup_steps` is in steps: the scheduler, which counts optimiser updates, gets it x mu.
+Metrics: `kl` (every pass) is a token mean over the step's micro-batches. `clip_fraction` and the ratio's
+`ratio_mean`, `ratio_min`, `ratio_max` cover passes 2..mu only (in the first the ratio is 1): with mu = 1
+they are not logged. From the scoring pass, over every sampled token: `entropy`, `sampler_mismatch`
+(mean |log pi_sampler - log pi_old| per token), `sampler_kl` (mean over sequences of sum_t k3, an
+estimate of KL(pi_sampler || pi_old) per sequence); with importance sampling on, over the tokens in the
+loss: `is_weight` (mean weight), `is_capped` (share of tokens cut to the cap). `zero_std_groups` is over
+the groups trained on; with dynamic sampling `dynamic_draws` (rounds) and `dynamic_filtered` (share of
+the drawn groups left out) say what was filtered, and `reward_drawn` is the mean reward over every
+completion drawn (`reward`, over the groups trained on, is then biased by the filter).
+`warmup_steps` is in steps: the scheduler, which counts optimiser updates, gets it x mu.
 With `mask_truncated`, truncated completions are in no loss denominator (r1lab/algorithms/losses.py).
 
 Multi-process (accelerate; r1lab/distributed.py): each process samples whole groups for its share of
@@ -24,11 +52,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
 
-from r1lab.algorithms.losses import group_advantages, grpo_loss
+from r1lab import R1labError
+from r1lab.algorithms.losses import (constant_groups, group_advantages, grpo_loss, leave_one_out_advantages,
+                                     sampler_mismatch, truncated_importance_weights)
 from r1lab.algorithms.sequences import CompletionLogits, pad_batch, token_logprobs
 from r1lab.checkpoint import save_checkpoint
 from r1lab.config import GRPOConfig
@@ -41,6 +72,47 @@ from r1lab.tasks import get_task
 from r1lab.templates import get_template
 from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_policy, make_optimizer, prepare_run, restore_state,
                             seed_everything, training_state)
+from r1lab.types import Problem
+
+
+class Drawn(NamedTuple):
+    """One problem's group: its G completions and their rewards (total and per named reward)."""
+    problem: Problem
+    prompt: str
+    completions: list
+    totals: list[float]
+    parts: dict[str, list[float]]
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off: every nn.Dropout's p, every float module attribute named *dropout* (e.g. Llama's
+    `attention_dropout`, read in forward) and the config's *dropout / *pdrop fields."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+    config = getattr(model, "config", None)
+    for name, value in (config.to_dict().items() if config is not None else ()):
+        if ("dropout" in name or name.endswith("pdrop")) and isinstance(value, float):
+            setattr(config, name, 0.0)
+
+
+def importance_sampling_on(choice: str, engine: str, dtype: str, precision) -> tuple[bool, str]:
+    """Whether each token's surrogate is weighted by min(pi_old / pi_sampler, C), and why. `auto`: on when
+    the sampler is another computation than the trainer's: another engine, rollouts in another dtype than
+    the weights, or training under bf16 autocast (its norms and softmax run in fp32, a bf16 copy's in bf16)."""
+    differences = [f"{engine} engine"] if engine != "hf" else []
+    if precision.rollout_dtype != dtype:
+        differences.append(f"rollouts {precision.rollout_dtype}, weights {dtype}")
+    if precision.mixed_precision == "bf16":
+        differences.append("training under bf16 autocast")
+    if choice != "auto":
+        return choice == "on", "as configured"
+    if differences:
+        return True, "auto: the sampler differs from the trainer: " + ", ".join(differences)
+    return False, f"auto: the sampler is the trainer's own {dtype} computation"
 
 
 def reference_logprobs(ref_model, policy, batch, temperature, shared):
@@ -52,17 +124,97 @@ def reference_logprobs(ref_model, policy, batch, temperature, shared):
             return token_logprobs(policy, batch, temperature, shared=shared)[0]
 
 
+def sampler_logprobs(completions, width: int, dev) -> torch.Tensor:
+    """The sampler's log-probs of the completions' tokens, right-padded with 0: (b, width)."""
+    padded = torch.zeros(len(completions), width)
+    for i, c in enumerate(completions):
+        if len(c.logprobs) != len(c.token_ids):
+            raise R1labError(f"the engine returned {len(c.logprobs)} log-probs for {len(c.token_ids)} tokens")
+        padded[i, :len(c.logprobs)] = torch.tensor(c.logprobs)
+    return padded.to(dev)
+
+
+def draw_groups(engine, tokenizer, template, sampling, weights, G: int, rounds, quota: int):
+    """Sample and score G completions for each problem of each round [(problems, seeds)], in order, stopping
+    once `quota` groups have unequal rewards (one round, without dynamic sampling). Returns the first
+    `quota` such groups, filled up with the first all-equal ones, in draw order, and what was drawn:
+    {rounds, groups, tokens, failures, reward (summed over every completion drawn)}."""
+    spread, equal, drawn = [], [], {"rounds": 0, "groups": 0, "tokens": 0, "failures": 0, "reward": 0.0}
+    for problems, seeds in rounds:
+        prompts, groups = rollout(engine, problems, template, tokenizer, G, sampling, seeds)
+        completions = [c for group in groups for c in group]                    # groups contiguous
+        totals, parts, failures = score(weights, completions, [p for p in problems for _ in range(G)], group_size=G)
+        constant = constant_groups(torch.tensor(totals), G).tolist()            # (N,) as the advantages see them
+        for i, (problem, prompt, group) in enumerate(zip(problems, prompts, groups)):
+            rows = slice(i * G, (i + 1) * G)
+            kept = (drawn["groups"], Drawn(problem, prompt, group, totals[rows], {k: v[rows] for k, v in parts.items()}))
+            (equal if constant[i] else spread).append(kept)
+            drawn["groups"] += 1
+        drawn["rounds"] += 1
+        drawn["tokens"] += sum(len(c.token_ids) for c in completions)
+        drawn["failures"] += failures
+        drawn["reward"] += sum(totals)
+        if len(spread) >= quota:
+            break
+    chosen = sorted(spread[:quota] + equal[:max(0, quota - len(spread))], key=lambda pair: pair[0])
+    return [group for _, group in chosen], drawn
+
+
+def accumulate(means: dict, metrics: dict, tokens: int) -> None:
+    """Add a micro-batch's token means to `means` (name -> [sum of value x tokens, tokens])."""
+    for key, value in metrics.items():
+        means[key][0] += value * tokens
+        means[key][1] += tokens
+
+
+def step_metrics(par, kept: list[Drawn], drawn: dict, advantage_metrics: dict, means: dict, extremes: dict,
+                 mismatch: tuple[list, list, list]) -> dict:
+    """The step's metrics over every process's samples: rewards, lengths, reflection, truncation, the
+    token means of the passes (`means`: name -> [sum of value x tokens, tokens]), the ratio's extremes and
+    the sampler mismatch (`mismatch`: per sequence, summed |log-prob difference|, summed k3, tokens)."""
+    completions = [c for g in kept for c in g.completions]
+    totals, lengths = par.gather([t for g in kept for t in g.totals]), par.gather([len(c.token_ids) for c in completions])
+    parts = {name: par.gather([v for g in kept for v in g.parts[name]]) for name in kept[0].parts}
+    texts, finished = par.gather([c.text for c in completions]), par.gather([c.finish_reason for c in completions])
+    absolute, k3, tokens = (par.gather(values) for values in mismatch)
+    row = {"processes": par.world, "reward": sum(totals) / len(totals), "reward_std": torch.tensor(totals).std().item(),
+           **{f"reward/{k}": sum(v) / len(v) for k, v in parts.items()},
+           **{f"reward/{k}_std": torch.tensor(v).std().item() for k, v in parts.items()},
+           "reward_failures": int(par.total(drawn["failures"])),
+           **{key: sum(par.gather([value])) / par.world for key, value in advantage_metrics.items()},
+           "completion_length": sum(lengths) / len(lengths), "completion_length_max": max(lengths),
+           "reflection": sum(map(reflects, texts)) / len(texts),
+           "truncated": sum(f == "length" for f in finished) / len(finished),
+           "sampler_mismatch": sum(absolute) / max(sum(tokens), 1), "sampler_kl": sum(k3) / len(k3),
+           **{key: par.total(total) / max(par.total(count), 1) for key, (total, count) in sorted(means.items())}}
+    for key, value in extremes.items():
+        values = [v for v in par.gather([value]) if abs(v) != float("inf")]   # inf: no token on that process
+        if values:
+            row[key] = min(values) if key.endswith("_min") else max(values)
+    if "accuracy" in parts:
+        row["accuracy"] = row["reward/accuracy"]
+    return row
+
+
 def train_grpo(cfg: GRPOConfig, resume: bool = False):
     par = Parallel()
+    if cfg.dynamic_sampling and par.world > 1:
+        raise R1labError(f"dynamic_sampling runs in one process (got {par.world}): each process would stop drawing at "
+                         "a different round; use --num-processes 1 or dynamic_sampling false")
     out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)
     precision = choose_precision(out, cfg.mixed_precision, cfg.rollout_dtype, par.is_main)
+    use_is, why = importance_sampling_on(cfg.importance_sampling, cfg.engine, cfg.dtype, precision)
+    if par.is_main:
+        print(f"importance sampling: {'on, cap ' + str(cfg.importance_sampling_cap) if use_is else 'off'} ({why})")
     seed_everything(cfg.seed)
     template, weights = get_template(cfg.template), parse_rewards(cfg.rewards)
-    problems = get_task(cfg.task, **cfg.task_options).problems("train", cfg.steps * cfg.prompts_per_step, cfg.seed)
+    draws = cfg.dynamic_sampling_max_draws if cfg.dynamic_sampling else 1       # rounds of prompts per step, at most
+    problems = get_task(cfg.task, **cfg.task_options).problems("train", cfg.steps * draws * cfg.prompts_per_step, cfg.seed)
     check_rewards_fit(weights, problems[0])
     par.check_divides(cfg.prompts_per_step)
     model, tokenizer = load_policy(cfg.model, checkpoint, cfg.dtype, cfg.lora_rank, cfg.lora_alpha,
                                    cfg.gradient_checkpointing)
+    disable_dropout(model)
     ref_model = None
     if cfg.beta != 0 and cfg.lora_rank == 0:
         ref_model = load_model(cfg.model, cfg.dtype)[0].to(device()).eval().requires_grad_(False)
@@ -78,87 +230,91 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     metrics_log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True) if par.is_main else None
     samples_log = JsonlLog(out / "samples.jsonl", start) if par.is_main else None
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
-    G = cfg.samples_per_prompt
+    G, P = cfg.samples_per_prompt, cfg.prompts_per_step
     model.train()
 
     progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="grpo", unit="step", disable=not par.is_main)
     for step in progress:
         began = time.perf_counter()
-        # 1. sample G completions per problem from pi_old (this process's share of the prompts, whole groups)
-        step_problems = [problems[(step * cfg.prompts_per_step + i) % len(problems)] for i in range(cfg.prompts_per_step)]
-        batch_problems = par.share(step_problems)
-        seeds = par.share(prompt_seeds(cfg.seed, step, cfg.prompts_per_step))
-        prompts, groups = rollout(engine, batch_problems, template, tokenizer, G, sampling, seeds)
+        # 1. sample G completions per problem (this process's share of the prompts, whole groups) and score them;
+        #    with dynamic sampling, more rounds of fresh problems until P groups have unequal rewards
+        rounds = [(par.share([problems[(index * P + i) % len(problems)] for i in range(P)]),
+                   par.share(prompt_seeds(cfg.seed, index, P))) for index in range(step * draws, (step + 1) * draws)]
+        kept, drawn = draw_groups(engine, tokenizer, template, sampling, weights, G, rounds, len(rounds[0][0]))
         sampled = time.perf_counter()
-        completions = [c for group in groups for c in group]                         # b = N/W * G, groups contiguous
-        owners = [p for p in batch_problems for _ in range(G)]
-        # 2. score and normalise within groups (eq. 3)
-        totals, parts, failures = score(weights, completions, owners, group_size=G)
-        rewards = torch.tensor(totals)                                               # (b,)
-        advantages, advantage_metrics = group_advantages(rewards, G, cfg.scale_rewards)
-        prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts for _ in range(G)]
+        completions = [c for g in kept for c in g.completions]                      # b = N/W * G, groups contiguous
+        # 2. advantages within groups (eq. 3, or RLOO)
+        rewards = torch.tensor([t for g in kept for t in g.totals])                 # (b,)
+        if cfg.advantage == "rloo":
+            advantages, advantage_metrics = leave_one_out_advantages(rewards, G)
+        else:
+            advantages, advantage_metrics = group_advantages(rewards, G, cfg.scale_rewards)
+        prompt_ids = [tokenizer(g.prompt, add_special_tokens=False)["input_ids"] for g in kept for _ in range(G)]
         keep = [not (cfg.mask_truncated and c.finish_reason == "length") for c in completions]
         batch_tokens = par.total(sum(len(c.token_ids) for c, k in zip(completions, keep) if k))   # whole batch, only
         batch_sequences = par.total(sum(keep))                                       # what stays in the loss
-        # 3. mu optimisation passes; the first pass records pi_old (and pi_ref) per micro-batch
-        old, ref = {}, {}
-        weighted = defaultdict(lambda: [0.0, 0])          # metric -> [sum of value x tokens, tokens]
+        micro = []                                  # (rows, batch, loss mask (b, C)), built once
+        for first in range(0, len(completions), cfg.micro_batch_size):
+            rows = slice(first, first + cfg.micro_batch_size)
+            batch = pad_batch(prompt_ids[rows], [c.token_ids for c in completions[rows]], tokenizer.pad_token_id, device())
+            micro.append((rows, batch, batch["completion_mask"] * torch.tensor(keep[rows], device=device())[:, None]))
+        # 3. scoring pass, no grad: pi_old, pi_ref, entropy; the sampler's mismatch with pi_old and the importance weights
+        means = defaultdict(lambda: [0.0, 0])        # metric -> [sum of value x tokens, tokens]
+        old, ref, is_weights, mismatch = [], [], [], ([], [], [])
+        with torch.no_grad(), autocast(precision.mixed_precision):
+            for rows, batch, loss_mask in micro:
+                logprobs, entropy = token_logprobs(model, batch, cfg.temperature, True, shared_prompts)      # (b, C)
+                old.append(logprobs)
+                ref.append(reference_logprobs(ref_model, model, batch, cfg.temperature, shared_prompts) if cfg.beta else None)
+                sampler = sampler_logprobs(completions[rows], logprobs.shape[1], device())                            # (b, C)
+                absolute, k3 = sampler_mismatch(sampler, logprobs, batch["completion_mask"])                          # (b,)
+                for values, new in zip(mismatch, (absolute, k3, batch["completion_mask"].sum(-1))):
+                    values += new.tolist()
+                accumulate(means, {"entropy": entropy}, int(batch["completion_mask"].sum()))
+                w, is_metrics = (truncated_importance_weights(logprobs, sampler, loss_mask, cfg.importance_sampling_cap)
+                                 if use_is else (None, {}))                                                   # (b, C)
+                is_weights.append(w)
+                accumulate(means, is_metrics, int(loss_mask.sum()))
+        # 4. mu update passes over the micro-batches
+        extremes = {"ratio_min": float("inf"), "ratio_max": float("-inf")} if cfg.updates_per_batch > 1 else {}
         for update in range(cfg.updates_per_batch):
-            for start_row in range(0, len(completions), cfg.micro_batch_size):
-                rows = slice(start_row, start_row + cfg.micro_batch_size)
-                batch = pad_batch(prompt_ids[rows], [c.token_ids for c in completions[rows]],
-                                  tokenizer.pad_token_id, device())
-                batch["completion_mask"] *= torch.tensor(keep[rows], device=device())[:, None]
-                with par.sync_unless(policy, accumulating=start_row + cfg.micro_batch_size < len(completions)):
+            for i, (rows, batch, loss_mask) in enumerate(micro):
+                with par.sync_unless(policy, accumulating=i + 1 < len(micro)):
                     with autocast(precision.mixed_precision):
-                        logprobs, entropy = token_logprobs(policy, batch, cfg.temperature, with_entropy=update == 0)  # (b, C)
-                        if update == 0:
-                            old[start_row] = logprobs.detach()
-                            ref[start_row] = (reference_logprobs(ref_model, model, batch, cfg.temperature, shared_prompts)
-                                              if cfg.beta else None)
+                        logprobs, _ = token_logprobs(policy, batch, cfg.temperature)                                  # (b, C)
                     loss, loss_metrics = grpo_loss(
-                        logprobs, old[start_row], ref[start_row], advantages[rows].to(device()), batch["completion_mask"],
-                        eps_low=cfg.epsilon, eps_high=cfg.epsilon_high, beta=cfg.beta, mode=cfg.loss_aggregation,
-                        batch_sequences=batch_sequences, batch_tokens=batch_tokens, max_length=cfg.max_new_tokens)
+                        logprobs, old[i], ref[i], advantages[rows].to(device()), loss_mask, eps_low=cfg.epsilon,
+                        eps_high=cfg.epsilon_high, beta=cfg.beta, mode=cfg.loss_aggregation, ratio_level=cfg.ratio_level,
+                        is_weights=is_weights[i], batch_sequences=batch_sequences, batch_tokens=batch_tokens,
+                        max_length=cfg.max_new_tokens)
                     par.accelerator.backward(loss * par.world)        # DDP averages: x world gives the global sum
-                tokens = int(batch["completion_mask"].sum())
-                if update == 0:                          # pi_old's entropy; the ratio is exactly 1, nothing clips
-                    loss_metrics = {"entropy": entropy, **loss_metrics}
-                    del loss_metrics["clip_fraction"]
-                for key, value in loss_metrics.items():
-                    weighted[key][0] += value * tokens
-                    weighted[key][1] += tokens
+                tokens = int(loss_mask.sum())
+                accumulate(means, {k: v for k, v in loss_metrics.items() if k == "kl"}, tokens)
+                if update > 0:                                  # in the first pass the ratio is 1: nothing to see
+                    accumulate(means, {k: loss_metrics[k] for k in ("clip_fraction", "ratio_mean")}, tokens)
+                    extremes["ratio_min"] = min(extremes["ratio_min"], loss_metrics.get("ratio_min", float("inf")))
+                    extremes["ratio_max"] = max(extremes["ratio_max"], loss_metrics.get("ratio_max", float("-inf")))
             grad_norm = par.accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item()
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         trained = time.perf_counter()
-        # 4. metrics (over every process's samples), samples, checkpoint (main process)
-        totals, lengths = par.gather(totals), par.gather([len(c.token_ids) for c in completions])
-        parts = {name: par.gather(values) for name, values in parts.items()}
-        texts, finished = par.gather([c.text for c in completions]), par.gather([c.finish_reason for c in completions])
-        stats = {key: par.total(total) / max(par.total(tokens), 1) for key, (total, tokens) in sorted(weighted.items())}
-        advantage_metrics = {key: sum(par.gather([value])) / par.world for key, value in advantage_metrics.items()}
-        sampled_tokens = sum(lengths)
-        row = {"step": step + 1, "processes": par.world, "reward": sum(totals) / len(totals), "reward_std": torch.tensor(totals).std().item(),
-               **{f"reward/{k}": sum(v) / len(v) for k, v in parts.items()},
-               **{f"reward/{k}_std": torch.tensor(v).std().item() for k, v in parts.items()},
-               "reward_failures": int(par.total(failures)), **advantage_metrics,
-               "completion_length": sampled_tokens / len(lengths), "completion_length_max": max(lengths),
-               "reflection": sum(map(reflects, texts)) / len(texts),
-               "truncated": sum(f == "length" for f in finished) / len(finished),
-               **stats,
-               "learning_rate": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-               "sample_tokens_per_s": sampled_tokens / (sampled - began),
-               "train_tokens_per_s": cfg.updates_per_batch * (par.total(sum(map(len, prompt_ids))) + sampled_tokens) / (trained - sampled),
-               "sample_seconds": sampled - began, "train_seconds": trained - sampled, "step_seconds": trained - began}
-        if "accuracy" in parts:
-            row["accuracy"] = row["reward/accuracy"]
+        # 5. metrics (over every process's samples), samples, checkpoint (main process)
+        row = {"step": step + 1, **step_metrics(par, kept, drawn, advantage_metrics, means, extremes, mismatch)}
+        if cfg.dynamic_sampling:
+            row.update(dynamic_draws=drawn["rounds"], dynamic_filtered=1 - len(kept) / drawn["groups"],
+                       reward_drawn=drawn["reward"] / (drawn["groups"] * G))
+        trained_tokens = par.total(sum(map(len, prompt_ids)) + sum(len(c.token_ids) for c in completions))
+        row.update({"learning_rate": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                    "sample_tokens_per_s": par.total(drawn["tokens"]) / (sampled - began),
+                    "train_tokens_per_s": cfg.updates_per_batch * trained_tokens / (trained - sampled),
+                    "sample_seconds": sampled - began, "train_seconds": trained - sampled, "step_seconds": trained - began})
         if par.is_main:
             metrics_log.write(row)
             if step % cfg.sample_every == 0:
-                for c, total in zip(groups[0], totals[:G]):
-                    samples_log.write({"step": step + 1, "prompt": batch_problems[0].prompt, "truth": batch_problems[0].answer,
+                first = kept[0]
+                for c, total in zip(first.completions, first.totals):
+                    samples_log.write({"step": step + 1, "prompt": first.problem.prompt, "truth": first.problem.answer,
                                        "completion": c.text, "answer": c.answer, "reward": total})
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
                 save_checkpoint(out, model, tokenizer, training_state(step + 1, optimizer, scheduler, generator))

@@ -11,12 +11,28 @@ Choices, each named and tested:
 - A group is constant when its rewards are equal up to rounding: max - min <= 4 machine epsilons of
   the rewards' dtype times max(1, max |r|) (float32 rounding alone gave [2.4] * 8 a std of ~1e-7
   and every member +0.935). It gets exactly 0 and is counted in `zero_std_groups`.
-- The KL term is the k3 estimator of eq. 2, per token: pi_ref/pi - log(pi_ref/pi) - 1 >= 0.
+- Advantages, RLOO (`leave_one_out_advantages`, Ahmadian et al., 2024): r_i - mean_{j != i} r_j, no std
+  scaling, constant groups 0 as above. It equals G/(G-1) times the centred reward.
+- The KL term is the k3 estimator of eq. 2, per token: pi_ref/pi - log(pi_ref/pi) - 1 >= 0, computed as
+  expm1(x) - x with x = log(pi_ref/pi) (exp(x) - x - 1 in float32 loses it to rounding for |x| < ~1e-3).
 - Every log-ratio is clamped to +-LOG_RATIO_CLAMP = 20 before `exp` (as verl): the KL and the ratio
   stay finite, with zero gradient beyond the clamp. Padding is masked with `torch.where`, never by
   multiplying by 0, so a -inf log-prob at a pad position changes neither the loss nor any gradient.
 - The clipped ratio uses `eps_low` below and `eps_high` above 1 (equal in the paper; DAPO's
   clip-higher raises eps_high).
+- `importance_ratio` level "token" is eq. 1's pi_theta / pi_old per token; level "sequence" is GSPO's
+  (Zheng et al., 2025): one ratio per sequence, exp(mean_t log r_t) (the geometric mean), clipped per
+  sequence and shared by its tokens, the gradient flowing through the mean. The GSPO paper clips at
+  eps_low 3e-4, eps_high 4e-4 (a sequence ratio moves far less than a token's) and averages over
+  sequences: `mode="sample"` gives exactly its 1/G sum_i.
+- Truncated importance sampling (Yao et al., 2025, "Your efficient RL framework secretly brings you
+  off-policy RL training"; TRL's `vllm_importance_sampling_correction`, verl's rollout correction):
+  the tokens were drawn by the sampler (a bf16 copy, vLLM), not by pi_old, so each token's surrogate is
+  multiplied by w_t = min(pi_old / pi_sampler, C), detached; the KL term is not weighted (as TRL).
+- Sampler mismatch (diagnostics, no gradient): mean |log pi_sampler - log pi_old| per token and, per
+  sequence, sum_t k3 with r = pi_old / pi_sampler: since the tokens come from the sampler, its mean over
+  sequences estimates the sequence-level KL(pi_sampler || pi_old) (>= 0 per token, low variance;
+  exactly so only at top_p = 1, the sampler's log-probs being taken before top-p).
 - `aggregate` turns per-token values into the loss. Its denominators are those of the WHOLE batch
   (`batch_sequences`, `batch_tokens`), so summing micro-batch losses gives the whole-batch loss:
     sample:   1/G sum_i 1/|o_i| sum_t   (the paper)
@@ -30,15 +46,22 @@ from __future__ import annotations
 import torch
 
 AGGREGATIONS = ("sample", "token", "constant")
+RATIO_LEVELS = ("token", "sequence")
 ADVANTAGE_EPS = 1e-4      # added to the group std (TRL's value; see the module docstring)
 LOG_RATIO_CLAMP = 20.0    # |log-ratio| bound before exp (verl's)
+
+
+def constant_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(N,) bool: which groups of rewards (N*G,), groups contiguous, are equal up to rounding (module docstring)."""
+    grouped = rewards.double().view(-1, group_size)                          # (N, G)
+    tolerance = 4 * torch.finfo(rewards.dtype).eps * grouped.abs().amax(1).clamp_min(1)
+    return grouped.amax(1) - grouped.amin(1) <= tolerance
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True) -> tuple[torch.Tensor, dict]:
     """Eq. 3 on rewards (N*G,), groups contiguous. Returns advantages (N*G,) in the rewards' dtype, and metrics."""
     grouped = rewards.double().view(-1, group_size)                          # (N, G)
-    tolerance = 4 * torch.finfo(rewards.dtype).eps * grouped.abs().amax(1).clamp_min(1)
-    constant = grouped.amax(1) - grouped.amin(1) <= tolerance                # (N,) equal up to rounding
+    constant = constant_groups(rewards, group_size)                          # (N,)
     centred = grouped - grouped.mean(dim=1, keepdim=True)                    # (N, G)
     if scale and group_size > 1:
         centred = centred / (grouped.std(dim=1, keepdim=True) + ADVANTAGE_EPS)
@@ -46,15 +69,37 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True)
     return advantages.reshape(-1).to(rewards.dtype), {"zero_std_groups": constant.double().mean().item()}
 
 
+def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, dict]:
+    """RLOO on rewards (N*G,), groups contiguous: r_i - mean of the group's other rewards, (N*G,), no std scaling."""
+    grouped = rewards.double().view(-1, group_size)                          # (N, G)
+    constant = constant_groups(rewards, group_size)                          # (N,)
+    others = (grouped.sum(1, keepdim=True) - grouped) / (group_size - 1)     # (N, G)
+    advantages = torch.where(constant[:, None], 0.0, grouped - others)
+    return advantages.reshape(-1).to(rewards.dtype), {"zero_std_groups": constant.double().mean().item()}
+
+
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Eq. 2 per token, (B, T): r - log r - 1 with r = pi_ref / pi_theta, log r clamped to +-20."""
     log_ratio = (ref_logprobs - logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)     # (B, T)
-    return torch.exp(log_ratio) - log_ratio - 1
+    return torch.expm1(log_ratio) - log_ratio          # = r - log r - 1, without float32's cancellation near r = 1
 
 
-def clipped_surrogate(logprobs, old_logprobs, advantages, eps_low: float, eps_high: float):
-    """Per-token min(r A, clip(r, 1-eps_low, 1+eps_high) A), (B, T), and where the clip was active."""
-    ratio = torch.exp((logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))   # (B, T)
+def importance_ratio(logprobs, old_logprobs, mask, level: str = "token") -> torch.Tensor:
+    """pi_theta / pi_old, (B, T): per token, or GSPO's per sequence exp(mean_t log r_t) repeated over its
+    tokens. Log-probs must be finite at pads (grpo_loss zeroes them); the log-ratio is clamped to +-20."""
+    log_ratio = logprobs - old_logprobs                                      # (B, T)
+    if level == "sequence":
+        real = mask.bool()
+        mean = torch.where(real, log_ratio, 0.0).sum(-1) / real.sum(-1).clamp_min(1)   # (B,)
+        log_ratio = mean[:, None].expand_as(log_ratio)                       # (B, T)
+    elif level != "token":
+        raise ValueError(f"unknown ratio level {level!r}; valid: {', '.join(RATIO_LEVELS)}")
+    return torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+
+
+def clipped_surrogate(ratio, advantages, eps_low: float, eps_high: float):
+    """Per-token min(r A, clip(r, 1-eps_low, 1+eps_high) A) from ratios (B, T) and advantages (B,), and where
+    the clip was active."""
     advantages = advantages[:, None]                                         # (B, 1)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * advantages
@@ -76,24 +121,54 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, batch_sequenc
 
 
 def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, *, eps_low: float = 0.2,
-              eps_high: float | None = None, beta: float = 0.04, mode: str = "sample",
-              batch_sequences: int, batch_tokens: int, max_length: int) -> tuple[torch.Tensor, dict]:
-    """Negative eq. 1 for a (micro-)batch. logprobs/old/ref: (B, T); advantages: (B,); mask: (B, T).
+              eps_high: float | None = None, beta: float = 0.04, mode: str = "sample", ratio_level: str = "token",
+              is_weights: torch.Tensor | None = None, batch_sequences: int, batch_tokens: int,
+              max_length: int) -> tuple[torch.Tensor, dict]:
+    """Negative eq. 1 for a (micro-)batch. logprobs/old/ref: (B, T); advantages: (B,); mask: (B, T);
+    is_weights: (B, T) truncated importance weights on the surrogate, or None.
 
-    ref_logprobs may be None only when beta == 0 (no reference model is loaded then)."""
+    ref_logprobs may be None only when beta == 0 (no reference model is loaded then). Metrics: the
+    clip fraction and the ratio's mean (token means), min and max, over the real tokens."""
     real = mask.bool()                                                       # (B, T)
     logprobs, old_logprobs = torch.where(real, logprobs, 0.0), torch.where(real, old_logprobs, 0.0)   # pads never reach exp
-    surrogate, clipped = clipped_surrogate(logprobs, old_logprobs, advantages, eps_low,
-                                           eps_low if eps_high is None else eps_high)
+    ratio = importance_ratio(logprobs, old_logprobs, real, ratio_level)     # (B, T)
+    surrogate, clipped = clipped_surrogate(ratio, advantages, eps_low, eps_low if eps_high is None else eps_high)
+    if is_weights is not None:
+        surrogate = surrogate * is_weights.detach()
     per_token = -surrogate
     tokens = real.sum().clamp_min(1)
-    metrics = {"clip_fraction": ((clipped & real).sum() / tokens).item()}
+    seen = ratio.detach()[real]                                              # (n,) the real tokens' ratios
+    metrics = {"clip_fraction": ((clipped & real).sum() / tokens).item(), "ratio_mean": (seen.sum() / tokens).item()}
+    if seen.numel():
+        metrics.update(ratio_min=seen.min().item(), ratio_max=seen.max().item())
     if beta != 0:
         kl = kl_k3(logprobs, torch.where(real, ref_logprobs, 0.0))
         per_token = per_token + beta * kl
         metrics["kl"] = (torch.where(real, kl.detach(), 0.0).sum() / tokens).item()
     loss = aggregate(per_token, mask, mode, batch_sequences, batch_tokens, max_length)
     return loss, metrics
+
+
+def truncated_importance_weights(old_logprobs, sampler_logprobs, mask, cap: float) -> tuple[torch.Tensor, dict]:
+    """w_t = min(pi_old / pi_sampler, cap) per token, (B, T), 0 at pads; metrics over the real tokens:
+    `is_weight` (mean w) and `is_capped` (share of tokens whose weight was cut to the cap)."""
+    real = mask.bool()                                                       # (B, T)
+    log_ratio = torch.where(real, old_logprobs - sampler_logprobs, 0.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    raw = torch.exp(log_ratio)                                               # (B, T)
+    weights = torch.where(real, raw.clamp(max=cap), 0.0)
+    tokens = real.sum().clamp_min(1)
+    capped = ((raw > cap) & real).sum() / tokens
+    return weights, {"is_weight": (weights.sum() / tokens).item(), "is_capped": capped.item()}
+
+
+def sampler_mismatch(sampler_logprobs, old_logprobs, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence (B,): sum_t |log pi_sampler - log pi_old| and sum_t k3 (r = pi_old / pi_sampler) over
+    its real tokens; divided by the tokens and by the sequences they give the step's two mismatch metrics."""
+    real = mask.bool()                                                       # (B, T)
+    sampler, old = (torch.where(real, x.double(), 0.0) for x in (sampler_logprobs, old_logprobs))   # k3 ~ d^2 / 2: float64
+    absolute = (old - sampler).abs().sum(-1)                                 # (B,), pads are 0 - 0
+    k3 = torch.where(real, kl_k3(sampler, old), 0.0).sum(-1)                 # (B,)
+    return absolute, k3
 
 
 def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None,

@@ -14,8 +14,9 @@ trainer recomputes (TRL and verl make the same choice).
 
 `decode_dtype="bfloat16"` samples from a bf16 copy of the policy, refreshed from the policy's weights at
 every `generate` call (as RL frameworks roll out in bf16 while training in fp32); on CPUs with bf16
-units (AVX-512 bf16, as here) decoding is much faster (see bench/grpo_vs_trl.py). The trainer recomputes all
-log-probs with its own weights, so only which tokens get sampled is affected, not the loss.
+units (AVX-512 bf16, as here) decoding is much faster (see bench/grpo_vs_trl.py). The trainer recomputes
+all log-probs with its own weights; the sampler's own log-probs (`Sample.logprobs`) enter the loss only
+through GRPO's truncated importance weights min(pi_old / pi_sampler, C) (algorithms/grpo.py).
 """
 from __future__ import annotations
 

@@ -9,8 +9,9 @@ is reset, so samples always come from pi_old. The trainer never imports vLLM; `m
 
 Same contract as HFEngine: token ids with EOS, stop strings kept in the text and, with `seeds`, one
 random stream per (prompt, sample). One difference: vLLM's `processed_logprobs` are taken after
-temperature AND top-p, where HFEngine reports them before top-p; the trainer recomputes every log-prob
-itself, so the loss does not depend on either.
+temperature AND top-p, where HFEngine reports them before top-p. They enter the loss through GRPO's
+truncated importance weights, so with top_p < 1 those weights (and the logged sampler mismatch) are biased
+upward on nucleus tokens: train with top_p 1 on this engine (GRPO's default), or set importance_sampling off.
 Not supported: `watch` (streaming; serve with the hf engine) and LoRA policies (merge first).
 Tested here only against a stand-in for vLLM (tests/test_engines.py); see README, "GPU".
 """
