@@ -34,6 +34,7 @@ RANGES = {  # field -> the interval its value must lie in; "Class.field" where o
     "lora_rank": "[0, inf)", "lora_alpha": "[1, inf)",
     "importance_sampling_cap": "[1, inf)", "dynamic_sampling_max_draws": "[1, inf)",
     "seed": "[0, inf)", "save_every": "[1, inf)", "sample_every": "[1, inf)",
+    "validation_problems": "[0, inf)", "validate_every": "[1, inf)",
     "min_language_share": "[0, 1]", "max_paragraph_chars": "[1, inf)",
 }
 CHOICES = {  # field -> its allowed values
@@ -50,7 +51,8 @@ CHOICES = {  # field -> its allowed values
 }
 TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "none",
               dict: "a mapping like {k: v}", list: "a list like [a, b]"}
-NOT_SETTINGS = ("out", "save_every", "sample_every")   # where and how often a stage writes: never change its results
+NOT_SETTINGS = ("out", "save_every", "sample_every",   # where and how often a stage writes, and what it
+                "validation_problems", "validate_every")   # measures on the side: never change its checkpoints
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ class GRPOConfig:
     seed: int = 0                      # problems, sampling and initialisation
     save_every: int = 10               # steps between checkpoints (the last step always saves)
     sample_every: int = 5              # steps between writing example completions to samples.jsonl
+    validation_problems: int = 0       # train-split problems kept out of training, scored greedily (validation.jsonl)
+    validate_every: int = 5            # steps between validations (also before the first step and after the last)
     out: str = "runs/grpo"             # output directory
 
     def check(self) -> None:

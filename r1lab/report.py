@@ -22,6 +22,8 @@ PLOTS = [
     ("reward.png", "Reward and accuracy over training",
      [([("reward", "total reward"), ("accuracy", "accuracy"), ("reward_drawn", "total reward, every group drawn")],
        "mean over the step's completions", False)]),
+    ("validation.png", "Validation accuracy over training (greedy, fixed held-out train-split problems)",
+     [([("val_accuracy", "validation accuracy")], "share correct", False)]),
     ("length.png", "Response length over training",
      [([("completion_length", "mean length")], "completion length (tokens)", False)]),
     ("reflection.png", "Reflection ('wait', 'let me check') over training",
@@ -45,9 +47,13 @@ def _name(path: Path, run: Path) -> str:
 
 
 def _series(run: Path) -> dict[str, list[dict]]:
+    """Each stage's rows: its metrics.jsonl, then its validation.jsonl (rows of step and val_accuracy)."""
     found = {}
     for path in sorted(run.rglob("metrics.jsonl")):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        validation = path.with_name("validation.jsonl")
+        if validation.exists():
+            rows += [json.loads(line) for line in validation.read_text().splitlines() if line.strip()]
         if rows:
             found[_name(path, run)] = rows
     return found
@@ -132,7 +138,7 @@ def write_report(run_dir: str) -> Path:
                 lines += [f"## {title}", "", f"![{title}]({name})", ""]
         lines += ["## Last step of each stage", "", "| stage | step | reward | accuracy | length | reflection |", "|---|---|---|---|---|---|"]
         for stage, rows in series.items():
-            last = rows[-1]
+            last = next((r for r in reversed(rows) if "val_accuracy" not in r), rows[-1])
             lines.append(f"| {stage} | {last['step']} | {last.get('reward', float('nan')):.3f} | "
                          f"{last.get('accuracy', float('nan')):.3f} | {last.get('completion_length', float('nan')):.1f} | "
                          f"{last.get('reflection', float('nan')):.3f} |")

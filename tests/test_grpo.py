@@ -336,3 +336,21 @@ def test_disable_dropout_zeroes_every_dropout():
     assert any(isinstance(m, torch.nn.Dropout) for m in gpt2.modules())
     assert (gpt2.config.resid_pdrop, gpt2.config.attn_pdrop, gpt2.config.embd_pdrop) == (0, 0, 0)
     assert llama.config.attention_dropout == 0
+
+
+def test_validation_problems_are_held_out_of_training_and_scored_greedily(tmp_path):
+    """validation.jsonl has the greedy accuracy before the first step, every validate_every steps and after
+    the last; its problems are never trained on; `r1lab report` plots it."""
+    from r1lab.cli import main
+    from r1lab.tasks import get_task
+    out = tmp_path / "run"
+    main(["train", "grpo", "--model", "tiny-random", "--steps", "3", "--prompts-per-step", "2", "--samples-per-prompt", "2",
+          "--micro-batch-size", "4", "--max-new-tokens", "8", "--validation-problems", "5", "--validate-every", "2",
+          "--sample-every", "1", "--out", str(out)])
+    rows = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 3] and all(0.0 <= r["val_accuracy"] <= 1.0 for r in rows)
+    held_out = {p.prompt for p in get_task("arithmetic").problems("train", 3 * 2 + 5, 0)[-5:]}
+    trained = {json.loads(line)["prompt"] for line in (out / "samples.jsonl").read_text().splitlines()}
+    assert trained and not trained & held_out
+    main(["report", str(out)])
+    assert (out / "validation.png").exists()

@@ -43,6 +43,11 @@ the groups trained on; with dynamic sampling `dynamic_draws` (rounds) and `dynam
 the drawn groups left out) say what was filtered, and `reward_drawn` is the mean reward over every
 completion drawn (`reward`, over the groups trained on, is then biased by the filter).
 `warmup_steps` is in steps: the scheduler, which counts optimiser updates, gets it x mu.
+Validation (`validation_problems` > 0): that many train-split problems, drawn after the training ones
+(so disjoint from them and from the test split), are answered greedily every `validate_every` steps,
+before the first and after the last; their accuracy goes to `validation.jsonl` (step = updates done).
+The per-step training reward over a few fresh prompts mostly measures which prompts were drawn; this
+is the learning curve on fixed problems.
 With `mask_truncated`, truncated completions are in no loss denominator (r1lab/algorithms/losses.py).
 
 Multi-process (accelerate; r1lab/distributed.py): each process samples whole groups for its share of
@@ -67,6 +72,7 @@ from r1lab.distributed import Parallel, prompt_seeds
 from r1lab.evaluate import reflects
 from r1lab.models import load_model
 from r1lab.rewards import check_rewards_fit, parse_rewards, score
+from r1lab.rewards.accuracy import accuracy
 from r1lab.rollout import Sampling, make_engine, rollout
 from r1lab.tasks import get_task
 from r1lab.templates import get_template
@@ -160,6 +166,12 @@ def draw_groups(engine, tokenizer, template, sampling, weights, G: int, rounds, 
     return [group for _, group in chosen], drawn
 
 
+def validate(engine, tokenizer, template, problems: list[Problem], max_new_tokens: int) -> float:
+    """Greedy accuracy of the current policy on fixed held-out problems (the `accuracy` reward, 1 = correct)."""
+    _, groups = rollout(engine, problems, template, tokenizer, 1, Sampling(0.0, 1.0, max_new_tokens))
+    return sum(accuracy(group[0], problem) >= 1.0 for group, problem in zip(groups, problems)) / len(problems)
+
+
 def accumulate(means: dict, metrics: dict, tokens: int) -> None:
     """Add a micro-batch's token means to `means` (name -> [sum of value x tokens, tokens])."""
     for key, value in metrics.items():
@@ -209,7 +221,10 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     seed_everything(cfg.seed)
     template, weights = get_template(cfg.template), parse_rewards(cfg.rewards)
     draws = cfg.dynamic_sampling_max_draws if cfg.dynamic_sampling else 1       # rounds of prompts per step, at most
-    problems = get_task(cfg.task, **cfg.task_options).problems("train", cfg.steps * draws * cfg.prompts_per_step, cfg.seed)
+    problems = get_task(cfg.task, **cfg.task_options).problems(
+        "train", cfg.steps * draws * cfg.prompts_per_step + cfg.validation_problems, cfg.seed)
+    validation = problems[len(problems) - cfg.validation_problems:] if cfg.validation_problems else []
+    problems = problems[:len(problems) - len(validation)]                      # what training draws from
     check_rewards_fit(weights, problems[0])
     par.check_divides(cfg.prompts_per_step)
     model, tokenizer = load_policy(cfg.model, checkpoint, cfg.dtype, cfg.lora_rank, cfg.lora_alpha,
@@ -229,12 +244,16 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     policy, optimizer = par.prepare(CompletionLogits(model, shared_prompts), optimizer)   # DDP/FSDP/DeepSpeed-wrapped
     metrics_log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True) if par.is_main else None
     samples_log = JsonlLog(out / "samples.jsonl", start) if par.is_main else None
+    validation_log = JsonlLog(out / "validation.jsonl", start - 1) if par.is_main and validation else None
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     G, P = cfg.samples_per_prompt, cfg.prompts_per_step
     model.train()
 
     progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="grpo", unit="step", disable=not par.is_main)
     for step in progress:
+        if validation_log is not None and step % cfg.validate_every == 0:
+            validation_log.write({"step": step, "val_accuracy": validate(engine, tokenizer, template, validation,
+                                                                         cfg.max_new_tokens)})
         began = time.perf_counter()
         # 1. sample G completions per problem (this process's share of the prompts, whole groups) and score them;
         #    with dynamic sampling, more rounds of fresh problems until P groups have unequal rewards
@@ -321,4 +340,8 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
         par.barrier()
         progress.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row.get('accuracy', 0):.2f}",
                              len=f"{row['completion_length']:.0f}", s=f"{row['step_seconds']:.1f}")
+    if validation_log is not None and start < cfg.steps:
+        accuracy_now = validate(engine, tokenizer, template, validation, cfg.max_new_tokens)
+        validation_log.write({"step": cfg.steps, "val_accuracy": accuracy_now})
+        print(f"validation accuracy after {cfg.steps} steps: {accuracy_now:.3f}")
     return out / "checkpoint"
