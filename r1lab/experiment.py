@@ -1,6 +1,8 @@
-"""The talk's "Is RL really needed?" as an experiment: one recipe, several seeds, one table.
+"""A recipe as an experiment: run once per seed, one pooled table (the talk's "Is RL really needed?",
+GRPO's gain over its cold start).
 
     r1lab experiment is-rl-needed [--seeds 3] [--recipe recipes/is_rl_needed.yaml] [key=value ...]
+    r1lab experiment rl-gain [--seeds 3]                  (recipes/rl_gain.yaml)
 
 Runs the recipe once per seed (`runs/<name>_seed<s>/`, each resumable), then pools the held-out
 results of its eval stage: per method, pass@1 and cons@k over all (seed, problem) pairs and pass@1 of
@@ -98,6 +100,6 @@ def run_experiment(recipe: str, seeds: int = 3, overrides: dict[str, str] | None
     text = format_experiment(table, samples, seeds, gains)
     (out / "experiment.json").write_text(json.dumps({"recipe": recipe, "seeds": seeds, "samples": samples,
                                                      "methods": table, "gains": gains}, indent=2))
-    (out / "experiment.md").write_text(f"# Is RL really needed? ({recipe}, {seeds} seeds)\n\n```\n{text}\n```\n")
+    (out / "experiment.md").write_text(f"# {name} ({recipe}, {seeds} seeds)\n\n```\n{text}\n```\n")
     print(text)
     return out / "experiment.md"

@@ -5,15 +5,18 @@
     llm = make_llm("http://127.0.0.1:8000/v1")                  # any OpenAI-compatible server (r1lab serve)
 
 The reply comes back without its `<think>` part (a reasoning block breaks strict_json's parser), as
-DeepSeek's API returns reasoning apart from the answer. Sampling defaults to temperature 0 (the talk's
-example), 512 new tokens.
+DeepSeek's API returns reasoning apart from the answer; in-process, the reply is read with the prompt's
+tail, as the server does (`r1lab.serve.split_reasoning`), so a chat template that opens `<think>` works.
+Sampling defaults to temperature 0 (the talk's example), 512 new tokens.
 """
 from __future__ import annotations
 
 import os
 import threading
 
-from r1lab.serve import chat_prompt, split_reasoning
+from r1lab.serve import chat_prompt
+from r1lab.streaming import split_reasoning
+from r1lab.templates import prompt_tail
 
 
 def make_llm(model_or_url: str, temperature: float = 0.0, top_p: float = 1.0, max_tokens: int = 512,
@@ -43,5 +46,5 @@ def make_llm(model_or_url: str, temperature: float = 0.0, top_p: float = 1.0, ma
         prompt = chat_prompt(tokenizer, [{"role": "system", "content": system_prompt}, {"role": "user", "content": user_prompt}])
         with lock:
             sample = engine.generate([prompt], 1, sampling)[0][0]
-        return split_reasoning(sample.text)[1]
+        return split_reasoning(prompt_tail(prompt) + sample.text)[1]
     return llm

@@ -8,13 +8,18 @@ A spec is one of:
   never leaves a half folder; later loads take about a second instead of ~20 s.
 - `tiny-random`: a 2-layer Llama with a 512-token byte-level BPE vocabulary and a ChatML chat
   template, built from a config with fixed seeds: identical every time, for tests.
-- a `.gguf` file; a local Hugging Face folder; a hub id (only where the hub is reachable: otherwise
-  one clear error, not the minute of retries transformers would do).
+- a `.gguf` file; a local Hugging Face folder; a hub id `owner/name` (only where the hub is reachable:
+  otherwise one clear error, not the minute of retries transformers would do).
+Anything else is an error at once, without the hub: a spec that looks like a path (`runs/x/checkpoint`,
+`./x`, or `a/b` where `a` is a local folder) is "no such folder", a name without `/` is an unknown alias
+(the closest one suggested).
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -29,6 +34,7 @@ ALIASES = {
     "tiny-random": "2-layer Llama, hidden 64, 512-token byte-level BPE; random weights, seeded; for tests",
 }
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def cache_dir() -> Path:
@@ -50,15 +56,39 @@ def load_model(spec: str, dtype: str = "float32"):
         model, tokenizer = _from_folder(smollm2_folder(), dtype)
     elif spec.endswith(".gguf"):
         model, tokenizer = _from_gguf(Path(spec), dtype)
-    elif Path(spec).exists():
-        if not (Path(spec) / "config.json").is_file():
-            raise R1labError(f"{spec}: not a Hugging Face model folder (no config.json)")
-        model, tokenizer = _from_folder(Path(spec), dtype)
+    elif check_spec(spec) == "folder":
+        model, tokenizer = _from_folder(Path(spec).expanduser(), dtype)
     else:
         model, tokenizer = _from_hub(spec, dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(_dtype(dtype)), tokenizer
+
+
+def check_spec(spec: str) -> str:
+    """What a model spec names ("alias", "gguf", "folder" or "hub"), checked without loading anything or
+    asking the hub; an error for a spec that can be none of them."""
+    path = Path(spec).expanduser()
+    if spec in ALIASES:
+        return "alias"
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise R1labError(f"{spec}: GGUF file not found")
+        return "gguf"
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise R1labError(f"{spec}: not a Hugging Face model folder (no config.json)")
+        return "folder"
+    if path.exists():
+        raise R1labError(f"{spec}: a file, not a model folder, .gguf file or alias")
+    if HUB_ID.fullmatch(spec) and not Path(spec.split("/")[0]).is_dir():
+        return "hub"
+    if "/" in spec or os.sep in spec or spec.startswith((".", "~")):
+        raise R1labError(f"{spec}: no such folder")
+    close = difflib.get_close_matches(spec.lower(), ALIASES, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]}?" if close else "."
+    raise R1labError(f"unknown model {spec!r}{hint} A model is an alias ({', '.join(ALIASES)}), a local Hugging Face "
+                     f"folder, a .gguf file or a hub id owner/name")
 
 
 def _from_folder(folder: Path, dtype: str):
@@ -88,21 +118,21 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _from_hub(model_id: str, dtype: str):
+    """From the local Hugging Face cache when it holds the model (no network: transformers would still ask
+    the hub for an adapter, with a minute of retries where it is unreachable), else from the hub."""
+    from huggingface_hub import try_to_load_from_cache
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    try:   # already in the local Hugging Face cache: no network needed
-        return (AutoModelForCausalLM.from_pretrained(model_id, dtype=_dtype(dtype), local_files_only=True),
-                AutoTokenizer.from_pretrained(model_id, local_files_only=True))
-    except OSError:
-        pass
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+    cached = isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+    if not cached and (os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable()):
         raise R1labError(f"model {model_id!r}: not a local folder, .gguf file or alias, and the Hugging Face hub "
                          f"is not reachable from here. Download it elsewhere and pass the local folder instead "
                          f"(r1lab ... --model /path/to/folder), or use an alias: {', '.join(ALIASES)}")
     try:
-        return (AutoModelForCausalLM.from_pretrained(model_id, dtype=_dtype(dtype)),
-                AutoTokenizer.from_pretrained(model_id))
+        return (AutoModelForCausalLM.from_pretrained(model_id, dtype=_dtype(dtype), local_files_only=cached),
+                AutoTokenizer.from_pretrained(model_id, local_files_only=cached))
     except OSError as e:
-        raise R1labError(f"model {model_id!r}: could not load from the hub: {str(e).splitlines()[0]}") from None
+        raise R1labError(f"model {model_id!r}: could not load {'from the local cache' if cached else 'from the hub'}: "
+                         f"{str(e).splitlines()[0]}") from None
 
 
 def smollm2_gguf() -> Path:
@@ -117,6 +147,7 @@ def smollm2_gguf() -> Path:
 
 def smollm2_folder() -> Path:
     """The cached safetensors copy of the embedded model, converting the GGUF on first use (atomically)."""
+    from r1lab.checkpoint import for_older_readers
     folder = cache_dir() / "models" / "smollm2-135m"
     if (folder / "config.json").is_file():
         return folder
@@ -126,6 +157,7 @@ def smollm2_folder() -> Path:
     shutil.rmtree(temporary, ignore_errors=True)
     model.save_pretrained(temporary)
     tokenizer.save_pretrained(temporary)
+    for_older_readers(temporary)
     try:
         os.replace(temporary, folder)
     except OSError:   # another process finished first

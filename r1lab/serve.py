@@ -1,50 +1,54 @@
 """An OpenAI-compatible server for any checkpoint (DeepSeek's reasoning convention).
 
-    r1lab serve runs/quickstart/grpo/checkpoint [--host 127.0.0.1] [--port 8000] [--api-key-env R1LAB_API_KEY]
+    r1lab serve runs/quickstart/grpo/checkpoint [--host 127.0.0.1] [--port 8000] [--served-model-name NAME]
+        [--api-key-env VAR] [--max-tokens 2048] [--max-prompt-tokens N] [--max-queue 256] [--threads N]
 
-`GET /v1/models`, `POST /v1/chat/completions` (messages, temperature, top_p, max_tokens, stop, n,
-stream). The text inside `<think>` comes back as `message.reasoning_content` (`delta.reasoning_content`
-when streaming) and the answer as `content`, as DeepSeek's API does; `usage` counts tokens.
-Concurrent requests are batched: a worker thread collects what arrives within `batch_wait_s` and
-runs it as shared generate calls (one per distinct n and sampling settings).
+Routes: `POST /v1/chat/completions` (messages, temperature, top_p, max_tokens, stop, n, stream,
+stream_options.include_usage), `GET /v1/models` (with `max_model_len` and this server's `max_tokens`),
+`GET /health`, `GET /metrics` (Prometheus text: requests, tokens, queue length) and `GET /`, a chat page
+over the same API (r1lab/static/chat.html). Concurrent requests are batched: a worker thread collects
+what arrives within `batch_wait_s` and runs it as shared generate calls (one per n and sampling settings).
 
-`GET /` is a chat page over the same API (r1lab/static/chat.html): streamed replies with the reasoning
-in a collapsible block above the answer, sampling settings, a template picker, a stop button, the
-conversation kept in the browser's storage. Safety: loopback by default; an optional Bearer key (401 without it); bad JSON, an unknown model,
-max_tokens over the limit, too many messages or bytes get 4xx errors in OpenAI's error shape.
-Streaming sends each new token as it is sampled (reasoning and answer deltas apart; text that may be
-the start of a tag is held back until it is known); a client that disconnects mid-stream has its rows
-dropped from the running batch at the next token.
+Reasoning is split from the answer, and streamed, by r1lab/streaming.py (`split_reasoning`,
+`ReplyStream`: each field's deltas joined are exactly the non-streamed message). A client that
+disconnects mid-stream has its rows dropped from the running batch at the next token.
+
+Limits, each answered in OpenAI's error shape before any work: a body over `max_bytes` (counted while
+reading, chunked or not: 413); a prompt over `--max-prompt-tokens` or, with max_tokens, over the model's
+context (400, before any prefill); more than `--max-queue` requests waiting or running (429 with
+Retry-After); bad JSON, JSON nested too deep, a lone surrogate, a field out of range (400); a wrong API
+key (401, compared in constant time); an unknown model (404) or route (404/405). Any other failure is
+a 500 that names only a request id; the traceback is in the server's log, beside one access line per
+request (method, path, status, tokens in/out, seconds). A port in use is an error before the model loads.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
+import hmac
 import json
+import logging
 import queue
+import socket
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from jinja2 import TemplateError
+from starlette.exceptions import HTTPException
 
+from r1lab import R1labError
 from r1lab.rollout import Sample, Sampling
-from r1lab.templates import parse_tags
+from r1lab.streaming import ReplyStream, split_reasoning, trim_stop
+from r1lab.templates import prompt_tail
 
-
-def split_reasoning(text: str) -> tuple[str | None, str]:
-    """(reasoning, answer) of a reply: `<think>` text apart; the answer without its `<answer>` tags."""
-    if "</think>" in text:
-        reasoning, answer = parse_tags(text)
-        after = text.split("</think>", 1)[1]
-        return reasoning, answer if answer is not None else after.replace("<answer>", "").replace("</answer>", "").strip()
-    if "<think>" in text:
-        return text.split("<think>", 1)[1].strip(), ""
-    return None, text.strip()
+log = logging.getLogger("r1lab.serve")
 
 
 def chat_prompt(tokenizer, messages: list[dict]) -> str:
@@ -64,17 +68,26 @@ class _Request:
 
 
 class Batcher:
-    """Runs concurrent requests as shared `engine.generate` calls, from one worker thread."""
+    """Runs concurrent requests as shared `engine.generate` calls, from one worker thread; `pending`
+    counts the requests submitted and not finished (waiting or running)."""
 
     def __init__(self, engine, max_prompts: int = 32, wait_s: float = 0.02):
         self.engine, self.max_prompts, self.wait_s = engine, max_prompts, wait_s
         self.queue: queue.Queue[_Request] = queue.Queue()
+        self.pending, self.lock = 0, threading.Lock()
         threading.Thread(target=self._loop, daemon=True, name="r1lab-batcher").start()
 
     def submit(self, prompt: str, n: int, sampling: Sampling, watch=None) -> Future:
         future: Future = Future()
+        with self.lock:
+            self.pending += 1
+        future.add_done_callback(self._finished)
         self.queue.put(_Request(prompt, n, sampling, future, watch))
         return future
+
+    def _finished(self, _future) -> None:
+        with self.lock:
+            self.pending -= 1
 
     def _loop(self) -> None:
         while True:
@@ -104,9 +117,10 @@ class Batcher:
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+                 code: str | None = None, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.body = status, {"error": {"message": message, "type": kind, "param": param, "code": code}}
+        self.status, self.headers = status, headers
+        self.body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 @dataclass(frozen=True)
@@ -115,16 +129,38 @@ class Limits:
     max_messages: int = 64         # messages per request
     max_bytes: int = 1_000_000     # request body size
     max_n: int = 8                 # completions per request
+    max_prompt_tokens: int | None = None   # prompt tokens per request (None: only the model's context bounds it)
+    max_queue: int = 256           # requests waiting or running; past it, 429
 
 
-def parse_request(raw: bytes, served: str, limits: Limits) -> tuple[list[dict], int, Sampling, bool]:
-    """(messages, n, sampling, stream) from a request body, or an APIError naming the field."""
-    if len(raw) > limits.max_bytes:
-        raise APIError(413, f"request body is {len(raw)} bytes; the limit is {limits.max_bytes}")
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: list[dict]
+    n: int
+    sampling: Sampling
+    stream: bool
+    include_usage: bool        # stream_options.include_usage: a last chunk with the usage
+
+
+def _string(value, where: str) -> str:
+    """A string that encodes as UTF-8 (JSON may carry lone surrogates, which no tokenizer takes)."""
+    if not isinstance(value, str):
+        raise APIError(400, f"{where} must be a string", param=where)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(400, f"{where} is not valid Unicode (a lone surrogate)", param=where) from None
+    return value
+
+
+def parse_request(raw: bytes, served: str, limits: Limits) -> ChatRequest:
+    """The request in a body, or an APIError naming the field."""
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"invalid JSON body: {e}") from None
+    except RecursionError:
+        raise APIError(400, "invalid JSON body: nested too deeply") from None
     if not isinstance(body, dict):
         raise APIError(400, "the body must be a JSON object")
     if body.get("model") != served:
@@ -138,6 +174,7 @@ def parse_request(raw: bytes, served: str, limits: Limits) -> tuple[list[dict], 
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
             raise APIError(400, f"messages[{i}] must be {{role: system|user|assistant, content: string}}", param=f"messages[{i}]")
+        _string(m["content"], f"messages[{i}].content")
 
     def number(name, default, kind, low, high):
         value = body.get(name, default)
@@ -157,100 +194,164 @@ def parse_request(raw: bytes, served: str, limits: Limits) -> tuple[list[dict], 
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
         raise APIError(400, "'stop' must be a string or a list of up to 4 non-empty strings", param="stop")
+    for i, s in enumerate(stop):
+        _string(s, f"stop[{i}]")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise APIError(400, "'stream' must be a boolean", param="stream")
-    return messages, n, Sampling(temperature, top_p, max_tokens, tuple(stop)), stream
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise APIError(400, "'stream_options' must be {include_usage: boolean}", param="stream_options")
+    return ChatRequest(messages, n, Sampling(temperature, top_p, max_tokens, tuple(stop)), stream,
+                       options.get("include_usage", False))
 
 
-def _trim(text: str, stop: tuple[str, ...]) -> str:
-    """OpenAI semantics: the stop sequence is not part of the reply."""
-    cut = min((text.find(s) for s in stop if s in text), default=-1)
-    return text if cut < 0 else text[:cut]
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, counted while it arrives (chunked or not): past `limit` bytes, a 413 at once."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:      # refuse before reading a byte
+        raise APIError(413, f"request body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
-_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+def check_prompt(prompt_tokens: int, max_tokens: int, limits: Limits, context: int | None) -> None:
+    """A 400 naming the limit, for a prompt over --max-prompt-tokens or (with max_tokens) the model's context."""
+    if limits.max_prompt_tokens is not None and prompt_tokens > limits.max_prompt_tokens:
+        raise APIError(400, f"the prompt is {prompt_tokens} tokens; this server takes at most {limits.max_prompt_tokens} "
+                            f"(--max-prompt-tokens)", param="messages", code="context_length_exceeded")
+    if context is not None and prompt_tokens + max_tokens > context:
+        raise APIError(400, f"this model's maximum context length is {context} tokens; the request asks for "
+                            f"{prompt_tokens + max_tokens} ({prompt_tokens} in the messages, {max_tokens} in the "
+                            f"completion): shorten the messages or lower max_tokens",
+                       param="messages", code="context_length_exceeded")
 
 
-def partial_split(text: str) -> tuple[str, str]:
-    """(reasoning, answer) of a reply still being written, safe to stream: a tail that may be the start
-    of a tag is held back, and trailing whitespace waits for the next word."""
-    for k in range(min(len(text), max(map(len, _TAGS))), 0, -1):
-        if any(tag.startswith(text[-k:]) for tag in _TAGS):
-            text = text[:-k]
-            break
-    if "</think>" in text:
-        before, after = text.split("</think>", 1)
-        reasoning = before.split("<think>", 1)[-1]
-        answer = after.replace("<answer>", "").replace("</answer>", "")
-    elif "<think>" in text:
-        reasoning, answer = text.split("<think>", 1)[1], ""
-    else:
-        reasoning, answer = "", text
-    return reasoning.strip(), answer.strip()
+class Metrics:
+    """Counters for /metrics, in Prometheus' text format."""
+
+    def __init__(self, batcher: Batcher):
+        self.batcher, self.requests, self.tokens = batcher, Counter(), Counter()
+
+    def text(self) -> str:
+        lines = ["# TYPE r1lab_requests_total counter"]
+        lines += [f'r1lab_requests_total{{status="{status}"}} {count}' for status, count in sorted(self.requests.items())]
+        for kind in ("prompt", "completion"):
+            lines += [f"# TYPE r1lab_{kind}_tokens_total counter", f"r1lab_{kind}_tokens_total {self.tokens[kind]}"]
+        lines += ["# TYPE r1lab_queue_length gauge", f"r1lab_queue_length {self.batcher.pending}"]
+        return "\n".join(lines) + "\n"
+
+
+def access_log(app, metrics: Metrics):
+    """ASGI wrapper: one log line per request (method, path, status, tokens in/out, seconds), counted in
+    the metrics. An exception after its 500 was sent was logged with its request id: not again (uvicorn
+    would print its traceback a second time, without the id)."""
+    async def wrapped(scope, receive, send):
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        began, status = time.monotonic(), []
+        scope.setdefault("state", {})
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+        try:
+            await app(scope, receive, sending)
+        except Exception:
+            if not status:
+                raise
+        finally:
+            usage = scope["state"].get("usage", {})
+            metrics.requests[status[0] if status else 500] += 1
+            for kind in ("prompt", "completion"):            # the tokens of answered requests
+                metrics.tokens[kind] += usage.get(f"{kind}_tokens", 0) if status and status[0] < 400 else 0
+            log.info('%s "%s %s" %s in=%s out=%s %.2f s', (scope.get("client") or ("-",))[0], scope["method"],
+                     scope["path"], status[0] if status else "-", usage.get("prompt_tokens", "-"),
+                     usage.get("completion_tokens", "-"), time.monotonic() - began)
+    return wrapped
 
 
 def build_app(engine, tokenizer, served: str, api_key: str | None = None, limits: Limits = Limits(),
-              batch_wait_s: float = 0.02):
-    app = FastAPI(title="r1lab", docs_url=None, redoc_url=None)
+              batch_wait_s: float = 0.02, context: int | None = None):
+    """The ASGI app: `context` is the model's context length in tokens (None: not checked)."""
+    app = FastAPI(title="r1lab", docs_url=None, redoc_url=None, openapi_url=None)
     batcher = Batcher(engine, wait_s=batch_wait_s)
+    metrics = Metrics(batcher)
 
     @app.exception_handler(APIError)
     async def api_error(request, error: APIError):
-        return JSONResponse(error.body, status_code=error.status)
+        return JSONResponse(error.body, status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(R1labError)
+    async def user_error(request, error: R1labError):
+        return JSONResponse(APIError(400, str(error)).body, status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def no_route(request, error: HTTPException):
+        return JSONResponse(APIError(error.status_code, f"Invalid URL ({request.method} {request.url.path})").body,
+                            status_code=error.status_code)
 
     @app.exception_handler(Exception)
     async def unexpected(request, error: Exception):
-        return JSONResponse(APIError(500, f"internal error: {type(error).__name__}: {error}", "server_error").body,
-                            status_code=500)
+        ident = f"req-{uuid.uuid4().hex[:12]}"
+        log.error("request %s failed", ident, exc_info=error)
+        return JSONResponse(APIError(500, f"internal error; the server log has the details (request id {ident})",
+                                     "server_error").body, status_code=500)
 
     def authorise(request: Request) -> None:
-        if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
+        given = request.headers.get("authorization", "").encode("latin-1")
+        if api_key and not hmac.compare_digest(given, f"Bearer {api_key}".encode()):
             raise APIError(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error",
                            code="invalid_api_key")
 
-    async def stream_events(prompt: str, n: int, sampling: Sampling, ident: str, created: int):
+    async def stream_events(prompt: str, chat: ChatRequest, ident: str, created: int, usage: dict):
         """Server-sent events: a delta per new token, reasoning and answer apart; disconnect cancels."""
         loop, updates, gone = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
 
         def watch(j, tokens):
             loop.call_soon_threadsafe(updates.put_nowait, (j, list(tokens)))
             return not gone.is_set()
-        future = batcher.submit(prompt, n, sampling, watch)
+        future = batcher.submit(prompt, chat.n, chat.sampling, watch)
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(updates.put_nowait, None))
+        replies = [ReplyStream(tokenizer, prompt_tail(prompt), chat.sampling.stop) for _ in range(chat.n)]
+
+        def event(body: dict) -> str:
+            return "data: " + json.dumps({"id": ident, "object": "chat.completion.chunk", "created": created,
+                                          "model": served, **body}) + "\n\n"
 
         def chunk(index, delta, finish=None):
-            return "data: " + json.dumps({"id": ident, "object": "chat.completion.chunk", "created": created,
-                                          "model": served, "choices": [{"index": index, "delta": delta,
-                                                                        "finish_reason": finish}]}) + "\n\n"
-        sent = [("", "") for _ in range(n)]
-
-        def deltas(j, reasoning, answer):
-            old_reasoning, old_answer = sent[j]
-            if reasoning.startswith(old_reasoning) and len(reasoning) > len(old_reasoning):
-                yield chunk(j, {"reasoning_content": reasoning[len(old_reasoning):]})
-                old_reasoning = reasoning
-            if answer.startswith(old_answer) and len(answer) > len(old_answer):
-                yield chunk(j, {"content": answer[len(old_answer):]})
-                old_answer = answer
-            sent[j] = (old_reasoning, old_answer)
+            return event({"choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
         try:
-            for j in range(n):
+            for j in range(chat.n):
                 yield chunk(j, {"role": "assistant", "content": ""})
             while (update := await updates.get()) is not None:
                 j, tokens = update
-                for event in deltas(j, *partial_split(_trim(tokenizer.decode(tokens, skip_special_tokens=True), sampling.stop))):
-                    yield event
+                for delta in replies[j].add(tokens):
+                    yield chunk(j, delta)
             try:
                 samples = future.result()
             except Exception as e:
-                yield "data: " + json.dumps(APIError(500, f"generation failed: {e}", "server_error").body) + "\n\n"
+                if isinstance(e, R1labError):
+                    message = str(e)
+                else:
+                    message = f"generation failed; the server log has the details (request id {ident})"
+                    log.error("request %s failed", ident, exc_info=e)
+                yield "data: " + json.dumps(APIError(500, message, "server_error").body) + "\n\n"
                 return
             for j, sample in enumerate(samples):
-                reasoning, answer = split_reasoning(_trim(sample.text, sampling.stop))
-                for event in deltas(j, reasoning or "", answer):
-                    yield event
+                for delta in replies[j].finish(sample.text):
+                    yield chunk(j, delta)
                 yield chunk(j, {}, sample.finish_reason)
+            usage["completion_tokens"] = sum(len(s.token_ids) for s in samples)
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            if chat.include_usage:
+                yield event({"choices": [], "usage": usage})
             yield "data: [DONE]\n\n"
         finally:
             gone.set()     # a client that went away: its rows leave the batch at the next token
@@ -260,43 +361,88 @@ def build_app(engine, tokenizer, served: str, api_key: str | None = None, limits
         """A chat page over this API (no external assets: it works offline)."""
         return (Path(__file__).parent / "static" / "chat.html").read_text(encoding="utf-8")
 
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus():
+        return metrics.text()
+
     @app.get("/v1/models")
     async def models(request: Request):
         authorise(request)
-        return {"object": "list", "data": [{"id": served, "object": "model", "created": 0, "owned_by": "r1lab"}]}
+        return {"object": "list", "data": [{"id": served, "object": "model", "created": 0, "owned_by": "r1lab",
+                                            "max_model_len": context, "max_tokens": limits.max_tokens}]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         authorise(request)
-        declared = request.headers.get("content-length", "0")
-        if declared.isdigit() and int(declared) > limits.max_bytes:      # refuse before reading a huge body
-            raise APIError(413, f"request body is {declared} bytes; the limit is {limits.max_bytes}")
-        messages, n, sampling, stream = parse_request(await request.body(), served, limits)
-        prompt = chat_prompt(tokenizer, messages)
+        chat = parse_request(await read_body(request, limits.max_bytes), served, limits)
+        try:
+            prompt = chat_prompt(tokenizer, chat.messages)
+        except TemplateError as e:
+            raise APIError(400, f"the model's chat template refuses these messages: {e}", param="messages") from None
+        prompt_tokens = len((await asyncio.to_thread(tokenizer, prompt, add_special_tokens=False))["input_ids"])
+        usage = request.state.usage = {"prompt_tokens": prompt_tokens}
+        check_prompt(prompt_tokens, chat.sampling.max_new_tokens, limits, context)
+        if batcher.pending >= limits.max_queue:
+            raise APIError(429, f"the server has {batcher.pending} requests waiting or running, its limit "
+                                f"(--max-queue {limits.max_queue}); retry later", "rate_limit_error",
+                           code="queue_full", headers={"Retry-After": "1"})
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        if stream:
-            return StreamingResponse(stream_events(prompt, n, sampling, ident, created), media_type="text/event-stream")
-        samples: list[Sample] = await asyncio.wrap_future(batcher.submit(prompt, n, sampling))
-        prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        replies = [(split_reasoning(_trim(s.text, sampling.stop)), s.finish_reason) for s in samples]
-        completion_tokens = sum(len(s.token_ids) for s in samples)
+        if chat.stream:
+            return StreamingResponse(stream_events(prompt, chat, ident, created, usage), media_type="text/event-stream")
+        samples: list[Sample] = await asyncio.wrap_future(batcher.submit(prompt, chat.n, chat.sampling))
+        tail = prompt_tail(prompt)
+        replies = [(split_reasoning(tail + trim_stop(s.text, chat.sampling.stop)), s.finish_reason) for s in samples]
+        usage["completion_tokens"] = sum(len(s.token_ids) for s in samples)
+        usage["total_tokens"] = prompt_tokens + usage["completion_tokens"]
         return {"id": ident, "object": "chat.completion", "created": created, "model": served,
                 "choices": [{"index": i, "finish_reason": finish, "logprobs": None,
                              "message": {"role": "assistant", "content": content, "reasoning_content": reasoning}}
                             for i, ((reasoning, content), finish) in enumerate(replies)],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}}
+                "usage": usage}
 
-    return app
+    return access_log(app, metrics)
 
 
-def serve(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None) -> None:
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port for uvicorn, or one clear error (port in use, address not here)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise R1labError(f"port {port} on {host} is already in use (another server?); choose another with --port") from None
+        raise R1labError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return sock
+
+
+def serve(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          served_name: str | None = None, threads: int | None = None, limits: Limits = Limits()) -> None:
+    """Load the model and serve it until interrupted; the port is taken before the model loads."""
+    import torch
     import uvicorn
 
     from r1lab.models import load_model
     from r1lab.rollout.hf import HFEngine
 
+    sock = bind(host, port)
+    if threads is not None:
+        torch.set_num_threads(threads)
     network_model, tokenizer = load_model(model)
-    app = build_app(HFEngine(network_model.eval(), tokenizer, max_batch=64), tokenizer, model, api_key)
-    print(f"r1lab serving {model}: chat page http://{host}:{port}/ , API http://{host}:{port}/v1 (model name {model!r})")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    served = served_name or model
+    context = getattr(network_model.config, "max_position_embeddings", None)
+    app = build_app(HFEngine(network_model.eval(), tokenizer, max_batch=64), tokenizer, served, api_key, limits,
+                    context=context)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    print(f"r1lab serving {model}: chat page http://{host}:{port}/ , API http://{host}:{port}/v1 (model name {served!r})",
+          flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])

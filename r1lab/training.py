@@ -45,20 +45,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_inputs(config) -> None:
+    """What a stage reads, checked before it writes anything (a stage that cannot start leaves no output
+    folder behind): its model specs (`check_spec`: nothing loaded, no hub), its task with its options and
+    one problem (which the rewards must fit), its data file."""
+    from r1lab.models import check_spec
+    from r1lab.rewards import check_rewards_fit, parse_rewards
+    from r1lab.tasks import get_task
+
+    for spec in (getattr(config, "model", None), getattr(config, "teacher", None)):
+        if spec and not spec.startswith(("http://", "https://")):
+            check_spec(spec)
+    if hasattr(config, "task"):
+        task = get_task(config.task, **getattr(config, "task_options", {}))
+        if hasattr(config, "rewards"):
+            check_rewards_fit(parse_rewards(config.rewards), task.problems("train", 1, getattr(config, "seed", 0))[0])
+    data = getattr(config, "data", None)
+    if data is not None and not Path(data).is_file():
+        raise R1labError(f"{data}: data file not found")
+
+
 def prepare_run(out: str, config, resume: bool, write: bool = True) -> tuple[Path, Path | None]:
-    """The run directory and the checkpoint to resume from, if resuming. The main process (`write`)
-    refuses to resume a checkpoint trained with other settings, naming each change (`accept_settings` is
-    the explicit way past), and writes config.yaml: the settings the run's checkpoints are trained with."""
+    """The run directory and the checkpoint to resume from, if resuming. Everything is checked before the
+    directory is made: the stage's inputs (`check_inputs`) and, on the main process (`write`), that a
+    resumed checkpoint was trained with these settings, naming each change (`accept_settings` is the
+    explicit way past). Then the main process writes config.yaml: the settings the checkpoints are trained with."""
     out = Path(out)
+    check_inputs(config)
     checkpoint = find_checkpoint(out)
     if checkpoint is not None and not resume:
         raise R1labError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     if write:
         changed = changed_settings(_recorded(out), config) if checkpoint is not None else []
         if changed:
             raise R1labError(f"{out}: its checkpoint was trained with other settings ({'; '.join(changed)}); pass "
                              f"--allow-config-change to continue it with the new ones, or start afresh in another directory")
+    out.mkdir(parents=True, exist_ok=True)
+    if write:
         _record(out, config)
     return out, checkpoint
 

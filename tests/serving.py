@@ -1,4 +1,4 @@
-"""Test helpers for the server: a scripted engine and a server on a free loopback port."""
+"""Test helpers for the server: a scripted engine, a server on a free loopback port, tokenizers."""
 import re
 import socket
 import threading
@@ -6,6 +6,7 @@ import time
 
 import uvicorn
 
+from r1lab.models import CHATML, tiny_tokenizer
 from r1lab.rollout import Sample
 from r1lab.serve import Limits, build_app
 
@@ -14,13 +15,14 @@ LIMITS = Limits(max_tokens=64, max_messages=4, max_bytes=20_000, max_n=4)
 
 class ScriptedEngine:
     """Replies from a function of (system, user), parsed back out of the ChatML prompt, token by token
-    (a watcher sees each, as with the real engine); records batch sizes and cancelled samples."""
+    (a watcher sees each, as with the real engine); records batch sizes, prompts and cancelled samples."""
 
     def __init__(self, reply, tokenizer, delay=0.0):
-        self.reply, self.tokenizer, self.delay, self.batches, self.cancelled = reply, tokenizer, delay, [], 0
+        self.reply, self.tokenizer, self.delay, self.batches, self.prompts, self.cancelled = reply, tokenizer, delay, [], [], 0
 
     def generate(self, prompts, n, sampling, watch=None):
         self.batches.append(len(prompts))
+        self.prompts += prompts
         out = []
         for i, prompt in enumerate(prompts):
             system = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", prompt, re.S)
@@ -41,12 +43,19 @@ class ScriptedEngine:
         return out
 
 
-def start_server(engine, tokenizer, api_key=None):
+def think_tokenizer():
+    """The tiny tokenizer with a chat template whose generation prompt opens `<think>` (as DeepSeek-R1-Distill's)."""
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = CHATML.replace("<|im_start|>assistant\n", "<|im_start|>assistant\n<think>\n")
+    return tokenizer
+
+
+def start_server(engine, tokenizer, api_key=None, limits=LIMITS, context=None):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(build_app(engine, tokenizer, "tiny-random", api_key, LIMITS, batch_wait_s=0.05),
-                                           host="127.0.0.1", port=port, log_level="warning"))
+    app = build_app(engine, tokenizer, "tiny-random", api_key, limits, batch_wait_s=0.05, context=context)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.02)

@@ -25,6 +25,8 @@ def page():
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
         page = browser.new_page(viewport={"width": 420, "height": 800})      # a narrow window
+        page.missing = []
+        page.on("response", lambda response: response.status == 404 and page.missing.append(response.url))
         page.goto(url.removesuffix("/v1") + "/")
         yield page
         browser.close()
@@ -35,7 +37,9 @@ def test_chat_streams_reasoning_apart_collapses_persists_and_stops(page):
     from playwright.sync_api import expect
 
     expect(page.locator("#model")).to_have_text("tiny-random")
-    page.fill("#max_tokens", "64")                             # this test server's limit
+    expect(page.locator("#max_tokens")).to_have_attribute("max", "64")      # the server's limit, from /v1/models
+    assert page.input_value("#max_tokens") == "64" and page.missing == []  # no 404, not even a favicon
+    page.fill("#max_tokens", "100000")                         # sent as the server's limit
     page.fill("#input", "Calculate 1 + 2 + 3")
     page.keyboard.press("Enter")
     turn = page.locator(".turn").last
@@ -67,7 +71,7 @@ def test_server_errors_are_shown(page):
     from playwright.sync_api import expect
 
     expect(page.locator("#model")).to_have_text("tiny-random")
-    page.fill("#max_tokens", "100000")                         # over the server's limit: a 400
+    page.fill("#temperature", "9")                             # over the server's limit: a 400
     page.fill("#input", "hello")
     page.keyboard.press("Enter")
-    expect(page.locator(".turn .error").last).to_contain_text("400: 'max_tokens' must be an integer")
+    expect(page.locator(".turn .error").last).to_contain_text("400: 'temperature' must be a number")

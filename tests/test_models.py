@@ -3,7 +3,7 @@ import torch
 
 from r1lab import R1labError
 from r1lab.cli import main
-from r1lab.models import load_model, smollm2_folder
+from r1lab.models import check_spec, load_model, smollm2_folder
 from r1lab.rollout import Sampling
 from r1lab.rollout.hf import HFEngine
 
@@ -38,6 +38,26 @@ def test_folder_without_config_and_missing_gguf(tmp_path):
         load_model(str(tmp_path))
     with pytest.raises(R1labError, match="GGUF file not found"):
         load_model(str(tmp_path / "x.gguf"))
+
+
+@pytest.mark.parametrize("spec, error", [
+    ("smollm2", "unknown model 'smollm2'; did you mean smollm2-135m?"),
+    ("tiny_random", "did you mean tiny-random?"),
+    ("runs/nope/checkpoint", "runs/nope/checkpoint: no such folder"),
+    ("./checkpoint", "no such folder"),
+    ("tests/nope", "tests/nope: no such folder"),              # tests/ is a folder here: a path, not owner/name
+])
+def test_a_spec_that_is_no_alias_and_no_folder_fails_at_once_without_the_hub(spec, error, monkeypatch):
+    monkeypatch.setattr("r1lab.models._from_hub", lambda *a: pytest.fail("asked the hub"))
+    with pytest.raises(R1labError, match=error.replace("?", r"\?")):
+        load_model(spec)
+
+
+def test_only_owner_name_ids_go_to_the_hub(tmp_path):
+    assert check_spec("HuggingFaceTB/SmolLM2-135M-Instruct") == "hub" and check_spec("tiny-random") == "alias"
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    assert check_spec(str(tmp_path / "model")) == "folder"
 
 
 def test_cli_errors_are_one_line(capsys):

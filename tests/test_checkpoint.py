@@ -1,0 +1,69 @@
+"""Checkpoints that older transformers read right, and files with the user's permissions."""
+import json
+import os
+import stat
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from r1lab.checkpoint import find_checkpoint, save_checkpoint
+from r1lab.models import tiny_tokenizer
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+# (rope settings of the model, file, key, the value transformers 4.x needs there)
+KEYS = [
+    ({"rope_theta": 100000.0}, "config.json", "rope_theta", 100000.0),
+    ({"rope_theta": 100000.0}, "config.json", "rope_parameters", {"rope_theta": 100000.0, "rope_type": "default"}),
+    ({"rope_theta": 100000.0}, "config.json", "rope_scaling", None),
+    ({"rope_parameters": LLAMA3_ROPE}, "config.json", "rope_theta", 500000.0),
+    ({"rope_parameters": LLAMA3_ROPE}, "config.json", "rope_scaling",
+     {k: v for k, v in LLAMA3_ROPE.items() if k != "rope_theta"}),
+    ({"rope_theta": 100000.0}, "config.json", "model_type", "llama"),
+    ({"rope_theta": 100000.0}, "config.json", "max_position_embeddings", 16384),
+    ({"rope_theta": 100000.0}, "tokenizer_config.json", "tokenizer_class", "PreTrainedTokenizerFast"),
+    ({"rope_theta": 100000.0}, "tokenizer_config.json", "eos_token", "<|im_end|>"),
+    ({"rope_theta": 100000.0}, "tokenizer_config.json", "pad_token", "<|im_end|>"),
+]
+
+
+def tiny_model(tokenizer, rope: dict):
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16384, tie_word_embeddings=True,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **rope)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)
+
+
+@pytest.mark.parametrize("rope, file, key, value", KEYS)
+def test_checkpoint_files_hold_the_keys_older_readers_need(rope, file, key, value, tmp_path):
+    tokenizer = tiny_tokenizer()
+    checkpoint = save_checkpoint(tmp_path, tiny_model(tokenizer, rope), tokenizer, {"step": 1})
+    written = json.loads((checkpoint / file).read_text())
+    assert written.get(key) == value, (file, key, written)
+
+
+def test_transformers_reads_the_checkpoint_back_unchanged(tmp_path):
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer, {"rope_parameters": LLAMA3_ROPE})
+    checkpoint = save_checkpoint(tmp_path, model, tokenizer, {"step": 1})
+    assert find_checkpoint(tmp_path) == checkpoint
+    again, again_tokenizer = AutoModelForCausalLM.from_pretrained(checkpoint), AutoTokenizer.from_pretrained(checkpoint)
+    assert AutoConfig.from_pretrained(checkpoint).rope_parameters == LLAMA3_ROPE
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    text = "<think> 先算 1 + 2 😀 </think>"
+    assert again_tokenizer(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert again_tokenizer.chat_template == tokenizer.chat_template and again_tokenizer.eos_token == "<|im_end|>"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_every_file_has_the_mode_the_users_umask_gives(umask, mode, tmp_path):
+    tokenizer = tiny_tokenizer()
+    previous = os.umask(umask)
+    try:
+        checkpoint = save_checkpoint(tmp_path, tiny_model(tokenizer, {}), tokenizer, {"step": 1})
+    finally:
+        os.umask(previous)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in checkpoint.iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {mode}, modes
