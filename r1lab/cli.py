@@ -3,7 +3,7 @@
     r1lab models                                   aliases, sources, cache
     r1lab tasks                                    task specs and reasoning-gym datasets
     r1lab generate MODEL "PROMPT" [--template r1_zero] [--n 4] [--max-new-tokens 256]
-    r1lab run RECIPE [key=value | stage.key=value ...] [--allow-config-change]
+    r1lab run RECIPE [key=value | stage.key=value ...] [--allow-config-change] [--num-processes N]
     r1lab experiment is-rl-needed [--seeds 3] [key=value ...]
     r1lab serve MODEL [--host 127.0.0.1] [--port 8000] [--served-model-name NAME] [--api-key-env VAR] ...
     r1lab train KIND [--config FILE] [--resume [--allow-config-change]] [--OPTION VALUE ...]
@@ -87,14 +87,14 @@ def cmd_sandbox(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from r1lab.models import load_model
     from r1lab.rollout import Sampling, rollout
     from r1lab.rollout.hf import HFEngine
     from r1lab.templates import get_template
+    from r1lab.training import load_on_device
     from r1lab.types import Problem
 
     template = get_template(args.template)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_on_device(args.model)
     engine = HFEngine(model, tokenizer, seed=args.seed)
     sampling = Sampling(args.temperature, args.top_p, args.max_new_tokens)
     _, groups = rollout(engine, [Problem("cli", args.prompt, None)], template, tokenizer, args.n, sampling)
@@ -108,26 +108,19 @@ def relaunch(num_processes: int, argv: list[str]) -> None:
     (one process per GPU; on CPUs, N processes over gloo). The config is checked here first."""
     import subprocess
 
-    if os.environ.get("WORLD_SIZE"):
-        raise R1labError("--num-processes inside an accelerate/torchrun launch: give the process count to one of them only")
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "r1lab", *argv]
-    sys.exit(subprocess.call(command))
+    from r1lab.distributed import launch_command
+    sys.exit(subprocess.call(launch_command(num_processes, argv)))
 
 
 def cmd_train(args) -> None:
     from r1lab.config import load_config
-    from r1lab.pipeline import KINDS, Stage, run_stage
+    from r1lab.pipeline import KINDS, Stage, check_processes, run_stage
     from r1lab.training import accept_settings, check_inputs
 
     overrides = {k.removeprefix("set."): v for k, v in vars(args).items() if k.startswith("set.")}
     config = load_config(KINDS[args.stage][0], args.config, overrides)
     if args.num_processes is not None:
-        if args.num_processes < 1:
-            raise R1labError(f"--num-processes must be >= 1, got {args.num_processes}")
-        share = "batch_size" if args.stage == "sft" else "prompts_per_step"
-        if getattr(config, share) % args.num_processes:
-            raise R1labError(f"{share} = {getattr(config, share)} must divide by --num-processes {args.num_processes}")
+        check_processes(args.stage, config, args.num_processes)
     if args.allow_config_change:
         if not args.resume:
             raise R1labError("--allow-config-change continues a run: give it with --resume")
@@ -186,7 +179,8 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 def cmd_run(args) -> None:
     from r1lab.pipeline import run_recipe
-    print(f"report: {run_recipe(args.recipe, parse_overrides(args.overrides), args.allow_config_change)}")
+    report = run_recipe(args.recipe, parse_overrides(args.overrides), args.allow_config_change, args.num_processes)
+    print(f"report: {report}")
 
 
 def cmd_data(args) -> None:
@@ -355,6 +349,9 @@ def build_parser(stages: bool = True) -> argparse.ArgumentParser:
     u.add_argument("overrides", nargs="*", help="key=value or stage.key=value")
     u.add_argument("--allow-config-change", action="store_true",
                    help="rerun finished stages whose settings changed (training continues from its checkpoint)")
+    u.add_argument("--num-processes", type=int, metavar="N",
+                   help="run each training stage (sft, grpo, compete) data-parallel in N processes (one per GPU; on "
+                        "CPUs over gloo), via accelerate launch; the other stages run in this process")
     v = command("serve", help="OpenAI-compatible API and chat page for a model (reasoning_content split out)",
                 description="Serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/models), with "
                             "a chat page at /, /health and /metrics.")

@@ -88,14 +88,14 @@ def sample_model(model_spec: str, problems, template, samples: int, sampling, se
                  batch_problems: int, settings: dict, dtype: str = "float32") -> list[dict]:
     """Rows (one per problem) of k samples each, resuming from the rows already in `path` if it was
     sampled with the same `settings` (everything that decides the samples)."""
-    from r1lab.models import load_model
     from r1lab.rollout import rollout
     from r1lab.rollout.hf import HFEngine
+    from r1lab.training import load_on_device
 
     done = {r["id"]: r for r in read_samples(path, settings)}
     todo = [p for p in problems if p.id not in done]
     if todo:
-        model, tokenizer = load_model(model_spec, dtype)
+        model, tokenizer = load_on_device(model_spec, dtype)
         engine = HFEngine(model, tokenizer, max_batch=batch_problems * samples)
         with path.open("a") as f, tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"eval {model_spec}",
                                         unit="problem") as bar:

@@ -34,12 +34,12 @@ def make_llm(model_or_url: str, temperature: float = 0.0, top_p: float = 1.0, ma
             return split_reasoning(reply.choices[0].message.content or "")[1]
         return llm
 
-    from r1lab.models import load_model
     from r1lab.rollout import Sampling
     from r1lab.rollout.hf import HFEngine
+    from r1lab.training import load_on_device
 
-    model, tokenizer = load_model(model_or_url)
-    engine, lock = HFEngine(model.eval(), tokenizer), threading.Lock()
+    model, tokenizer = load_on_device(model_or_url)
+    engine, lock = HFEngine(model, tokenizer), threading.Lock()
     sampling = Sampling(temperature, top_p, max_tokens)
 
     def llm(system_prompt: str, user_prompt: str) -> str:

@@ -1,6 +1,6 @@
 """Recipes: an ordered list of stages, each stage's output (checkpoint or data) feeding the next.
 
-    r1lab run recipes/r1.yaml [model=...] [task=...] [grpo.steps=50] ...
+    r1lab run recipes/r1.yaml [model=...] [task=...] [grpo.steps=50] ... [--num-processes N]
 
 A recipe is YAML: `name`, shared defaults (`model`, `task`, `task_options`, `template`, `seed`) and
 `stages`, each with a `name`, a `kind` and that kind's config fields (see r1lab/config.py):
@@ -21,11 +21,20 @@ its checkpoint, any other starts afresh). Whenever a stage runs, the earlier out
 through others, are removed, so they are redone from the new output. Every stage is checked when the
 recipe loads, before any model does: unknown kinds, keys and references (including a later stage's),
 and missing input files, are errors naming the file, the stage and the key.
+
+With `--num-processes N` each training stage (sft, grpo, compete) runs data-parallel in N processes, as
+`r1lab train KIND --num-processes N` does (r1lab/distributed.py): its config goes to the launched
+processes as a YAML file and it always resumes from its checkpoint if one is there. The other stages
+run in this process, on its device. Whether each training stage's batch divides among N processes is
+checked when the recipe loads, with everything else.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +154,38 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> li
     return stages
 
 
+def check_processes(kind: str, config, num_processes: int) -> None:
+    """A training stage can run in `num_processes` data-parallel processes: its batch divides among them
+    (whole groups for grpo and compete, examples for sft) and, for grpo, dynamic sampling is off."""
+    if num_processes < 1:
+        raise R1labError(f"--num-processes must be >= 1, got {num_processes}")
+    if os.environ.get("WORLD_SIZE"):
+        raise R1labError("--num-processes inside an accelerate/torchrun launch: give the process count to one of them only")
+    share = "batch_size" if kind == "sft" else "prompts_per_step"
+    if getattr(config, share) % num_processes:
+        raise R1labError(f"{share} = {getattr(config, share)} must divide by --num-processes {num_processes}")
+    if kind == "grpo" and config.dynamic_sampling and num_processes > 1:
+        raise R1labError("dynamic_sampling runs in one process: use --num-processes 1 or dynamic_sampling false")
+
+
+def launch_stage(stage: Stage, num_processes: int) -> None:
+    """Run a training stage in `num_processes` processes (`r1lab train KIND --config FILE --resume`, launched
+    by accelerate) and wait for it; an error if any process failed. This process's cached GPU memory (an
+    earlier eval's) is given back first: the launched processes need the GPUs."""
+    import torch
+
+    from r1lab.distributed import launch_command
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    with tempfile.TemporaryDirectory(prefix="r1lab-stage-") as folder:
+        path = Path(folder) / f"{stage.name}.yaml"
+        path.write_text(yaml.safe_dump(dataclasses.asdict(stage.config), sort_keys=False), encoding="utf-8")
+        status = subprocess.call(launch_command(num_processes, ["train", stage.kind, "--config", str(path), "--resume"]))
+    if status != 0:
+        raise R1labError(f"stage {stage.name!r} failed in its {num_processes} processes (exit status {status}); "
+                         "its output is above")
+
+
 def run_stage(stage: Stage) -> None:
     from r1lab.algorithms.compete import train_compete
     from r1lab.algorithms.distill import run_distill
@@ -176,12 +217,20 @@ def readers(stages: list[Stage], name: str) -> list[Stage]:
     return found
 
 
-def run_recipe(path: str, overrides: dict[str, str] | None = None, allow_config_change: bool = False) -> Path:
-    """Run every unfinished stage in order (a finished one with changed settings only when allowed); the report path."""
+def run_recipe(path: str, overrides: dict[str, str] | None = None, allow_config_change: bool = False,
+               num_processes: int | None = None) -> Path:
+    """Run every unfinished stage in order (a finished one with changed settings only when allowed), the
+    training stages in `num_processes` processes if given; the report path."""
     from r1lab.report import write_report
     from r1lab.training import accept_settings
 
     stages = load_recipe(path, overrides)
+    for stage in stages:
+        if num_processes is not None and KINDS[stage.kind][1] == "checkpoint":
+            try:
+                check_processes(stage.kind, stage.config, num_processes)
+            except R1labError as e:
+                raise R1labError(f"{path}, stage {stage.name!r}: {e}") from None
     for stage in stages:
         done = stage.out / ".done"
         if done.exists():
@@ -205,8 +254,12 @@ def run_recipe(path: str, overrides: dict[str, str] | None = None, allow_config_
                 shutil.rmtree(reader.out)
         if allow_config_change and KINDS[stage.kind][1] == "checkpoint":
             accept_settings(stage.out, stage.config)
-        print(f"[{stage.name}] {stage.kind} -> {stage.out}")
-        run_stage(stage)
+        launched = num_processes is not None and KINDS[stage.kind][1] == "checkpoint"
+        print(f"[{stage.name}] {stage.kind} -> {stage.out}" + (f" ({num_processes} processes)" if launched else ""), flush=True)
+        if launched:
+            launch_stage(stage, num_processes)
+        else:
+            run_stage(stage)
         stage.out.mkdir(parents=True, exist_ok=True)
         write_atomic(done, yaml.safe_dump(settings(stage.config), sort_keys=False))
     return write_report(str(stages[0].out.parent))

@@ -428,16 +428,16 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | 
     import torch
     import uvicorn
 
-    from r1lab.models import load_model
     from r1lab.rollout.hf import HFEngine
+    from r1lab.training import load_on_device
 
     sock = bind(host, port)
     if threads is not None:
         torch.set_num_threads(threads)
-    network_model, tokenizer = load_model(model)
+    network_model, tokenizer = load_on_device(model)
     served = served_name or model
     context = getattr(network_model.config, "max_position_embeddings", None)
-    app = build_app(HFEngine(network_model.eval(), tokenizer, max_batch=64), tokenizer, served, api_key, limits,
+    app = build_app(HFEngine(network_model, tokenizer, max_batch=64), tokenizer, served, api_key, limits,
                     context=context)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))

@@ -1,4 +1,10 @@
-"""What every training stage shares: device, LoRA, optimiser and schedule, metrics files, resume."""
+"""What every stage shares: the device, LoRA, optimiser and schedule, metrics files, resume.
+
+`device()` is the one place that decides where models run (accelerate's choice: this process's GPU under
+`accelerate launch`, else the GPU, else the CPU). Training stages move the policy there in
+`load_policy`; every command that only samples from a model (eval, rejection, distill's local teacher,
+compete's other sources, serve, llm, generate) loads it with `load_on_device`.
+"""
 from __future__ import annotations
 
 import json
@@ -10,17 +16,22 @@ from pathlib import Path
 import torch
 import yaml
 
-from r1lab import R1labError
+from r1lab import R1labError, models
 from r1lab.checkpoint import find_checkpoint, load_state
 from r1lab.config import changed_settings, read_yaml
 from r1lab.data import read_jsonl, write_atomic, write_jsonl
-from r1lab.models import load_model
 
 
 def device() -> torch.device:
     """This process's device: its GPU under `accelerate launch` (cuda:LOCAL_RANK), else cuda or cpu."""
     from accelerate import PartialState
     return PartialState(cpu=not torch.cuda.is_available()).device
+
+
+def load_on_device(spec: str, dtype: str = "float32"):
+    """(model, tokenizer) for a model spec, in eval mode on `device()`: for models that sample, never train."""
+    model, tokenizer = models.load_model(spec, dtype)
+    return model.to(device()).eval(), tokenizer
 
 
 def autocast(mixed_precision: str):
@@ -111,13 +122,13 @@ def load_policy(spec: str, checkpoint: Path | None, dtype: str, lora_rank: int, 
     if lora_rank > 0:
         from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
         from peft.utils import load_peft_weights
-        model, tokenizer = load_model(spec, dtype)
+        model, tokenizer = models.load_model(spec, dtype)
         model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules="all-linear",
                                                  task_type="CAUSAL_LM"))
         if checkpoint is not None:
             set_peft_model_state_dict(model, load_peft_weights(str(checkpoint / "adapter")))
     else:
-        model, tokenizer = load_model(str(checkpoint) if checkpoint else spec, dtype)
+        model, tokenizer = models.load_model(str(checkpoint) if checkpoint else spec, dtype)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False

@@ -83,3 +83,42 @@ def test_two_processes_match_one_in_sft_and_compete(tmp_path):
     one, two = launch(1, compete, tmp_path / "c1"), launch(2, compete, tmp_path / "c2")
     assert_same_parameters(one, two)
     assert [r["imitated"] for r in rows(tmp_path / "c1")] == [r["imitated"] for r in rows(tmp_path / "c2")]
+
+
+@pytest.mark.slow
+def test_a_recipe_runs_its_training_stage_in_two_processes_and_the_rest_in_one(tmp_path):
+    """`r1lab run RECIPE --num-processes 2`: the SFT stage in 2 gloo processes, cold start and eval here;
+    run again, every finished stage is skipped."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"""
+name: np2
+runs_dir: {tmp_path / 'runs'}
+model: tiny-random
+stages:
+  - {{name: cold, kind: cold_start, n: 8}}
+  - {{name: sft, kind: sft, batch_size: 4, micro_batch_size: 2, learning_rate: 1.0e-3, mixed_precision: "no"}}
+  - {{name: eval, kind: eval, samples: 1, problems: 2, max_new_tokens: 4}}
+""")
+    command = [sys.executable, "-m", "r1lab", "run", str(recipe), "--num-processes", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = tmp_path / "runs" / "np2"
+    assert [row["processes"] for row in rows(runs / "sft")] == [2, 2]
+    assert json.loads((runs / "eval" / "eval.json").read_text())["models"].keys() == {"tiny-random", str(runs / "sft" / "checkpoint")}
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("finished earlier, skipped") == 3
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, r"configured for FSDP \(version 2\).*configs/accelerate/ddp.yaml"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, r"DeepSpeed.*FSDP2 is the planned route"),
+])
+def test_sharded_training_is_refused_even_where_accelerate_would_fall_back_to_ddp(monkeypatch, env, message):
+    """On CPUs accelerate runs an FSDP config as DDP without a word; r1lab reads the launcher's environment."""
+    from r1lab import R1labError
+    from r1lab.distributed import Parallel
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(R1labError, match=message):
+        Parallel()

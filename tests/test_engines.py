@@ -1,5 +1,7 @@
 """Engines behind the protocol: make_engine, and the vLLM engine's adapter, checked against a stand-in
-for the `vllm` package (vLLM itself needs a CUDA GPU; README says what was run where)."""
+for the `vllm` package with the current API's shape (vLLM itself needs a CUDA GPU; README says what was
+run where)."""
+import os
 import sys
 import types
 from dataclasses import dataclass
@@ -21,21 +23,47 @@ class Logprob:
 
 
 class FakeLLM:
-    """Records what the engine asks of vLLM; 'samples' tokens from a seeded generator per request."""
+    """The current vLLM `LLM` API's shape, as the engine may use it: the model is reached only through
+    `apply_model` (a function run on the worker's model, whose `load_weights` takes (name, tensor) pairs);
+    sleep(level)/wake_up(tags) discard and restore the weights and the KV cache, and using either while it
+    sleeps fails as on a GPU. No `llm_engine.model_executor...` chain: reaching into it fails. Records what
+    the engine asks; 'samples' tokens from a seeded generator per request."""
     instances = []
 
     def __init__(self, model, **options):
-        self.folder, self.options, self.loaded, self.resets, self.calls = model, options, [], 0, []
-        runner = types.SimpleNamespace(load_weights=lambda pairs: self.loaded.extend((n, t.clone()) for n, t in pairs))
-        worker = types.SimpleNamespace(model_runner=types.SimpleNamespace(model=runner))
-        self.llm_engine = types.SimpleNamespace(model_executor=types.SimpleNamespace(driver_worker=worker))
+        assert os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"    # external_launcher needs the engine in-process
+        self.folder, self.options, self.loaded, self.resets, self.calls, self.events = model, options, [], 0, [], []
+        self.asleep = set()
+        self.model = types.SimpleNamespace(load_weights=self._load_weights)
         FakeLLM.instances.append(self)
+
+    def _load_weights(self, weights):
+        if "weights" in self.asleep:
+            raise RuntimeError("load_weights while the weights sleep")
+        self.loaded.extend((name, tensor.clone()) for name, tensor in weights)
+        self.events.append("load")
+        return {name for name, _ in weights}
+
+    def apply_model(self, func):
+        return [func(self.model)]
+
+    def sleep(self, level=1):
+        assert self.options["enable_sleep_mode"] and level == 2
+        self.asleep = {"weights", "kv_cache"}
+        self.events.append("sleep")
+
+    def wake_up(self, tags=None):
+        self.asleep -= set(tags or ("weights", "kv_cache"))
+        self.events.append(f"wake {','.join(tags or ['all'])}")
 
     def reset_prefix_cache(self):
         self.resets += 1
 
     def generate(self, requests, params, use_tqdm=False):
+        if self.asleep:
+            raise RuntimeError(f"generate while {sorted(self.asleep)} sleep")
         self.calls.append((requests, params))
+        self.events.append("generate")
         outputs = []
         for request, p in zip(requests, params):
             g = torch.Generator().manual_seed(p.seed if p.seed is not None else 0)
@@ -51,9 +79,12 @@ def fake_vllm(monkeypatch):
     module = types.ModuleType("vllm")
     module.LLM = FakeLLM
     module.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = types.SimpleNamespace(is_sleep_mode_available=lambda: True)   # as on CUDA
     monkeypatch.setitem(sys.modules, "vllm", module)
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):   # restored afterwards
-        monkeypatch.setenv(name, "")
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "VLLM_ENABLE_V1_MULTIPROCESSING"):
+        monkeypatch.setenv(name, "")                      # restored afterwards
         monkeypatch.delenv(name)
     FakeLLM.instances.clear()
     return module
@@ -78,9 +109,10 @@ def test_vllm_engine_adapts_outputs_seeds_and_weights(fake_vllm):
     model, tokenizer = load_model("tiny-random")
     engine = make_engine("vllm", model, tokenizer, seed=3)
     llm = FakeLLM.instances[0]
-    assert llm.options["logprobs_mode"] == "processed_logprobs"
+    assert llm.options["logprobs_mode"] == "processed_logprobs" and llm.options["enable_sleep_mode"]
     assert llm.options["distributed_executor_backend"] == "external_launcher"
-    sampling = Sampling(temperature=0.7, top_p=0.9, max_new_tokens=5, stop=("</answer>",))
+    assert llm.events == ["sleep"]                                      # the GPU is the trainer's until a rollout
+    sampling = Sampling(temperature=0.7, top_p=1.0, max_new_tokens=5, stop=("</answer>",))
     groups = engine.generate(["a", "b"], 3, sampling, seeds=[11, 12])
     assert [len(g) for g in groups] == [3, 3] and groups[0][0].logprobs == [-1.5] * 5
     _, params = llm.calls[0]
@@ -89,10 +121,21 @@ def test_vllm_engine_adapts_outputs_seeds_and_weights(fake_vllm):
     # batching does not change what a prompt gets: the same seed gives the same sample alone
     alone = engine.generate(["b"], 3, sampling, seeds=[12])
     assert [s.token_ids for s in alone[0]] == [s.token_ids for s in groups[1]]
-    # the policy's weights are pushed before every generate
+    # before every generate: weights woken, the policy's weights loaded, KV cache woken; asleep again after
+    assert llm.events == ["sleep"] + ["wake weights", "load", "wake kv_cache", "generate", "sleep"] * 2
     assert {name for name, _ in llm.loaded} == set(model.state_dict()) and llm.resets == 2
+    with pytest.warns(UserWarning, match="after top-p"):
+        engine.generate(["a"], 1, Sampling(temperature=0.7, top_p=0.9, max_new_tokens=2))
     with pytest.raises(R1labError, match="does not stream"):
         engine.generate(["a"], 1, sampling, watch=lambda k, t: True)
+
+
+def test_vllm_engine_without_sleep_mode_keeps_its_memory(fake_vllm, monkeypatch):
+    monkeypatch.setattr(sys.modules["vllm.platforms"].current_platform, "is_sleep_mode_available", lambda: False)
+    model, tokenizer = load_model("tiny-random")
+    make_engine("vllm", model, tokenizer).generate(["a"], 2, Sampling(max_new_tokens=3))
+    llm = FakeLLM.instances[0]
+    assert not llm.options["enable_sleep_mode"] and llm.events == ["load", "generate"]
 
 
 def test_grpo_with_the_vllm_engine_pushes_updated_weights_each_step(fake_vllm, tmp_path):

@@ -145,3 +145,53 @@ def test_sigkill_in_the_middle_of_a_stage_then_rerun_finishes(tmp_path):
     steps = [json.loads(line)["step"] for line in (runs / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 61))
     assert all((runs / s / ".done").exists() for s in ("cold", "sft", "grpo", "rejection", "eval"))
+
+
+SMALL = """
+name: np
+runs_dir: {runs}
+model: tiny-random
+stages:
+  - {{name: cold, kind: cold_start, n: 8}}
+  - {{name: sft, kind: sft, batch_size: 4, micro_batch_size: 2, mixed_precision: "no"}}
+  - {{name: eval, kind: eval, samples: 1, problems: 2, max_new_tokens: 4}}
+"""
+
+
+def test_num_processes_launches_each_training_stage_with_its_config_and_runs_the_rest_here(tmp_path, monkeypatch):
+    """The launched command, run here in one process: its YAML config is the stage's, it resumes, and the
+    stages around it run in this process as without --num-processes."""
+    import subprocess
+
+    from r1lab.cli import main
+    launched = []
+
+    def call(command):
+        argv = command[command.index("r1lab") + 1:]
+        config = argv[argv.index("--config") + 1]
+        launched.append((command[command.index("--num_processes") + 1], argv[:2], "--resume" in argv,
+                         Path(config).read_text()))
+        main(argv)
+        return 0
+    monkeypatch.setattr(subprocess, "call", call)
+    path = write_recipe(tmp_path, SMALL)
+    run_recipe(str(path), num_processes=2)
+    runs = tmp_path / "runs" / "np"
+    (processes, command, resume, config), = launched
+    assert (processes, command, resume) == ("2", ["train", "sft"], True)
+    assert f"out: {runs / 'sft'}" in config and f"data: {runs / 'cold' / 'data.jsonl'}" in config
+    assert json.loads((runs / "eval" / "eval.json").read_text())["models"].keys() == {"tiny-random", str(runs / "sft" / "checkpoint")}
+    run_recipe(str(path), num_processes=2)                                  # finished: nothing launched again
+    assert len(launched) == 1
+
+
+def test_num_processes_that_a_training_stage_cannot_use_fail_before_anything_runs(tmp_path):
+    path = write_recipe(tmp_path, SMALL)
+    with pytest.raises(R1labError, match=r"stage 'sft': batch_size = 4 must divide by --num-processes 3"):
+        run_recipe(str(path), num_processes=3)
+    text = SMALL + "  - {{name: grpo, kind: grpo, model: sft, steps: 1, dynamic_sampling: true}}\n"
+    with pytest.raises(R1labError, match=r"stage 'grpo': dynamic_sampling runs in one process"):
+        run_recipe(str(write_recipe(tmp_path, text)), num_processes=2)
+    with pytest.raises(R1labError, match="--num-processes must be >= 1"):
+        run_recipe(str(path), num_processes=0)
+    assert not (tmp_path / "runs").exists()

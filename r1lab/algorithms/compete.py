@@ -29,14 +29,13 @@ from r1lab.algorithms.sequences import CompletionLogits, pad_batch, token_logpro
 from r1lab.checkpoint import save_checkpoint
 from r1lab.config import CompeteConfig
 from r1lab.distributed import Parallel, prompt_seeds
-from r1lab.models import load_model
 from r1lab.rewards import parse_rewards, score
 from r1lab.rollout import Sampling, rollout
 from r1lab.rollout.hf import HFEngine
 from r1lab.tasks import get_task
 from r1lab.templates import get_template
-from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_policy, make_optimizer, prepare_run, restore_state,
-                            seed_everything, training_state)
+from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_on_device, load_policy, make_optimizer,
+                            prepare_run, restore_state, seed_everything, training_state)
 
 
 def train_compete(cfg: CompeteConfig, resume: bool = False):
@@ -53,9 +52,9 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
     # (name, engine, its tokenizer, template, members per group); the policy first
     agents = [("policy", policy_engine, tokenizer, get_template(cfg.template), cfg.samples_per_prompt)]
     for i, source in enumerate(cfg.sources):
-        other, other_tokenizer = load_model(source["model"])
+        other, other_tokenizer = load_on_device(source["model"])
         agents.append((f"{i + 1}:{source['model']}:{source.get('template', cfg.template)}",
-                       HFEngine(other.to(device()).eval(), other_tokenizer, seed=cfg.seed + i + 1),
+                       HFEngine(other, other_tokenizer, seed=cfg.seed + i + 1),
                        other_tokenizer, get_template(source.get("template", cfg.template)), source.get("samples", 1)))
     group_size = sum(a[4] for a in agents)
     start = restore_state(checkpoint, optimizer, scheduler, policy_engine.generator)

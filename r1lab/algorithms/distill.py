@@ -102,11 +102,11 @@ def endpoint_traces(cfg: DistillConfig, problems: list[Problem], template: Templ
 
 
 def local_traces(cfg: DistillConfig, problems: list[Problem], template: Template) -> list[list[Completion]]:
-    from r1lab.models import load_model
     from r1lab.rollout import Sampling, rollout_all
     from r1lab.rollout.hf import HFEngine
+    from r1lab.training import load_on_device
 
-    model, tokenizer = load_model(cfg.teacher)
+    model, tokenizer = load_on_device(cfg.teacher)
     return rollout_all(HFEngine(model, tokenizer, seed=cfg.seed), problems, template, tokenizer, cfg.samples_per_prompt,
                        Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens), desc="teacher")
 

@@ -85,15 +85,15 @@ def write_data(out: Path, rows: list[dict], summary: dict) -> Path:
 
 
 def run_rejection(cfg: RejectionConfig) -> Path:
-    from r1lab.models import load_model
     from r1lab.rollout import Sampling, rollout_all
     from r1lab.rollout.hf import HFEngine
     from r1lab.tasks import get_task
     from r1lab.templates import get_template
+    from r1lab.training import load_on_device
 
     filters = readability(cfg.filters)
     problems = get_task(cfg.task, **cfg.task_options).problems("train", cfg.problems, cfg.seed)
-    model, tokenizer = load_model(cfg.model)
+    model, tokenizer = load_on_device(cfg.model)
     engine = HFEngine(model, tokenizer, seed=cfg.seed)
     template = get_template(cfg.template)
     groups = rollout_all(engine, problems, template, tokenizer, cfg.samples_per_prompt,
