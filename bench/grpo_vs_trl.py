@@ -1,14 +1,18 @@
-"""GRPO speed and memory: r1lab against TRL's GRPOTrainer, same model, prompts and settings.
+"""GRPO speed and memory: r1lab against TRL's GRPOTrainer, same model, prompts, settings and precision.
 
     .venv/bin/pip install -r bench/requirements.txt      # TRL, for the bench only
-    .venv/bin/python bench/grpo_vs_trl.py --steps 6 [--mixed-precision bf16]   (bf16: autocast training + bf16 rollouts)
+    .venv/bin/python bench/grpo_vs_trl.py --steps 6 [--precision auto|fp32|bf16] [--setting small|realistic]
     .venv/bin/python bench/grpo_vs_trl.py --engine vllm ...     (GPU: r1lab rolls out with vLLM; TRL with its own generate)
 
 Each trainer runs in its own process (one after the other) so peak memory (max RSS) is its own.
-Settings, equal for both: smollm2-135m, arithmetic problems in the R1-Zero template, 2 prompts x
-G = 4 completions a step, <= 64 new tokens, temperature 1, beta 0, lr 1e-6, accuracy + format reward,
-one optimisation pass per batch, the whole batch as one micro-batch. TRL keeps its own defaults
-otherwise (gradient checkpointing on). Seconds per step are medians over the steps after the first.
+Settings, equal for both: smollm2-135m, arithmetic problems in the R1-Zero template, `small`: 2 prompts
+x G = 4 completions a step, <= 64 new tokens; `realistic`: 8 prompts x G = 8, <= 256 new tokens;
+temperature 1, beta 0, lr 1e-6, accuracy + format reward, one optimisation pass per batch, the whole
+batch as one micro-batch (small) or micro-batches of 16 (realistic). Precision, the same for both:
+fp32, or bf16 (r1lab: autocast training + bf16 rollouts; TRL: `bf16=True`, on the CPU too); `auto`
+takes what r1lab's `auto` picks on this hardware. TRL keeps its own defaults otherwise (gradient
+checkpointing on). Seconds per step are medians over the steps after the first. The decode roofline
+fraction is r1lab's sampling tokens/s over the roofline of bench/decode_roofline.py at the step's rows.
 """
 from __future__ import annotations
 
@@ -22,7 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-PROMPTS, G, NEW_TOKENS, LR = 2, 4, 64, 1e-6
+SETTINGS = {"small": {"prompts": 2, "G": 4, "new_tokens": 64, "micro_batch": 8},
+            "realistic": {"prompts": 8, "G": 8, "new_tokens": 256, "micro_batch": 16}}
+LR = 1e-6
 
 
 def peak_gb() -> float:
@@ -33,15 +39,16 @@ def peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
-def run_r1lab(steps: int, mixed_precision: str, engine: str = "hf") -> dict:
+def run_r1lab(steps: int, precision: str, setting: dict, engine: str = "hf") -> dict:
     from r1lab.algorithms.grpo import train_grpo
     from r1lab.config import GRPOConfig
     out = Path(tempfile.mkdtemp()) / "run"
     train_grpo(GRPOConfig(model="smollm2-135m", task="arithmetic", template="r1_zero", rewards="accuracy,format",
-                          steps=steps, prompts_per_step=PROMPTS, samples_per_prompt=G, micro_batch_size=PROMPTS * G,
-                          max_new_tokens=NEW_TOKENS, temperature=1.0, beta=0.0, learning_rate=LR, save_every=10_000,
-                          mixed_precision=mixed_precision, rollout_dtype="bfloat16" if mixed_precision == "bf16" else "float32",
-                          engine=engine, out=str(out)))
+                          steps=steps, prompts_per_step=setting["prompts"], samples_per_prompt=setting["G"],
+                          micro_batch_size=setting["micro_batch"], max_new_tokens=setting["new_tokens"], temperature=1.0,
+                          beta=0.0, learning_rate=LR, save_every=10_000,
+                          mixed_precision="bf16" if precision == "bf16" else "no",
+                          rollout_dtype="bfloat16" if precision == "bf16" else "float32", engine=engine, out=str(out)))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
     return {"seconds_per_step": statistics.median(r["step_seconds"] for r in rows),
             "sample_tokens_per_s": statistics.median(r["sample_tokens_per_s"] for r in rows),
@@ -49,7 +56,7 @@ def run_r1lab(steps: int, mixed_precision: str, engine: str = "hf") -> dict:
             "completion_length": statistics.mean(r["completion_length"] for r in rows), "peak_gb": peak_gb()}
 
 
-def run_trl(steps: int, mixed_precision: str = "no") -> dict:
+def run_trl(steps: int, precision: str, setting: dict) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -61,7 +68,7 @@ def run_trl(steps: int, mixed_precision: str = "no") -> dict:
     from r1lab.templates import get_template
 
     template = get_template("r1_zero")
-    problems = get_task("arithmetic").problems("train", steps * PROMPTS, 0)
+    problems = get_task("arithmetic").problems("train", steps * setting["prompts"], 0)
     by_prompt = {template.render(p.prompt, None): p for p in problems}
 
     def reward(prompts, completions, **kwargs):
@@ -80,9 +87,9 @@ def run_trl(steps: int, mixed_precision: str = "no") -> dict:
 
     folder = smollm2_folder()
     import torch
-    args = GRPOConfig(output_dir=tempfile.mkdtemp(), use_cpu=not torch.cuda.is_available(),
-                      bf16=torch.cuda.is_available() and mixed_precision == "bf16", per_device_train_batch_size=PROMPTS * G,
-                      num_generations=G, max_completion_length=NEW_TOKENS, temperature=1.0, beta=0.0,
+    args = GRPOConfig(output_dir=tempfile.mkdtemp(), use_cpu=not torch.cuda.is_available(), bf16=precision == "bf16",
+                      per_device_train_batch_size=setting["prompts"] * setting["G"], num_generations=setting["G"],
+                      gradient_accumulation_steps=1, max_completion_length=setting["new_tokens"], temperature=1.0, beta=0.0,
                       learning_rate=LR, max_steps=steps, logging_steps=1, report_to=[], save_strategy="no",
                       loss_type="grpo", seed=0, disable_tqdm=True)
     trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder), processing_class=AutoTokenizer.from_pretrained(folder),
@@ -96,32 +103,57 @@ def run_trl(steps: int, mixed_precision: str = "no") -> dict:
             "completion_length": length, "peak_gb": peak_gb()}
 
 
+def decode_roofline(rows: int) -> float:
+    """The decode roofline (tokens/s) of smollm2-135m in fp32 at `rows` rows, measured here (bench/decode_roofline.py)."""
+    import torch
+
+    from r1lab.hardware import matmul_gflops, memory_gbps
+    params = 134_515_008
+    return min(rows * memory_gbps() * 1e9 / (4 * params), matmul_gflops(torch.float32, 1024, 1.0) * 1e9 / (2 * params))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--setting", default="small", choices=list(SETTINGS))
     parser.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="r1lab's rollout engine")
     parser.add_argument("--only", choices=["r1lab", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    setting = SETTINGS[args.setting]
+    if args.precision == "auto":
+        from r1lab.hardware import resolve_precision
+        from r1lab.training import device
+        args.precision = "bf16" if resolve_precision("auto", device()).mixed_precision == "bf16" else "fp32"
     if args.only:
-        result = (run_r1lab(args.steps, args.mixed_precision, args.engine) if args.only == "r1lab"
-                  else run_trl(args.steps, args.mixed_precision))
+        result = (run_r1lab(args.steps, args.precision, setting, args.engine) if args.only == "r1lab"
+                  else run_trl(args.steps, args.precision, setting))
         print("RESULT " + json.dumps(result))
         return
+    import torch
+
+    from r1lab.hardware import cpu_name
     results = {}
     for name in ("trl", "r1lab"):
-        command = [sys.executable, __file__, "--only", name, "--steps", str(args.steps), "--mixed-precision", args.mixed_precision,
-                   "--engine", args.engine]
+        command = [sys.executable, __file__, "--only", name, "--steps", str(args.steps), "--precision", args.precision,
+                   "--setting", args.setting, "--engine", args.engine]
         output = subprocess.run(command, capture_output=True, text=True)
         line = next((l for l in output.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"{name} failed:\n{output.stderr[-3000:]}")
         results[name] = json.loads(line[7:])
-    print(f"GRPO, smollm2-135m, {PROMPTS} prompts x {G} completions, <= {NEW_TOKENS} new tokens, beta 0, "
-          f"{args.steps} steps (median after the first), mixed precision: {args.mixed_precision}, r1lab engine: {args.engine}")
-    print(f"{'':8}{'s/step':>10}{'gen tok/s':>12}{'train tok/s':>13}{'mean len':>10}{'peak GB':>10}")
+    rows = setting["prompts"] * setting["G"]
+    roofline = decode_roofline(rows) if args.precision == "fp32" and not torch.cuda.is_available() else float("nan")
+    print(f"{cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+    print(f"GRPO, smollm2-135m, {args.setting}: {setting['prompts']} prompts x {setting['G']} completions, "
+          f"<= {setting['new_tokens']} new tokens, beta 0, {args.steps} steps (median after the first), "
+          f"precision {args.precision} (both), r1lab engine {args.engine}")
+    print(f"{'':8}{'s/step':>10}{'gen tok/s':>12}{'roofline':>10}{'train tok/s':>13}{'mean len':>10}{'peak GB':>10}")
     for name, r in results.items():
-        print(f"{name:8}{r['seconds_per_step']:10.2f}{r['sample_tokens_per_s']:12.1f}{r['train_tokens_per_s']:13.1f}"
+        fraction = r["sample_tokens_per_s"] / roofline
+        print(f"{name:8}{r['seconds_per_step']:10.2f}{r['sample_tokens_per_s']:12.1f}"
+              f"{(f'{fraction:.0%}' if fraction == fraction else '-'):>10}{r['train_tokens_per_s']:13.1f}"
               f"{r['completion_length']:10.1f}{r['peak_gb']:10.2f}")
     t, o = results["trl"], results["r1lab"]
     print(f"r1lab steps/s vs TRL: {t['seconds_per_step'] / o['seconds_per_step']:.2f}x; "

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import uvicorn
 
-from r1lab.models import load_model
+from r1lab.training import load_on_device
 from r1lab.rollout.hf import HFEngine
 from r1lab.serve import build_app
 
@@ -27,11 +27,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_on_device(args.model)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(build_app(HFEngine(model.eval(), tokenizer, max_batch=64), tokenizer, args.model),
+    server = uvicorn.Server(uvicorn.Config(build_app(HFEngine(model, tokenizer, max_batch=64), tokenizer, args.model),
                                            host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:

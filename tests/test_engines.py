@@ -193,6 +193,7 @@ def test_fast_decoding_matches_the_models_own_layers_and_follows_weight_updates(
     from r1lab.rollout import decoding, hf
     from r1lab.rollout.hf import HFEngine
     model, tokenizer = load_model("tiny-random")
+    model.eval()                                   # as in eval and serving, where packs are kept between calls
     prompts = ["Calculate 1 + 2", "What is 12 + 30 + 7?"]
     engine = HFEngine(model, tokenizer, max_batch=8, seed=0)        # kept: its packs must follow the weights
 
@@ -215,9 +216,13 @@ def test_fast_decoding_matches_the_models_own_layers_and_follows_weight_updates(
         fast, slow = both(Sampling(temperature=1.0, max_new_tokens=24), seeds=[5, 6])
         assert [s.token_ids for s in fast] == [s.token_ids for s in slow]
         assert max(abs(a - b) for f, s in zip(fast, slow) for a, b in zip(f.logprobs, s.logprobs)) < 1e-4
+        assert engine._packs or not decoding._packs_correctly(8)       # kept for the next call
         with torch.no_grad():                                    # a training step: weights change in place
             for p in model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
+    model.train()                                  # a policy being trained: its packs are not kept
+    both(Sampling(temperature=0, max_new_tokens=4))
+    assert not engine._packs
 
 
 def test_growing_cache_equals_the_dynamic_cache_through_repeat_and_select():

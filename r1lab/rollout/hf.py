@@ -110,6 +110,8 @@ class HFEngine:
                     samples += self._generate_chunk(ids[start:start + per_chunk], n, sampling, watch, start * n, chunk_seeds)
         finally:
             self.model.train(was_training)
+            if self.policy.training:         # a policy being trained changes its weights after every rollout:
+                self._packs.clear()          # its packs would be stale, and they hold a copy of its weights
         return [samples[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def _enders(self, stop: tuple[str, ...]) -> set[int]:
