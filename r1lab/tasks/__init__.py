@@ -11,6 +11,7 @@ A task from `get_task` never returns an empty split: that is an error naming the
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -66,6 +67,12 @@ class NonEmpty:
             raise R1labError(f"task {self.task.name!r} has no {split} problems; is its data empty, or does its "
                              "test_percent leave this split without rows?")
         return problems
+
+
+def split_of(text: str, test_percent: int) -> str:
+    """"test" for test_percent of all texts, by a hash of the text, else "train"."""
+    bucket = int(hashlib.sha256(text.encode()).hexdigest(), 16) % 100
+    return "test" if bucket < test_percent else "train"
 
 
 def check_split(split: str) -> None:

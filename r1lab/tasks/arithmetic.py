@@ -14,22 +14,15 @@ trajectory (goal-state shift, hindsight relabelling) are held to the same split.
 from __future__ import annotations
 
 import ast
-import hashlib
 import random
 import re
 from dataclasses import dataclass
 
 from r1lab import R1labError
-from r1lab.tasks import check_split
+from r1lab.tasks import check_split, split_of
 from r1lab.types import Problem
 
 _APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
-
-
-def split_of(text: str, test_percent: int) -> str:
-    """"test" for test_percent of all texts, by a hash of the text, else "train"."""
-    bucket = int(hashlib.sha256(text.encode()).hexdigest(), 16) % 100
-    return "test" if bucket < test_percent else "train"
 
 
 def polynomial(node: ast.expr) -> dict[tuple[int, ...], int]:

@@ -23,8 +23,7 @@ from importlib import resources
 
 from r1lab import R1labError
 from r1lab.sandbox import check_tests
-from r1lab.tasks import check_split
-from r1lab.tasks.arithmetic import split_of
+from r1lab.tasks import check_split, split_of
 from r1lab.types import Problem
 
 CODE_PROMPT = "Write the Python function `{entry}` below. Give the complete function.\n```python\n{code}```"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from r1lab import R1labError
 from r1lab.tasks import check_split
-from r1lab.tasks.arithmetic import split_of
+from r1lab.tasks import split_of
 from r1lab.types import Problem
 
 

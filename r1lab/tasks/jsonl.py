@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from r1lab import R1labError
 from r1lab.data import read_jsonl
 from r1lab.tasks import check_split
-from r1lab.tasks.arithmetic import split_of
+from r1lab.tasks import split_of
 from r1lab.tasks.code import jsonl_code_problem
 from r1lab.types import Problem
 
