@@ -72,7 +72,7 @@ from r1lab.config import GRPOConfig
 from r1lab.distributed import Parallel, prompt_seeds
 from r1lab.evaluate import reflects
 from r1lab.models import load_model
-from r1lab.rewards import check_rewards_fit, parse_rewards, score
+from r1lab.rewards import parse_rewards, score
 from r1lab.rewards.accuracy import accuracy
 from r1lab.rollout import Sampling, make_engine, rollout
 from r1lab.tasks import get_task
@@ -226,7 +226,6 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
         "train", cfg.steps * draws * cfg.prompts_per_step + cfg.validation_problems, cfg.seed)
     validation = problems[len(problems) - cfg.validation_problems:] if cfg.validation_problems else []
     problems = problems[:len(problems) - len(validation)]                      # what training draws from
-    check_rewards_fit(weights, problems[0])
     par.check_divides(cfg.prompts_per_step)
     model, tokenizer = load_policy(cfg.model, checkpoint, cfg.dtype, cfg.lora_rank, cfg.lora_alpha,
                                    cfg.gradient_checkpointing)
