@@ -36,6 +36,8 @@ import tokenize
 import typing
 from pathlib import Path
 
+import yaml
+
 from r1lab import R1labError
 
 
@@ -193,7 +195,7 @@ def cmd_data(args) -> None:
         counts = write_goal_directed(args.source, args.out, args.task, args.template, tuple(args.augment.split(",")))
         print(f"wrote {sum(counts.values())} examples to {args.out}: {counts}")
         return
-    written, skipped = write_cold_start(args.task, args.n, args.out, args.template, args.seed)
+    written, skipped = write_cold_start(args.task, args.n, args.out, args.template, args.seed, args.task_options, args.tools)
     print(f"wrote {written} examples to {args.out}" + (f" ({skipped} problems without steps skipped)" if skipped else ""))
 
 
@@ -204,12 +206,23 @@ def cmd_eval(args) -> None:
         raise R1labError("--samples and --problems must be >= 1")
     markers = tuple(m.strip() for m in args.reflection_markers.split(",") if m.strip())
     template = args.template or ("code" if args.task == "humaneval" else "r1_zero")
+    if args.max_turns < 1:
+        raise R1labError(f"--max-turns must be >= 1, got {args.max_turns}")
     result = evaluate(args.models, args.task, args.samples, args.problems, template, args.temperature,
-                      args.top_p, args.max_new_tokens, args.seed, args.out, markers=markers)
-    print(format_table(result["models"], args.samples))
+                      args.top_p, args.max_new_tokens, args.seed, args.out, args.task_options, markers=markers,
+                      tools=args.tools, max_turns=args.max_turns)
+    print(format_table(result["models"], args.samples, tools=bool(args.tools)))
     count = next(iter(result["models"].values()))["problems"]
     print(f"\n{args.task}, {count} held-out problems, {args.samples} samples each, T={args.temperature}, "
           f"top-p={args.top_p}; 95% bootstrap CIs in brackets; written to {args.out}/eval.json")
+
+
+def yaml_mapping(text: str) -> dict:
+    """An option's YAML mapping, e.g. '{operands: 2}'."""
+    value = yaml.safe_load(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a YAML mapping like '{{operands: 2}}', got {text!r}")
+    return value
 
 
 def cmd_report(args) -> None:
@@ -339,6 +352,11 @@ def build_parser(stages: bool = True) -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=256,
                    help="completion length cap, tokens (default: %(default)s)")
     e.add_argument("--seed", type=int, default=0, help="problems and sampling (default: %(default)s)")
+    e.add_argument("--task-options", type=yaml_mapping, default={}, metavar="YAML",
+                   help="options of the task, e.g. '{operands: 2, low: 100000, high: 999999999, operators: \"*\"}'")
+    e.add_argument("--tools", default="", help="tools the model may call while it reasons: python,calculator,"
+                   "package.module:function (default: none)")
+    e.add_argument("--max-turns", type=int, default=4, help="with --tools: model turns per episode (default: %(default)s)")
     e.add_argument("--out", default="runs/eval",
                    help="folder for eval.json and the per-model samples (resumable) (default: %(default)s)")
     from r1lab.evaluate import REFLECTION_MARKERS
@@ -384,6 +402,9 @@ def build_parser(stages: bool = True) -> argparse.ArgumentParser:
     d.add_argument("--out", required=True, help="the jsonl file to write")
     d.add_argument("--template", default="r1_zero", help="format of the written completions (default: %(default)s)")
     d.add_argument("--seed", type=int, default=0, help="problem order (default: %(default)s)")
+    d.add_argument("--task-options", type=yaml_mapping, default={}, metavar="YAML", help="options of the task")
+    d.add_argument("--tools", default="", help="cold-start: calculator or python, to show that tool computing "
+                   "each answer (default: none)")
     b = command("sandbox", help="show what the code sandbox enforces here; optionally run a program")
     b.add_argument("program", nargs="?", help="a Python file to run")
     b.add_argument("--test", action="append", default=[], help="an assert statement (repeatable)")

@@ -34,7 +34,7 @@ RANGES = {  # field -> the interval its value must lie in; "Class.field" where o
     "lora_rank": "[0, inf)", "lora_alpha": "[1, inf)",
     "importance_sampling_cap": "[1, inf)", "dynamic_sampling_max_draws": "[1, inf)",
     "seed": "[0, inf)", "save_every": "[1, inf)", "sample_every": "[1, inf)",
-    "validation_problems": "[0, inf)", "validate_every": "[1, inf)",
+    "validation_problems": "[0, inf)", "validate_every": "[1, inf)", "max_turns": "[1, inf)",
     "min_language_share": "[0, 1]", "max_paragraph_chars": "[1, inf)",
 }
 CHOICES = {  # field -> its allowed values
@@ -77,6 +77,9 @@ class GRPOConfig:
     engine: str = "hf"                 # rollout engine: hf (any device) or vllm (GPU; pip install 'r1lab[vllm]')
     vllm_gpu_memory: float = 0.3       # share of the GPU's memory vLLM may take (the trainer needs the rest)
     mask_truncated: bool = False       # drop completions that hit max_new_tokens from the loss (DAPO's overlong filter)
+    tools: str = ""                    # tools the model may call while it reasons: python,calculator,package.module:function
+                                       # (r1lab/tools.py); each completion is then an episode, tool outputs out of the loss
+    max_turns: int = 4                 # with tools: model turns per episode at most (max_new_tokens bounds the episode)
     dynamic_sampling: bool = False     # DAPO: draw more prompts until prompts_per_step groups have unequal rewards
     dynamic_sampling_max_draws: int = 3   # rounds of prompts_per_step fresh prompts per step at most, the first included;
                                           # then the step trains on what it has (verl's DAPO scripts: 10, then an error)
@@ -131,6 +134,7 @@ class SFTConfig:
     model: str = "smollm2-135m"        # model spec to fine-tune
     data: str = "cold.jsonl"           # jsonl with "prompt" (the question) and "completion" (the reply in the template's format)
     template: str = "r1_zero"          # renders each prompt, as it will be at RL time
+    tools: str = ""                    # tools described in each prompt, as at RL time; <tool_response> blocks stay out of the loss
     epochs: int = 1                    # passes over the data
     batch_size: int = 8                # sequences per optimiser step
     micro_batch_size: int = 8          # sequences per forward/backward pass, per device
@@ -169,6 +173,8 @@ class CompeteConfig:
     samples_per_prompt: int = 4        # the policy's members per group
     micro_batch_size: int = 8          # sequences per forward/backward pass
     max_new_tokens: int = 128
+    tools: str = ""                    # tools the members may call while they reason (r1lab/tools.py); "" = none
+    max_turns: int = 4                 # with tools: model turns per episode at most
     temperature: float = 1.0
     top_p: float = 1.0
     weight_by_advantage: bool = False  # weight imitated / pushed-down members by |eq. 3 advantage| instead of 1
@@ -261,6 +267,8 @@ class EvalConfig:
     temperature: float = 0.6           # the paper's evaluation temperature
     top_p: float = 0.95                # the paper's evaluation top-p
     max_new_tokens: int = 256
+    tools: str = ""                    # tools the model may call (r1lab/tools.py), e.g. python,calculator; "" = none
+    max_turns: int = 4                 # with tools: model turns per episode at most
     seed: int = 0
     out: str = "runs/eval"
 
@@ -275,6 +283,7 @@ class ColdStartConfig:
     task_options: dict = field(default_factory=dict)
     template: str = "r1_zero"          # format of the written completions
     n: int = 500                       # examples
+    tools: str = ""                    # calculator or python: each example computes the answer with that tool
     seed: int = 0
     out: str = "runs/cold_start"       # output directory: data.jsonl
 
@@ -345,6 +354,12 @@ def check_fields(config) -> None:
             raise R1labError(f"{where} must be one of {', '.join(CHOICES[f.name])}, got {value!r}")
         if interval and value is not None and not _in_range(value, interval):
             raise R1labError(f"{where} must be in {interval}, got {value!r}")
+        if f.name == "tools" and value:
+            from r1lab.tools import load_tools
+            try:
+                load_tools(value)
+            except R1labError as e:
+                raise R1labError(f"{where}: {e}") from None
 
 
 def _as_field_type(value, hint):

@@ -3,7 +3,7 @@
     r1lab eval smollm2-135m runs/x/grpo/checkpoint --task arithmetic --samples 8 --problems 50
 
 Per model: pass@1 and cons@k with bootstrap CIs, pass@k, the mean task score, format rate, mean/median
-response length (tokens), reflection rate (share of responses whose reasoning has a marker such as
+response length (the model's tokens), reflection rate (share of responses whose reasoning has a marker such as
 "wait"), and language-mixing rate (share whose reasoning mixes scripts). A sample is correct only with
 full marks (`rewards.accuracy.is_correct`), the same for pass@1, pass@k and cons@k; a task's partial
 credit (reasoning-gym) shows only in the score column. All models see the same problems, and each
@@ -11,7 +11,8 @@ problem samples from its own random stream, seeded by (seed, problem id), so the
 on batching or on where an interrupted eval resumed. Each problem's samples are appended to
 `<out>/<model>.jsonl` as they finish, after a first line with the settings they were sampled with; an
 interrupted eval resumes by problem, and resuming with other settings is refused, naming them.
-`<out>/eval.json` holds the summary table.
+`<out>/eval.json` holds the summary table. With `tools` (r1lab/tools.py) each sample is an episode in which
+the model may call them (r1lab/rollout/episodes.py); tool calls and failed calls per sample are reported.
 """
 from __future__ import annotations
 
@@ -80,12 +81,13 @@ def score_group(problem, group) -> dict:
     _, parts, _ = score({"accuracy_partial": 1.0, "format": 1.0}, group, [problem] * len(group))
     return {"id": problem.id, "prompt": problem.prompt, "truth": problem.answer, "answers": [c.answer for c in group],
             "correct": [float(is_correct(s)) for s in parts["accuracy_partial"]], "score": parts["accuracy_partial"],
-            "format": parts["format"], "lengths": [len(c.token_ids) for c in group], "texts": [c.text for c in group],
-            "reasonings": [c.reasoning for c in group]}
+            "format": parts["format"], "lengths": [c.model_tokens for c in group], "texts": [c.text for c in group],
+            "reasonings": [c.reasoning for c in group], "tool_calls": [len(c.tool_calls) for c in group],
+            "tool_errors": [sum(call["error"] for call in c.tool_calls) for c in group]}
 
 
 def sample_model(model_spec: str, problems, template, samples: int, sampling, seed: int, path: Path,
-                 batch_problems: int, settings: dict, dtype: str = "float32") -> list[dict]:
+                 batch_problems: int, settings: dict, dtype: str = "float32", tools=(), max_turns: int = 4) -> list[dict]:
     """Rows (one per problem) of k samples each, resuming from the rows already in `path` if it was
     sampled with the same `settings` (everything that decides the samples)."""
     from r1lab.rollout import rollout
@@ -104,7 +106,7 @@ def sample_model(model_spec: str, problems, template, samples: int, sampling, se
             for start in range(0, len(todo), batch_problems):
                 chunk = todo[start:start + batch_problems]
                 _, groups = rollout(engine, chunk, template, tokenizer, samples, sampling,
-                                    seeds=[problem_seed(seed, p.id) for p in chunk])
+                                    [problem_seed(seed, p.id) for p in chunk], tools, max_turns)
                 for problem, group in zip(chunk, groups):
                     row = score_group(problem, group)
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -132,14 +134,17 @@ def summarise(rows: list[dict], samples: int, markers=REFLECTION_MARKERS, seed: 
         "length_mean": statistics.mean(lengths), "length_median": statistics.median(lengths),
         "reflection": sum(reflects(r or t, markers) for r, t in zip(reasonings, texts)) / len(texts),
         "language_mixing": sum(mixes_languages(r) for r in reasonings) / len(texts),
+        "tool_calls": sum(n for r in rows for n in r.get("tool_calls", [])) / len(texts),
+        "tool_errors": sum(n for r in rows for n in r.get("tool_errors", [])) / len(texts),
     }
 
 
-def format_table(summary: dict[str, dict], samples: int) -> str:
-    """Models as rows, metrics as columns (the talk's "Is RL really needed?" layout), CIs in brackets.
-    An eval.json written before the score column existed shows '-' there."""
+def format_table(summary: dict[str, dict], samples: int, tools: bool = False) -> str:
+    """Models as rows, metrics as columns (the talk's "Is RL really needed?" layout), CIs in brackets;
+    with `tools`, tool calls and failed calls per sample too. An eval.json written before the score
+    column existed shows '-' there."""
     head = (f"{'model':36} {'pass@1':>20} {f'cons@{samples}':>20} {f'pass@{samples}':>8} {'score':>7} {'format':>7} "
-            f"{'len mean':>8} {'len med':>7} {'reflect':>7} {'mixing':>7}")
+            f"{'len mean':>8} {'len med':>7} {'reflect':>7} {'mixing':>7}" + (f" {'calls':>6} {'failed':>6}" if tools else ""))
     lines = [head, "-" * len(head)]
     for name, s in summary.items():
         p, c = s["pass@1_ci"], s[f"cons@{samples}_ci"]
@@ -147,29 +152,32 @@ def format_table(summary: dict[str, dict], samples: int) -> str:
         lines.append(f"{name[-36:]:36} {100 * s['pass@1']:6.1f} [{100 * p[0]:5.1f},{100 * p[1]:5.1f}] "
                      f"{100 * s[f'cons@{samples}']:6.1f} [{100 * c[0]:5.1f},{100 * c[1]:5.1f}] "
                      f"{100 * s[f'pass@{samples}']:8.1f} {score} {100 * s['format']:7.1f} {s['length_mean']:8.1f} "
-                     f"{s['length_median']:7.1f} {100 * s['reflection']:7.1f} {100 * s['language_mixing']:7.1f}")
+                     f"{s['length_median']:7.1f} {100 * s['reflection']:7.1f} {100 * s['language_mixing']:7.1f}"
+                     + (f" {s.get('tool_calls', 0):6.2f} {s.get('tool_errors', 0):6.2f}" if tools else ""))
     return "\n".join(lines)
 
 
 def evaluate(models: list[str], task_spec: str, samples: int = 8, problems: int = 50, template: str = "r1_zero",
              temperature: float = 0.6, top_p: float = 0.95, max_new_tokens: int = 256, seed: int = 0,
              out: str = "runs/eval", task_options: dict | None = None, batch_problems: int = 8,
-             markers=REFLECTION_MARKERS) -> dict:
+             markers=REFLECTION_MARKERS, tools: str = "", max_turns: int = 4) -> dict:
     from r1lab.rollout import Sampling
     from r1lab.tasks import get_task
     from r1lab.templates import get_template
+    from r1lab.tools import load_tools
 
-    template_obj = get_template(template)
+    template_obj, tool_list = get_template(template), load_tools(tools)
     test = get_task(task_spec, **(task_options or {})).problems("test", problems, seed)
     sampling = Sampling(temperature, top_p, max_new_tokens)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {"task": task_spec, "task_options": task_options or {}, "template": template, "samples": samples,
-                "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed}
+                "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed,
+                **({"tools": tools, "max_turns": max_turns} if tools else {})}
     summary = {}
     for model in models:
         rows = sample_model(model, test, template_obj, samples, sampling, seed, out_dir / f"{slug(model)}.jsonl",
-                            batch_problems, {"model": model, **settings})
+                            batch_problems, {"model": model, **settings}, tools=tool_list, max_turns=max_turns)
         summary[model] = summarise(rows, samples, markers, seed)
     result = {**settings, "models": summary}
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
@@ -179,6 +187,6 @@ def evaluate(models: list[str], task_spec: str, samples: int = 8, problems: int 
 def run_eval(cfg) -> dict:
     """The recipe's eval stage (an EvalConfig): evaluate, print the table, return the result."""
     result = evaluate(cfg.models, cfg.task, cfg.samples, cfg.problems, cfg.template, cfg.temperature, cfg.top_p,
-                      cfg.max_new_tokens, cfg.seed, cfg.out, cfg.task_options)
-    print(format_table(result["models"], cfg.samples))
+                      cfg.max_new_tokens, cfg.seed, cfg.out, cfg.task_options, tools=cfg.tools, max_turns=cfg.max_turns)
+    print(format_table(result["models"], cfg.samples, tools=bool(cfg.tools)))
     return result

@@ -198,7 +198,7 @@ def run_stage(stage: Stage) -> None:
 
     c = stage.config
     if stage.kind == "cold_start":
-        write_cold_start(c.task, c.n, str(stage.out / "data.jsonl"), c.template, c.seed, c.task_options)
+        write_cold_start(c.task, c.n, str(stage.out / "data.jsonl"), c.template, c.seed, c.task_options, c.tools)
     elif stage.kind == "goal_directed":
         write_goal_directed(c.data, str(stage.out / "data.jsonl"), c.task, c.template, tuple(c.augment))
     elif stage.kind in ("sft", "grpo", "compete"):

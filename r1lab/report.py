@@ -148,6 +148,6 @@ def write_report(run_dir: str) -> Path:
         lines += ["## Held-out evaluation", "", "![Held-out evaluation](eval.png)", ""]
         for where, result in evals.items():
             lines += [f"`{where}` — {result['task']}, {result['samples']} samples, T={result['temperature']}, "
-                      f"top-p={result['top_p']}:", "", "```", format_table(result["models"], result["samples"]), "```", ""]
+                      f"top-p={result['top_p']}:", "", "```", format_table(result["models"], result["samples"], bool(result.get("tools"))), "```", ""]
     (run / "report.md").write_text("\n".join(lines))
     return run / "report.md"

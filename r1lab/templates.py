@@ -7,6 +7,11 @@
   but a fenced block after its reasoning gives that block as the program (the format reward stays 0).
 - `json_cot`: the talk's question "why not chain of thought with JSON output fields - Thought, then
   Answer?": the reply is a JSON object {"thought": ..., "answer": ...}.
+- `agentjo`: AgentJo's own llm calls (tasks/agentjo.py): the question is JSON {"system": ..., "user": ...},
+  rendered with the model's chat template as `r1lab.llm.make_llm` sends it; the reply is read as make_llm
+  hands it to AgentJo (a `<think>` block split off) and carries no reasoning of its own. Its format: the
+  reply is one `{...}` object (strict_json) or one ```yaml block (parse_yaml) and nothing else; whether
+  AgentJo parses it is the reward `agentjo_format`, which knows the schema.
 
 Parsing rules (the same for `r1_zero` and `chat`), chosen so that a reward can only be earned by the
 answer the model committed to:
@@ -65,6 +70,8 @@ class Template:
     format_score: Callable[[str, bool], float]    # (reply, partial_credit) -> [0, 1]
     compose: Callable[[str, str], str]            # (reasoning, answer) -> a reply in this format
     stop: tuple[str, ...]                         # stop strings for sampling (besides EOS)
+    instruction: str = ""                         # the instructions the prompt gives (the system message of chat ones)
+    chat: bool = True                             # rendered through the model's chat template (r1_zero: plain text)
 
 
 def _system_user(system: str, user: str, tokenizer) -> str:
@@ -166,21 +173,54 @@ def json_format_score(text: str, partial: bool = False) -> float:
     return 0.0
 
 
+_AGENTJO_REPLY = re.compile(r"\{.*\}|```yaml\n.*```", re.S)
+
+
+def agentjo_messages(question: str) -> tuple[str, str]:
+    """(system, user) of an `agentjo` question, JSON {"system": ..., "user": ...}."""
+    try:
+        messages = json.loads(question)
+        return str(messages["system"]), str(messages["user"])
+    except (ValueError, KeyError, TypeError):
+        raise R1labError(f"template 'agentjo' expects a question that is JSON {{\"system\": ..., \"user\": ...}} "
+                         f"(task 'agentjo'), got {question[:80]!r}") from None
+
+
+def split_reply(text: str) -> tuple[str | None, str]:
+    """(reasoning, reply) as r1lab.llm.make_llm splits a reply for AgentJo."""
+    from r1lab.streaming import split_reasoning
+    return split_reasoning(text)
+
+
+def agentjo_format_score(text: str, partial: bool = False) -> float:
+    """1 if the reply is one {...} object or one ```yaml block and nothing else; with partial credit,
+    0.5 if such a block is embedded in other text."""
+    reply = split_reply(text)[1]
+    if _AGENTJO_REPLY.fullmatch(reply):
+        return 1.0
+    return 0.5 if partial and _AGENTJO_REPLY.search(reply) else 0.0
+
+
 TEMPLATES = {
     "r1_zero": Template(
         "r1_zero", lambda question, tokenizer: f"{R1_ZERO_INSTRUCTION} User: {question}. Assistant:",
-        parse_tags, tags_format_score, compose_tags, ("</answer>",)),
+        parse_tags, tags_format_score, compose_tags, ("</answer>",), R1_ZERO_INSTRUCTION, chat=False),
     "chat": Template(
         "chat", lambda question, tokenizer: _system_user(R1_ZERO_INSTRUCTION, question, tokenizer),
-        parse_tags, tags_format_score, compose_tags, ("</answer>",)),
+        parse_tags, tags_format_score, compose_tags, ("</answer>",), R1_ZERO_INSTRUCTION),
     "code": Template(
         "code", lambda question, tokenizer: _system_user(CODE_INSTRUCTION, question, tokenizer),
         parse_code, tags_format_score,
-        lambda reasoning, program: compose_tags(reasoning, f"\n```python\n{program}\n```\n"), ("</answer>",)),
+        lambda reasoning, program: compose_tags(reasoning, f"\n```python\n{program}\n```\n"), ("</answer>",),
+        CODE_INSTRUCTION),
     "json_cot": Template(
         "json_cot", lambda question, tokenizer: _system_user(JSON_COT_INSTRUCTION, question, tokenizer),
         parse_json, json_format_score,
-        lambda reasoning, answer: json.dumps({"thought": reasoning, "answer": answer}, ensure_ascii=False), ()),
+        lambda reasoning, answer: json.dumps({"thought": reasoning, "answer": answer}, ensure_ascii=False), (),
+        JSON_COT_INSTRUCTION),
+    "agentjo": Template(
+        "agentjo", lambda question, tokenizer: _system_user(*agentjo_messages(question), tokenizer),
+        split_reply, agentjo_format_score, lambda reasoning, reply: reply, ()),
 }
 
 

@@ -28,3 +28,12 @@ class Completion:
     finish_reason: str = "stop"    # "stop" (EOS or a stop string) or "length" (hit max_new_tokens)
     prompt_tail: str = ""          # the prompt's end that text continues ("<think>\n" where the chat template
                                    # opens the reasoning; templates.prompt_tail): parsed and judged with text
+    loss_mask: list[int] = field(default_factory=list)   # (T,) 1 where the model wrote the token, 0 for a tool's
+                                   # output inside an episode (r1lab/rollout/episodes.py); empty: all 1
+    tool_calls: list[dict] = field(default_factory=list)  # an episode's calls: {name, arguments, content, error}
+    turns: int = 1                 # model turns in the episode (1 + the turns that followed tool results)
+
+    @property
+    def model_tokens(self) -> int:
+        """Tokens the model wrote (tool outputs inside an episode excluded)."""
+        return sum(self.loss_mask) if self.loss_mask else len(self.token_ids)

@@ -13,7 +13,9 @@ adds members to every group; each member records its source and the metrics are 
 the policy is trained, on every member, each under the prompt its own template rendered — the policy
 learns from what the others did well and badly.
 
-Dropout is off in the policy, as in GRPO (r1lab/algorithms/grpo.py, `disable_dropout`).
+Dropout is off in the policy, as in GRPO (r1lab/algorithms/grpo.py, `disable_dropout`). With `tools`
+every member is an episode that may call them (r1lab/rollout/episodes.py); the tools' results are read
+by the loss's later tokens but are not themselves imitated or pushed down.
 """
 from __future__ import annotations
 
@@ -31,11 +33,20 @@ from r1lab.config import CompeteConfig
 from r1lab.distributed import Parallel, prompt_seeds
 from r1lab.rewards import parse_rewards, score
 from r1lab.rollout import Sampling, rollout
+from r1lab.rollout.episodes import render_prompt, tokenize_episode
 from r1lab.rollout.hf import HFEngine
 from r1lab.tasks import get_task
 from r1lab.templates import get_template
+from r1lab.tools import load_tools
 from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_on_device, load_policy, make_optimizer,
                             prepare_run, restore_state, seed_everything, training_state)
+
+
+def _encoded(tokenizer, completion) -> tuple[list[int], list[int]]:
+    """Another agent's reply in the policy's vocabulary, its EOS if it ended, and its loss mask."""
+    ids, mask = tokenize_episode(tokenizer, completion.text)
+    end = [tokenizer.eos_token_id] if completion.finish_reason == "stop" else []
+    return ids + end, mask + [1] * len(end)
 
 
 def train_compete(cfg: CompeteConfig, resume: bool = False):
@@ -43,7 +54,7 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
     out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)
     precision = choose_precision(out, cfg.mixed_precision, cfg.rollout_dtype, par.is_main)
     seed_everything(cfg.seed)
-    weights = parse_rewards(cfg.rewards)
+    weights, tools = parse_rewards(cfg.rewards), load_tools(cfg.tools)
     problems = get_task(cfg.task, **cfg.task_options).problems("train", cfg.rounds * cfg.prompts_per_step, cfg.seed)
     model, tokenizer = load_policy(cfg.model, checkpoint, "float32", 0, 0, False)
     disable_dropout(model)                                   # as in GRPO (TRL: disable_dropout)
@@ -73,29 +84,33 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
         # 1. every agent answers every problem; members of a problem's group stay contiguous
         members = [[] for _ in batch_problems]                  # per problem: (source, prompt ids, completion)
         for agent, (name, engine, agent_tokenizer, template, n) in enumerate(agents):
-            _, groups = rollout(engine, batch_problems, template, agent_tokenizer, n, sampling, [s + agent for s in seeds])
+            _, groups = rollout(engine, batch_problems, template, agent_tokenizer, n, sampling, [s + agent for s in seeds],
+                                tools, cfg.max_turns)
             for slot, (problem, group) in enumerate(zip(batch_problems, groups)):
-                prompt_ids = tokenizer(template.render(problem.prompt, tokenizer), add_special_tokens=False)["input_ids"]
+                prompt_ids = tokenizer(render_prompt(template, problem.prompt, tokenizer, tools),
+                                       add_special_tokens=False)["input_ids"]
                 members[slot] += [(name, prompt_ids, c) for c in group]
         flat = [m for group in members for m in group]
         completions = [c for _, _, c in flat]
         # 2. score; above the group mean -> imitate, below -> push down
         totals, parts, failures = score(weights, completions, [p for p in batch_problems for _ in range(group_size)], group_size)
         imitate, push_down = compete_weights(torch.tensor(totals), group_size, cfg.weight_by_advantage)
-        # the policy's own samples train on their sampled ids; other agents' text is re-encoded (vocabularies differ)
-        targets = [c.token_ids if name == "policy" else tokenizer(c.text, add_special_tokens=False)["input_ids"]
-                   + ([tokenizer.eos_token_id] if c.finish_reason == "stop" else []) for name, _, c in flat]
+        # the policy's own samples train on their sampled ids; other agents' text is re-encoded (vocabularies differ);
+        # (ids, loss mask): a tool's results in an episode are read, not learned
+        targets = [(c.token_ids, c.loss_mask or [1] * len(c.token_ids)) if name == "policy" else
+                   _encoded(tokenizer, c) for name, _, c in flat]
         active = [i for i in range(len(flat)) if imitate[i] > 0 or push_down[i] > 0]
-        batch_tokens = par.total(sum(len(targets[i]) for i in active))               # the whole batch's
+        batch_tokens = par.total(sum(sum(targets[i][1]) for i in active))            # the whole batch's
         learning = par.total(len(active)) > 0     # no member anywhere above or below its mean: no update at all
         active = (active or [0]) if learning else []   # a zero-weight row: every process joins the all-reduce
         for first in range(0, len(active), cfg.micro_batch_size):
             rows = active[first:first + cfg.micro_batch_size]
-            batch = pad_batch([flat[i][1] for i in rows], [targets[i] for i in rows], tokenizer.pad_token_id, device())
+            batch = pad_batch([flat[i][1] for i in rows], [targets[i][0] for i in rows], tokenizer.pad_token_id, device(),
+                              [targets[i][1] for i in rows])
             with par.sync_unless(policy, accumulating=first + cfg.micro_batch_size < len(active)):
                 with autocast(precision.mixed_precision):
                     logprobs, _ = token_logprobs(policy, batch)                                # (b, C)
-                mask = batch["completion_mask"]
+                mask = batch["loss_mask"]
                 loss = sft_loss(logprobs, mask, imitate[rows].to(device()), batch_tokens)
                 if cfg.unlikelihood_weight:
                     loss = loss + cfg.unlikelihood_weight * unlikelihood_loss(logprobs, mask, push_down[rows].to(device()), batch_tokens)
@@ -107,7 +122,7 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
         # 3. metrics per source (over every process's members), checkpoint
         totals, names = par.gather(totals), par.gather([name for name, _, _ in flat])
         parts = {name: par.gather(values) for name, values in parts.items()}
-        lengths = par.gather([len(c.token_ids) for c in completions])
+        lengths = par.gather([c.model_tokens for c in completions])
         by_source = defaultdict(list)
         for name, total in zip(names, totals):
             by_source[name].append(total)

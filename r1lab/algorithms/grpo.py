@@ -50,6 +50,11 @@ before the first and after the last; their accuracy goes to `validation.jsonl` (
 The per-step training reward over a few fresh prompts mostly measures which prompts were drawn; this
 is the learning curve on fixed problems.
 With `mask_truncated`, truncated completions are in no loss denominator (r1lab/algorithms/losses.py).
+With `tools` (`--tools python,calculator`), each completion is an episode in which the model calls them
+mid-reasoning (r1lab/rollout/episodes.py): its tensors hold the tools' results, which the later tokens
+attend to (`completion_mask`), but every loss, entropy, mismatch and token count covers only the tokens the
+model wrote (`loss_mask`). Rewards read the whole episode. Per episode: `turns`, `tool_calls`,
+`tool_errors`, `tokens_model`, `tokens_tool`.
 
 Multi-process (accelerate; r1lab/distributed.py): each process samples whole groups for its share of
 the prompts; denominators are global, metrics gathered, files written by the main process only.
@@ -77,6 +82,7 @@ from r1lab.rewards.accuracy import accuracy
 from r1lab.rollout import Sampling, make_engine, rollout
 from r1lab.tasks import get_task
 from r1lab.templates import get_template
+from r1lab.tools import load_tools
 from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_policy, make_optimizer, prepare_run, restore_state,
                             seed_everything, training_state)
 from r1lab.types import Problem
@@ -141,14 +147,14 @@ def sampler_logprobs(completions, width: int, dev) -> torch.Tensor:
     return padded.to(dev)
 
 
-def draw_groups(engine, tokenizer, template, sampling, weights, G: int, rounds, quota: int):
+def draw_groups(engine, tokenizer, template, sampling, weights, G: int, rounds, quota: int, tools=(), max_turns: int = 1):
     """Sample and score G completions for each problem of each round [(problems, seeds)], in order, stopping
     once `quota` groups have unequal rewards (one round, without dynamic sampling). Returns the first
     `quota` such groups, filled up with the first all-equal ones, in draw order, and what was drawn:
     {rounds, groups, tokens, failures, reward (summed over every completion drawn)}."""
     spread, equal, drawn = [], [], {"rounds": 0, "groups": 0, "tokens": 0, "failures": 0, "reward": 0.0}
     for problems, seeds in rounds:
-        prompts, groups = rollout(engine, problems, template, tokenizer, G, sampling, seeds)
+        prompts, groups = rollout(engine, problems, template, tokenizer, G, sampling, seeds, tools, max_turns)
         completions = [c for group in groups for c in group]                    # groups contiguous
         totals, parts, failures = score(weights, completions, [p for p in problems for _ in range(G)], group_size=G)
         constant = constant_groups(torch.tensor(totals), G).tolist()            # (N,) as the advantages see them
@@ -158,7 +164,7 @@ def draw_groups(engine, tokenizer, template, sampling, weights, G: int, rounds, 
             (equal if constant[i] else spread).append(kept)
             drawn["groups"] += 1
         drawn["rounds"] += 1
-        drawn["tokens"] += sum(len(c.token_ids) for c in completions)
+        drawn["tokens"] += sum(c.model_tokens for c in completions)
         drawn["failures"] += failures
         drawn["reward"] += sum(totals)
         if len(spread) >= quota:
@@ -167,9 +173,10 @@ def draw_groups(engine, tokenizer, template, sampling, weights, G: int, rounds, 
     return [group for _, group in chosen], drawn
 
 
-def validate(engine, tokenizer, template, problems: list[Problem], max_new_tokens: int) -> float:
+def validate(engine, tokenizer, template, problems: list[Problem], max_new_tokens: int, tools=(), max_turns: int = 1) -> float:
     """Greedy accuracy of the current policy on fixed held-out problems (the `accuracy` reward, 1 = correct)."""
-    _, groups = rollout(engine, problems, template, tokenizer, 1, Sampling(0.0, 1.0, max_new_tokens))
+    _, groups = rollout(engine, problems, template, tokenizer, 1, Sampling(0.0, 1.0, max_new_tokens),
+                        tools=tools, max_turns=max_turns)
     return sum(accuracy(group[0], problem) >= 1.0 for group, problem in zip(groups, problems)) / len(problems)
 
 
@@ -206,7 +213,18 @@ def step_metrics(par, kept: list[Drawn], drawn: dict, advantage_metrics: dict, m
             row[key] = min(values) if key.endswith("_min") else max(values)
     if "accuracy" in parts:
         row["accuracy"] = row["reward/accuracy"]
+    if any(c.loss_mask for c in completions):            # episodes with tools
+        row.update(episode_metrics(par, completions))
     return row
+
+
+def episode_metrics(par, completions) -> dict:
+    """Per episode, over every process's: model turns, tool calls, failed calls, tokens by who wrote them."""
+    per_episode = {"turns": [c.turns for c in completions], "tool_calls": [len(c.tool_calls) for c in completions],
+                   "tool_errors": [sum(call["error"] for call in c.tool_calls) for c in completions],
+                   "tokens_model": [c.model_tokens for c in completions],
+                   "tokens_tool": [len(c.token_ids) - c.model_tokens for c in completions]}
+    return {key: sum(values) / len(values) for key, values in ((k, par.gather(v)) for k, v in per_episode.items())}
 
 
 def train_grpo(cfg: GRPOConfig, resume: bool = False):
@@ -220,7 +238,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     if par.is_main:
         print(f"importance sampling: {'on, cap ' + str(cfg.importance_sampling_cap) if use_is else 'off'} ({why})")
     seed_everything(cfg.seed)
-    template, weights = get_template(cfg.template), parse_rewards(cfg.rewards)
+    template, weights, tools = get_template(cfg.template), parse_rewards(cfg.rewards), load_tools(cfg.tools)
     draws = cfg.dynamic_sampling_max_draws if cfg.dynamic_sampling else 1       # rounds of prompts per step, at most
     problems = get_task(cfg.task, **cfg.task_options).problems(
         "train", cfg.steps * draws * cfg.prompts_per_step + cfg.validation_problems, cfg.seed)
@@ -253,13 +271,14 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     for step in progress:
         if validation_log is not None and step % cfg.validate_every == 0:
             validation_log.write({"step": step, "val_accuracy": validate(engine, tokenizer, template, validation,
-                                                                         cfg.max_new_tokens)})
+                                                                         cfg.max_new_tokens, tools, cfg.max_turns)})
         began = time.perf_counter()
         # 1. sample G completions per problem (this process's share of the prompts, whole groups) and score them;
         #    with dynamic sampling, more rounds of fresh problems until P groups have unequal rewards
         rounds = [(par.share([problems[(index * P + i) % len(problems)] for i in range(P)]),
                    par.share(prompt_seeds(cfg.seed, index, P))) for index in range(step * draws, (step + 1) * draws)]
-        kept, drawn = draw_groups(engine, tokenizer, template, sampling, weights, G, rounds, len(rounds[0][0]))
+        kept, drawn = draw_groups(engine, tokenizer, template, sampling, weights, G, rounds, len(rounds[0][0]),
+                                  tools, cfg.max_turns)
         sampled = time.perf_counter()
         completions = [c for g in kept for c in g.completions]                      # b = N/W * G, groups contiguous
         # 2. advantages within groups (eq. 3, or RLOO)
@@ -270,13 +289,14 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
             advantages, advantage_metrics = group_advantages(rewards, G, cfg.scale_rewards)
         prompt_ids = [tokenizer(g.prompt, add_special_tokens=False)["input_ids"] for g in kept for _ in range(G)]
         keep = [not (cfg.mask_truncated and c.finish_reason == "length") for c in completions]
-        batch_tokens = par.total(sum(len(c.token_ids) for c, k in zip(completions, keep) if k))   # whole batch, only
+        batch_tokens = par.total(sum(c.model_tokens for c, k in zip(completions, keep) if k))   # whole batch, only
         batch_sequences = par.total(sum(keep))                                       # what stays in the loss
         micro = []                                  # (rows, batch, loss mask (b, C)), built once
         for first in range(0, len(completions), cfg.micro_batch_size):
             rows = slice(first, first + cfg.micro_batch_size)
-            batch = pad_batch(prompt_ids[rows], [c.token_ids for c in completions[rows]], tokenizer.pad_token_id, device())
-            micro.append((rows, batch, batch["completion_mask"] * torch.tensor(keep[rows], device=device())[:, None]))
+            batch = pad_batch(prompt_ids[rows], [c.token_ids for c in completions[rows]], tokenizer.pad_token_id, device(),
+                              [c.loss_mask for c in completions[rows]])         # tool outputs: attended, not trained
+            micro.append((rows, batch, batch["loss_mask"] * torch.tensor(keep[rows], device=device())[:, None]))
         # 3. scoring, no grad: pi_old, pi_ref, entropy, the sampler's mismatch with pi_old, the importance weights.
         #    A pass of its own before the updates; with mu = 1 it rides on the update pass instead (see the docstring)
         means = defaultdict(lambda: [0.0, 0])        # metric -> [sum of value x tokens, tokens]
@@ -286,10 +306,10 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
             rows, batch, loss_mask = micro[i]
             ref = reference_logprobs(ref_model, model, batch, cfg.temperature, shared_prompts) if cfg.beta else None
             sampler = sampler_logprobs(completions[rows], logprobs.shape[1], device())                            # (b, C)
-            for values, new in zip(mismatch, (*sampler_mismatch(sampler, logprobs, batch["completion_mask"]),   # (b,)
-                                              batch["completion_mask"].sum(-1))):
+            for values, new in zip(mismatch, (*sampler_mismatch(sampler, logprobs, batch["loss_mask"]),   # (b,)
+                                              batch["loss_mask"].sum(-1))):
                 values += new.tolist()
-            accumulate(means, {"entropy": entropy}, int(batch["completion_mask"].sum()))
+            accumulate(means, {"entropy": entropy}, int(batch["loss_mask"].sum()))
             w, is_metrics = (truncated_importance_weights(logprobs, sampler, loss_mask, cfg.importance_sampling_cap)
                              if use_is else (None, {}))                                                   # (b, C)
             accumulate(means, is_metrics, int(loss_mask.sum()))
@@ -350,7 +370,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
         progress.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row.get('accuracy', 0):.2f}",
                              len=f"{row['completion_length']:.0f}", s=f"{row['step_seconds']:.1f}")
     if validation_log is not None and start < cfg.steps:
-        accuracy_now = validate(engine, tokenizer, template, validation, cfg.max_new_tokens)
+        accuracy_now = validate(engine, tokenizer, template, validation, cfg.max_new_tokens, tools, cfg.max_turns)
         validation_log.write({"step": cfg.steps, "val_accuracy": accuracy_now})
         print(f"validation accuracy after {cfg.steps} steps: {accuracy_now:.3f}")
     return out / "checkpoint"

@@ -26,8 +26,14 @@ from transformers import DynamicCache
 CHUNK_BYTES = 32 * 2 ** 20      # fp32 logits per chunk: 170 tokens of a 49k vocabulary
 
 
-def pad_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, device) -> dict:
-    """Tensors for rows of (prompt, completion); consecutive rows with equal prompts share one prompt row."""
+def pad_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, device,
+              loss_masks: list[list[int]] | None = None) -> dict:
+    """Tensors for rows of (prompt, completion); consecutive rows with equal prompts share one prompt row.
+
+    Two masks over the completions, (B, C): `completion_mask` (1 on every real token: what attention sees)
+    and `loss_mask` (1 on the tokens the model wrote: what losses, entropies and mismatches count). They
+    differ in tool-using episodes, whose tool outputs are read by the later tokens but were not sampled
+    (`loss_masks`, one list per completion, 1 = the model's token; an empty list or None: all 1)."""
     unique, owner = [], []
     for p in prompt_ids:
         if not unique or unique[-1] != p:
@@ -41,12 +47,18 @@ def pad_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_
         prompt_mask[i, prompt_width - len(p):] = 1
     completions = torch.full((len(completion_ids), completion_width), pad_id, dtype=torch.long)
     completion_mask = torch.zeros_like(completions)
+    loss_mask = torch.zeros_like(completions)
     for i, c in enumerate(completion_ids):
         completions[i, :len(c)] = torch.tensor(c, dtype=torch.long)
         completion_mask[i, :len(c)] = 1
+        own = loss_masks[i] if loss_masks and loss_masks[i] else [1] * len(c)
+        if len(own) != len(c):
+            raise ValueError(f"row {i}: loss mask of {len(own)} for {len(c)} tokens")
+        loss_mask[i, :len(c)] = torch.tensor(own, dtype=torch.long)
     return {"prompt_ids": prompts.to(device), "prompt_mask": prompt_mask.to(device),                   # (U, P)
             "owner": torch.tensor(owner, device=device),                                                # (B,)
-            "completion_ids": completions.to(device), "completion_mask": completion_mask.to(device)}  # (B, C)
+            "completion_ids": completions.to(device), "completion_mask": completion_mask.to(device),  # (B, C)
+            "loss_mask": loss_mask.to(device)}                                                          # (B, C)
 
 
 def lm_head(model) -> tuple[torch.Tensor, float | None] | None:
@@ -155,6 +167,6 @@ def token_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: b
     policy = model if not hasattr(model, "config") else CompletionLogits(model, shared)
     logprobs, entropy = policy(batch, temperature, with_entropy)
     if entropy is not None:
-        mask = batch["completion_mask"].bool()
+        mask = batch.get("loss_mask", batch["completion_mask"]).bool()
         entropy = (torch.where(mask, entropy, 0.0).sum() / mask.sum().clamp_min(1)).item()
     return logprobs, entropy

@@ -4,7 +4,8 @@
     r1lab train sft --model smollm2-135m --data cold.jsonl --template chat
 
 The loss is on completion tokens only (the prompt is rendered with the template, as at RL time), a
-token mean over each optimiser batch. Each batch is cut into micro-batches of similar length (sorted
+token mean over each optimiser batch. With `tools` the prompt describes them as at RL time, and the
+tools' results in a completion (`<tool_response>` blocks) are read but not learned (rollout/episodes.py). Each batch is cut into micro-batches of similar length (sorted
 within the batch) so little padding is paid for. Same checkpoint, resume and metrics files as GRPO.
 Multi-process (accelerate): each process takes a contiguous share of every batch; the token count in
 the loss's denominator is the whole batch's, so the update equals the one-process update.
@@ -23,7 +24,9 @@ from r1lab.checkpoint import save_checkpoint
 from r1lab.config import SFTConfig
 from r1lab.distributed import Parallel
 from r1lab.data import read_jsonl
+from r1lab.rollout.episodes import render_prompt, tokenize_episode
 from r1lab.templates import get_template
+from r1lab.tools import load_tools
 from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_policy, make_optimizer, prepare_run, restore_state,
                             seed_everything, training_state)
 
@@ -52,9 +55,12 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
     template = get_template(cfg.template)
     model, tokenizer = load_policy(cfg.model, checkpoint, cfg.dtype, cfg.lora_rank, cfg.lora_alpha,
                                    cfg.gradient_checkpointing)
-    examples = [(tokenizer(template.render(p, tokenizer) + prefix, add_special_tokens=False)["input_ids"],
-                 tokenizer((" " if prefix else "") + c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
-                for p, prefix, c in pairs]
+    tools = load_tools(cfg.tools)
+    examples = []                                        # (prompt ids, completion ids, completion loss mask)
+    for prompt, prefix, completion in pairs:
+        ids, mask = tokenize_episode(tokenizer, (" " if prefix else "") + completion)
+        examples.append((tokenizer(render_prompt(template, prompt, tokenizer, tools) + prefix,
+                                   add_special_tokens=False)["input_ids"], ids + [tokenizer.eos_token_id], mask + [1]))
     order = [i for epoch in range(cfg.epochs) for i in random.Random(cfg.seed + epoch).sample(range(len(examples)), len(examples))]
     steps = len(order) // cfg.batch_size
     if steps == 0:
@@ -69,16 +75,17 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
         began = time.perf_counter()
         batch = sorted((examples[i] for i in order[step * cfg.batch_size:(step + 1) * cfg.batch_size]),
                        key=lambda e: len(e[0]) + len(e[1]))                     # similar lengths share a micro-batch
-        batch_tokens = sum(len(c) for _, c in batch)                            # the whole batch's, on every process
+        batch_tokens = sum(sum(mask) for _, _, mask in batch)                   # the whole batch's, on every process
         batch = par.share(batch, "batch_size")
         total = 0.0
         for first in range(0, len(batch), cfg.micro_batch_size):
             rows = batch[first:first + cfg.micro_batch_size]
-            tensors = pad_batch([p for p, _ in rows], [c for _, c in rows], tokenizer.pad_token_id, device())
+            tensors = pad_batch([p for p, _, _ in rows], [c for _, c, _ in rows], tokenizer.pad_token_id, device(),
+                                [m for _, _, m in rows])
             with par.sync_unless(policy, accumulating=first + cfg.micro_batch_size < len(batch)):
                 with autocast(precision.mixed_precision):
                     logprobs, _ = token_logprobs(policy, tensors)               # (b, C)
-                loss = sft_loss(logprobs, tensors["completion_mask"], batch_tokens=batch_tokens)
+                loss = sft_loss(logprobs, tensors["loss_mask"], batch_tokens=batch_tokens)
                 par.accelerator.backward(loss * par.world)                      # DDP averages: x world gives the sum
             total += loss.item()
         total = par.total(total)
@@ -87,7 +94,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - began
-        tokens = par.total(sum(len(p) + len(c) for p, c in batch))
+        tokens = par.total(sum(len(p) + len(c) for p, c, _ in batch))
         if par.is_main:
             log.write({"step": step + 1, "processes": par.world, "loss": total, "grad_norm": grad_norm,
                        "learning_rate": scheduler.get_last_lr()[0], "step_seconds": seconds,

@@ -33,7 +33,8 @@ class Sample:
 
 
 class Engine(Protocol):
-    def generate(self, prompts: list[str], n: int, sampling: Sampling, watch=None, seeds=None) -> list[list[Sample]]: ...
+    def generate(self, prompts: list[str] | list[list[int]], n: int, sampling: Sampling, watch=None,
+                 seeds=None) -> list[list[Sample]]: ...       # a prompt is text, or token ids taken as they are
 
 
 ENGINES = ("hf", "vllm")
@@ -72,9 +73,14 @@ def to_completion(sample: Sample, template: Template, tail: str = "") -> Complet
 
 
 def rollout(engine: Engine, problems: list[Problem], template: Template, tokenizer, n: int,
-            sampling: Sampling, seeds: list[int] | None = None) -> tuple[list[str], list[list[Completion]]]:
+            sampling: Sampling, seeds: list[int] | None = None, tools=(), max_turns: int = 4
+            ) -> tuple[list[str], list[list[Completion]]]:
     """Render each problem, sample n completions for it, parse them: (prompts, completions per problem).
-    `seeds`, one per problem, make each problem's samples independent of the batch it is in."""
+    `seeds`, one per problem, make each problem's samples independent of the batch it is in. With `tools`
+    (r1lab/tools.py) each completion is an episode of up to `max_turns` model turns (rollout/episodes.py)."""
+    if tools:
+        from r1lab.rollout.episodes import rollout_with_tools
+        return rollout_with_tools(engine, problems, template, tokenizer, n, sampling, tools, max_turns, seeds)
     prompts = [template.render(p.prompt, tokenizer) for p in problems]
     sampling = Sampling(sampling.temperature, sampling.top_p, sampling.max_new_tokens,
                         tuple(dict.fromkeys(sampling.stop + template.stop)))
@@ -84,11 +90,12 @@ def rollout(engine: Engine, problems: list[Problem], template: Template, tokeniz
 
 
 def rollout_all(engine: Engine, problems: list[Problem], template: Template, tokenizer, n: int, sampling: Sampling,
-                per_batch: int = 8, desc: str = "sampling") -> list[list[Completion]]:
+                per_batch: int = 8, desc: str = "sampling", tools=(), max_turns: int = 4) -> list[list[Completion]]:
     """`rollout` over many problems, `per_batch` problems at a time, with a progress bar."""
     from tqdm import tqdm
 
     groups: list[list[Completion]] = []
     for start in tqdm(range(0, len(problems), per_batch), desc=desc, unit="batch"):
-        groups += rollout(engine, problems[start:start + per_batch], template, tokenizer, n, sampling)[1]
+        groups += rollout(engine, problems[start:start + per_batch], template, tokenizer, n, sampling,
+                          tools=tools, max_turns=max_turns)[1]
     return groups

@@ -95,8 +95,9 @@ class HFEngine:
         """n samples per prompt. `watch(k, tokens)`, if given, sees sample k's (= prompt * n + j) tokens
         after each new one and returns False to drop it (finish_reason "cancelled"): streaming, and
         freeing a disconnected client's rows. `seeds` (one per prompt) give each sample its own random
-        stream, so what is drawn does not depend on which prompts share a batch (or a process)."""
-        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        stream, so what is drawn does not depend on which prompts share a batch (or a process). A prompt
+        given as token ids is taken as it is (a tool-using episode goes on from the exact ids it sampled)."""
+        ids = [p if isinstance(p, list) else self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         check_context(self.policy, list(map(len, ids)), sampling.max_new_tokens)
         self._refresh_decoder()
         per_chunk = max(1, self.max_batch // n)

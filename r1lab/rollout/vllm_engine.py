@@ -89,7 +89,7 @@ class VLLMEngine:
                           "trainer's before it, so the importance weights are biased (r1lab/rollout/vllm_engine.py)")
         requests, params = [], []
         for i, prompt in enumerate(prompts):
-            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            ids = prompt if isinstance(prompt, list) else self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
             for j in range(n):
                 seed = None if seeds is None else (seeds[i] * 1_000_003 + j) % 2**63
                 requests.append({"prompt_token_ids": ids})
