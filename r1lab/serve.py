@@ -4,14 +4,20 @@
         [--api-key-env VAR] [--max-tokens 2048] [--max-prompt-tokens N] [--max-queue 256] [--threads N]
 
 Routes: `POST /v1/chat/completions` (messages, temperature, top_p, max_tokens, stop, n, stream,
-stream_options.include_usage), `GET /v1/models` (with `max_model_len` and this server's `max_tokens`),
-`GET /health`, `GET /metrics` (Prometheus text: requests, tokens, queue length) and `GET /`, a chat page
-over the same API (r1lab/static/chat.html). Concurrent requests are batched: a worker thread collects
+stream_options.include_usage, tools, tool_choice), `GET /v1/models` (with `max_model_len` and this
+server's `max_tokens`), `GET /health`, `GET /metrics` (Prometheus text: requests, tokens, queue length)
+and `GET /`, a chat page over the same API (r1lab/static/chat.html). Concurrent requests are batched: a worker thread collects
 what arrives within `batch_wait_s` and runs it as shared generate calls (one per n and sampling settings).
 
 Reasoning is split from the answer, and streamed, by r1lab/streaming.py (`split_reasoning`,
 `ReplyStream`: each field's deltas joined are exactly the non-streamed message). A client that
 disconnects mid-stream has its rows dropped from the running batch at the next token.
+
+Tools, as OpenAI's API has them (the client runs them; what a request may hold: r1lab/serve_request.py):
+a request with tools, or tool turns in its messages, is rendered by `r1lab.tools.chat_with_tools`;
+with tools, generation stops at the first complete `<tool_call>..</tool_call>`, and a reply that is a
+well-formed call comes back as `tool_calls` (finish_reason "tool_calls"; streamed, as the last deltas)
+after its reasoning_content and any text before it; a malformed call comes back as plain content.
 
 Limits, each answered in OpenAI's error shape before any work: a body over `max_bytes` (counted while
 reading, chunked or not: 413); a prompt over `--max-prompt-tokens` or, with max_tokens, over the model's
@@ -45,8 +51,10 @@ from starlette.exceptions import HTTPException
 
 from r1lab import R1labError
 from r1lab.rollout import Sample, Sampling
-from r1lab.streaming import ReplyStream, split_reasoning, trim_stop
+from r1lab.serve_request import APIError, ChatRequest, Limits, check_prompt, parse_request, read_body
+from r1lab.streaming import ReplyStream, reply_message, trim_stop
 from r1lab.templates import prompt_tail
+from r1lab.tools import Tool, chat_with_tools
 
 log = logging.getLogger("r1lab.serve")
 
@@ -56,6 +64,15 @@ def chat_prompt(tokenizer, messages: list[dict]) -> str:
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages) + "\nAssistant:"
+
+
+def request_prompt(tokenizer, chat: ChatRequest) -> str:
+    """The prompt of a request: through `r1lab.tools.chat_with_tools` where it has tools or tool turns (the
+    template's own tool convention, else the tools in the system message), else `chat_prompt`."""
+    if chat.tools or any(m["role"] == "tool" or m.get("tool_calls") for m in chat.messages):
+        tools = [Tool(schema["function"]["name"], None, schema) for schema in chat.tools]   # never run here
+        return chat_with_tools(tokenizer, chat.messages, tools)
+    return chat_prompt(tokenizer, chat.messages)
 
 
 @dataclass
@@ -113,123 +130,6 @@ class Batcher:
                     continue
                 for r, samples in zip(requests, results):
                     r.future.set_result(samples)
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.headers = status, headers
-        self.body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_tokens: int = 2048         # largest max_tokens a request may ask for
-    max_messages: int = 64         # messages per request
-    max_bytes: int = 1_000_000     # request body size
-    max_n: int = 8                 # completions per request
-    max_prompt_tokens: int | None = None   # prompt tokens per request (None: only the model's context bounds it)
-    max_queue: int = 256           # requests waiting or running; past it, 429
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    messages: list[dict]
-    n: int
-    sampling: Sampling
-    stream: bool
-    include_usage: bool        # stream_options.include_usage: a last chunk with the usage
-
-
-def _string(value, where: str) -> str:
-    """A string that encodes as UTF-8 (JSON may carry lone surrogates, which no tokenizer takes)."""
-    if not isinstance(value, str):
-        raise APIError(400, f"{where} must be a string", param=where)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise APIError(400, f"{where} is not valid Unicode (a lone surrogate)", param=where) from None
-    return value
-
-
-def parse_request(raw: bytes, served: str, limits: Limits) -> ChatRequest:
-    """The request in a body, or an APIError naming the field."""
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400, f"invalid JSON body: {e}") from None
-    except RecursionError:
-        raise APIError(400, "invalid JSON body: nested too deeply") from None
-    if not isinstance(body, dict):
-        raise APIError(400, "the body must be a JSON object")
-    if body.get("model") != served:
-        raise APIError(404, f"model {body.get('model')!r} does not exist; this server serves {served!r}",
-                       param="model", code="model_not_found")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise APIError(400, "'messages' must be a non-empty list", param="messages")
-    if len(messages) > limits.max_messages:
-        raise APIError(400, f"{len(messages)} messages; the limit is {limits.max_messages}", param="messages")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
-            raise APIError(400, f"messages[{i}] must be {{role: system|user|assistant, content: string}}", param=f"messages[{i}]")
-        _string(m["content"], f"messages[{i}].content")
-
-    def number(name, default, kind, low, high):
-        value = body.get(name, default)
-        if value is None:
-            value = default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()) \
-                or not low <= value <= high:
-            raise APIError(400, f"'{name}' must be {'an integer' if kind is int else 'a number'} in [{low}, {high}], "
-                                f"got {value!r}", param=name)
-        return kind(value)
-
-    max_tokens = number("max_tokens", body.get("max_completion_tokens", min(512, limits.max_tokens)), int, 1, limits.max_tokens)
-    n = number("n", 1, int, 1, limits.max_n)
-    temperature = number("temperature", 1.0, float, 0.0, 2.0)
-    top_p = number("top_p", 1.0, float, 1e-6, 1.0)
-    stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
-        raise APIError(400, "'stop' must be a string or a list of up to 4 non-empty strings", param="stop")
-    for i, s in enumerate(stop):
-        _string(s, f"stop[{i}]")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise APIError(400, "'stream' must be a boolean", param="stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
-        raise APIError(400, "'stream_options' must be {include_usage: boolean}", param="stream_options")
-    return ChatRequest(messages, n, Sampling(temperature, top_p, max_tokens, tuple(stop)), stream,
-                       options.get("include_usage", False))
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, counted while it arrives (chunked or not): past `limit` bytes, a 413 at once."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:      # refuse before reading a byte
-        raise APIError(413, f"request body is {declared} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def check_prompt(prompt_tokens: int, max_tokens: int, limits: Limits, context: int | None) -> None:
-    """A 400 naming the limit, for a prompt over --max-prompt-tokens or (with max_tokens) the model's context."""
-    if limits.max_prompt_tokens is not None and prompt_tokens > limits.max_prompt_tokens:
-        raise APIError(400, f"the prompt is {prompt_tokens} tokens; this server takes at most {limits.max_prompt_tokens} "
-                            f"(--max-prompt-tokens)", param="messages", code="context_length_exceeded")
-    if context is not None and prompt_tokens + max_tokens > context:
-        raise APIError(400, f"this model's maximum context length is {context} tokens; the request asks for "
-                            f"{prompt_tokens + max_tokens} ({prompt_tokens} in the messages, {max_tokens} in the "
-                            f"completion): shorten the messages or lower max_tokens",
-                       param="messages", code="context_length_exceeded")
 
 
 class Metrics:
@@ -319,7 +219,7 @@ def build_app(engine, tokenizer, served: str, api_key: str | None = None, limits
             return not gone.is_set()
         future = batcher.submit(prompt, chat.n, chat.sampling, watch)
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(updates.put_nowait, None))
-        replies = [ReplyStream(tokenizer, prompt_tail(prompt), chat.sampling.stop) for _ in range(chat.n)]
+        replies = [ReplyStream(tokenizer, prompt_tail(prompt), chat.stop, bool(chat.tools)) for _ in range(chat.n)]
 
         def event(body: dict) -> str:
             return "data: " + json.dumps({"id": ident, "object": "chat.completion.chunk", "created": created,
@@ -347,7 +247,7 @@ def build_app(engine, tokenizer, served: str, api_key: str | None = None, limits
             for j, sample in enumerate(samples):
                 for delta in replies[j].finish(sample.text):
                     yield chunk(j, delta)
-                yield chunk(j, {}, sample.finish_reason)
+                yield chunk(j, {}, "tool_calls" if replies[j].calls else sample.finish_reason)
             usage["completion_tokens"] = sum(len(s.token_ids) for s in samples)
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
             if chat.include_usage:
@@ -380,7 +280,7 @@ def build_app(engine, tokenizer, served: str, api_key: str | None = None, limits
         authorise(request)
         chat = parse_request(await read_body(request, limits.max_bytes), served, limits)
         try:
-            prompt = chat_prompt(tokenizer, chat.messages)
+            prompt = request_prompt(tokenizer, chat)
         except TemplateError as e:
             raise APIError(400, f"the model's chat template refuses these messages: {e}", param="messages") from None
         prompt_tokens = len((await asyncio.to_thread(tokenizer, prompt, add_special_tokens=False))["input_ids"])
@@ -395,13 +295,13 @@ def build_app(engine, tokenizer, served: str, api_key: str | None = None, limits
             return StreamingResponse(stream_events(prompt, chat, ident, created, usage), media_type="text/event-stream")
         samples: list[Sample] = await asyncio.wrap_future(batcher.submit(prompt, chat.n, chat.sampling))
         tail = prompt_tail(prompt)
-        replies = [(split_reasoning(tail + trim_stop(s.text, chat.sampling.stop)), s.finish_reason) for s in samples]
+        messages = [reply_message(tail + trim_stop(s.text, chat.stop), bool(chat.tools)) for s in samples]
         usage["completion_tokens"] = sum(len(s.token_ids) for s in samples)
         usage["total_tokens"] = prompt_tokens + usage["completion_tokens"]
         return {"id": ident, "object": "chat.completion", "created": created, "model": served,
-                "choices": [{"index": i, "finish_reason": finish, "logprobs": None,
-                             "message": {"role": "assistant", "content": content, "reasoning_content": reasoning}}
-                            for i, ((reasoning, content), finish) in enumerate(replies)],
+                "choices": [{"index": i, "finish_reason": "tool_calls" if "tool_calls" in message else s.finish_reason,
+                             "logprobs": None, "message": message}
+                            for i, (message, s) in enumerate(zip(messages, samples))],
                 "usage": usage}
 
     return access_log(app, metrics)

@@ -297,7 +297,7 @@ def tools_instruction(tools: list[Tool]) -> str:
     """The system-prompt text for models whose chat template does not render `tools` (Hermes-style)."""
     if not tools:
         return ""
-    lines = "\n".join(json.dumps(s) for s in tool_schemas(tools))
+    lines = "\n".join(json.dumps(s, ensure_ascii=False) for s in tool_schemas(tools))
     return ("You may call one or more functions to help with the user's request. The function signatures are "
             f"within <tools></tools> tags:\n<tools>\n{lines}\n</tools>\n\nTo call a function, write a JSON object "
             f'with its name and arguments within <tool_call></tool_call> tags:\n<tool_call>{{"name": <function-name>, '
@@ -332,7 +332,7 @@ def _renders_tools(tokenizer, schemas: list[dict]) -> bool:
 
 def _call_text(call: dict) -> str:
     function = call.get("function", call)
-    body = json.dumps({"name": function.get("name"), "arguments": _loads(function.get("arguments"))})
+    body = json.dumps({"name": function.get("name"), "arguments": _loads(function.get("arguments"))}, ensure_ascii=False)
     return f"{TOOL_CALL_START}{body}{TOOL_CALL_STOP}"
 
 

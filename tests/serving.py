@@ -14,11 +14,14 @@ LIMITS = Limits(max_tokens=64, max_messages=4, max_bytes=20_000, max_n=4)
 
 
 class ScriptedEngine:
-    """Replies from a function of (system, user), parsed back out of the ChatML prompt, token by token
-    (a watcher sees each, as with the real engine); records batch sizes, prompts and cancelled samples."""
+    """Replies from a function of (system, user), parsed back out of the ChatML prompt (or, with
+    `whole_prompt`, of the prompt itself), token by token (a watcher sees each, as with the real engine),
+    up to the token that completes a stop string (kept, as HFEngine does); records batch sizes, prompts
+    and cancelled samples."""
 
-    def __init__(self, reply, tokenizer, delay=0.0):
+    def __init__(self, reply, tokenizer, delay=0.0, whole_prompt=False):
         self.reply, self.tokenizer, self.delay, self.batches, self.prompts, self.cancelled = reply, tokenizer, delay, [], [], 0
+        self.whole_prompt = whole_prompt
 
     def generate(self, prompts, n, sampling, watch=None):
         self.batches.append(len(prompts))
@@ -27,7 +30,10 @@ class ScriptedEngine:
         for i, prompt in enumerate(prompts):
             system = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", prompt, re.S)
             user = re.findall(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", prompt, re.S)
-            text = self.reply(system.group(1) if system else "", user[-1] if user else "")
+            if self.whole_prompt:
+                text = self.reply(prompt)
+            else:
+                text = self.reply(system.group(1) if system else "", user[-1] if user else "")
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             group = []
             for j in range(n):
@@ -37,6 +43,8 @@ class ScriptedEngine:
                     time.sleep(self.delay)
                     if watch is not None and not watch(i * n + j, kept):
                         finish, self.cancelled = "cancelled", self.cancelled + 1
+                        break
+                    if sampling.stop and any(s in self.tokenizer.decode(kept) for s in sampling.stop):
                         break
                 group.append(Sample(kept, [0.0] * len(kept), self.tokenizer.decode(kept), finish))
             out.append(group)

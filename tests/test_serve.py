@@ -157,6 +157,12 @@ def test_plain_request_on_tiny_random(tiny):
                                                      max_tokens=8, stream=True, n=2))
         assert {c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason} <= {"stop", "length"}
         assert sorted(c.choices[0].index for c in chunks if c.choices[0].finish_reason) == [0, 1]
+        tool = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
+        for stream in (False, True):      # with tools: the prompt through r1lab.tools, </tool_call> a stop string
+            reply = client.chat.completions.create(model="tiny-random", messages=[{"role": "user", "content": "Add 1 + 2"}],
+                                                   max_tokens=8, tools=[tool], stream=stream)
+            finishes = [c.choices[0].finish_reason for c in reply if c.choices] if stream else [reply.choices[0].finish_reason]
+            assert finishes[-1] in ("stop", "length", "tool_calls")
     finally:
         server.should_exit = True
 
