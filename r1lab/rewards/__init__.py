@@ -14,6 +14,7 @@ from typing import Callable
 
 from r1lab import R1labError
 from r1lab.rewards.accuracy import accuracy, accuracy_partial
+from r1lab.rewards.agentjo import agentjo_format
 from r1lab.rewards.code import code_reward, code_strict_reward
 from r1lab.rewards.format import format_partial, format_strict
 from r1lab.rewards.language import language_en, language_zh
@@ -29,6 +30,7 @@ REWARDS: dict[str, RewardFn] = {
     "format_partial": format_partial,  # as format, with partial credit for each well-placed tag
     "language": language_en,         # share of English words in the reasoning (paper section 2.3.2)
     "language_zh": language_zh,      # share of Chinese words in the reasoning
+    "agentjo_format": agentjo_format,  # 1 if AgentJo parses the reply into the requested keys and types (task agentjo)
 }
 GroupRewardFn = Callable[[list[Completion], Problem], list[float]]
 GROUP_REWARDS: dict[str, GroupRewardFn] = {

@@ -1,4 +1,4 @@
-"""Tasks give Problems. A spec names one: `arithmetic`, `reasoning-gym:<dataset>`, `jsonl:<path>`, `humaneval`.
+"""Tasks give Problems. A spec names one: `arithmetic`, `reasoning-gym:<dataset>`, `jsonl:<path>`, `humaneval`, `agentjo`.
 
     from r1lab.tasks import get_task
     task = get_task("arithmetic", operands=3, high=30)
@@ -26,6 +26,7 @@ class Task(Protocol):
 
 
 def get_task(spec: str, **options) -> Task:
+    from r1lab.tasks.agentjo import AgentJo
     from r1lab.tasks.arithmetic import Arithmetic
     from r1lab.tasks.code import HumanEval
     from r1lab.tasks.gym import ReasoningGym
@@ -36,12 +37,14 @@ def get_task(spec: str, **options) -> Task:
         cls, positional = Arithmetic, {}
     elif kind == "humaneval" and not argument:
         cls, positional = HumanEval, {}
+    elif kind == "agentjo" and not argument:
+        cls, positional = AgentJo, {}
     elif kind == "reasoning-gym" and argument:
         cls, positional = ReasoningGym, {"dataset": argument}
     elif kind == "jsonl" and argument:
         cls, positional = JsonlTask, {"path": argument}
     else:
-        raise R1labError(f"unknown task {spec!r}; expected 'arithmetic', 'humaneval', 'reasoning-gym:<dataset>' or 'jsonl:<path>'")
+        raise R1labError(f"unknown task {spec!r}; expected 'arithmetic', 'humaneval', 'agentjo', 'reasoning-gym:<dataset>' or 'jsonl:<path>'")
     valid = [f.name for f in dataclasses.fields(cls) if f.name not in positional]
     unknown = sorted(set(options) - set(valid))
     if unknown:
@@ -82,7 +85,11 @@ def check_split(split: str) -> None:
 
 def task_score(problem: Problem, answer: str) -> float | None:
     """A task's own score for this answer (reasoning-gym's `score_answer`, which can give partial credit; a
-    code problem's tests, all passing = 1), or None to use math-verify."""
+    code problem's tests, all passing = 1; an AgentJo call's reply parsed complete, r1lab/rewards/agentjo.py),
+    or None to use math-verify."""
+    if "agentjo" in problem.meta:
+        from r1lab.rewards.agentjo import agentjo_score
+        return agentjo_score(problem, answer)
     if "code" in problem.meta:
         from r1lab.rewards.code import run_tests
         return 1.0 if run_tests(problem, answer).fraction == 1.0 else 0.0
