@@ -321,7 +321,7 @@ def _renders(tokenizer, messages: list[dict], needle: str, **kwargs) -> str | No
     return text if needle in text else None
 
 
-def _renders_tools(tokenizer, schemas: list[dict]) -> bool:
+def renders_tools(tokenizer, schemas: list[dict]) -> bool:
     """Whether the chat template renders `tools=` itself: the text changes and names the first tool."""
     if not schemas or not getattr(tokenizer, "chat_template", None):
         return False
@@ -372,7 +372,7 @@ def chat_with_tools(tokenizer, messages: list[dict], tools: list[Tool], add_gene
     """The prompt for OpenAI-shaped messages: the template's own tool convention where it renders
     `tools`, else the tools in the system message and calls / responses as tagged text."""
     schemas = tool_schemas(tools)
-    if _renders_tools(tokenizer, schemas or [PROBE]):
+    if renders_tools(tokenizer, schemas or [PROBE]):
         return _render(tokenizer, _native(messages), add_generation_prompt, tools=schemas or None)
     return _render(tokenizer, _as_text(tokenizer, messages, tools), add_generation_prompt)
 

@@ -199,3 +199,14 @@ def test_talks_snippets_run_to_the_end_on_the_trained_checkpoint():
                   verbose=False).assign_functions([make_appointment])
     agent.run("Make me an appointment with Paul at 3pm, Sally at 4pm. 1 hour each")    # raises if a parse fails
     assert calls                                                                     # it used the function
+
+
+def test_agentjo_format_on_another_task_is_refused_before_sampling():
+    import pytest
+
+    from r1lab import R1labError
+    from r1lab.rewards import check_rewards_fit
+    from r1lab.types import Problem
+
+    with pytest.raises(R1labError, match="agentjo_format needs the agentjo task"):
+        check_rewards_fit({"agentjo_format": 1.0}, Problem("p", "Calculate 1 + 2", "3"))

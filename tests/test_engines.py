@@ -217,6 +217,8 @@ def test_fast_decoding_matches_the_models_own_layers_and_follows_weight_updates(
         assert [s.token_ids for s in fast] == [s.token_ids for s in slow]
         assert max(abs(a - b) for f, s in zip(fast, slow) for a, b in zip(f.logprobs, s.logprobs)) < 1e-4
         assert engine._packs or not decoding._packs_correctly(8)       # kept for the next call
+        fused = [p for p in engine._packs.values() if isinstance(p, decoding.FusedPack)]
+        assert len(fused) == 2 * len(model.model.layers) or not decoding._packs_correctly(8)   # q/k/v, gate/up
         with torch.no_grad():                                    # a training step: weights change in place
             for p in model.parameters():
                 p.add_(0.05 * torch.randn_like(p))

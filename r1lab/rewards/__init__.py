@@ -75,11 +75,15 @@ def parse_rewards(spec: str | dict) -> dict[str, float]:
 
 
 def check_rewards_fit(weights: dict[str, float], problem: Problem) -> None:
-    """Code rewards need code problems: say so before any sampling, not as a run of zeros."""
+    """Code rewards need code problems, agentjo_format AgentJo's calls: say so before any sampling, not as a
+    run of zeros."""
     code = [name for name in weights if name in ("code", "code_strict")]
     if code and "code" not in problem.meta:
         raise R1labError(f"reward(s) {code} need a code task (humaneval, or jsonl rows with tests); "
                          f"problem {problem.id!r} has no tests")
+    if "agentjo_format" in weights and "agentjo" not in problem.meta:
+        raise R1labError(f"reward agentjo_format needs the agentjo task (AgentJo's own calls, with their schemas); "
+                         f"problem {problem.id!r} is not one")
 
 
 def safe(fn: RewardFn, completion: Completion, problem: Problem) -> tuple[float, bool]:

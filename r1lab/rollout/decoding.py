@@ -8,7 +8,8 @@ share in `torch.cat` of the whole KV cache at every token. So:
   (doubling when full) and hand attention a view, instead of concatenating the cache every token.
   Same values, same interface (batch_repeat_interleave / batch_select_indices for the engine).
 - `packed_linears(model, rows)`: for the duration of a rollout, every `nn.Linear` of the model is
-  replaced by a `PackedLinear` whose weight oneDNN has reordered for `rows`-row inputs
+  replaced by a `PackedLinear` (siblings that read the same input, q/k/v and gate/up, by one `FusedPack`)
+  whose weight oneDNN has reordered for `rows`-row inputs
   (`torch.ops.mkldnn._reorder_linear_weight` / `_linear_pointwise`, the kernels torch.compile's CPU
   backend uses). Packing is done once per weight version (`tensor._version`: a training step changes
   it), so eval and serving pack once. CPU only; where oneDNN is unavailable, the ops are missing, or
@@ -78,6 +79,51 @@ class PackedLinear(torch.nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
 
 
+class FusedPack(torch.nn.Module):
+    """Sibling linears applied to the same input (attention's q/k/v, the MLP's gate/up) as ONE prepacked
+    matmul over their stacked weights: a decode step's skinny matmuls cost mostly their call and their
+    pass over the input, so three become one. The first member called with an input computes every
+    member's output; the others, called with that same tensor, take their slice of it."""
+
+    def __init__(self, linears: list[torch.nn.Linear], rows: int):
+        super().__init__()
+        self.linears, self.versions = linears, [lin.weight._version for lin in linears]
+        weight = torch.cat([lin.weight.detach() for lin in linears])
+        self.bias = None if all(lin.bias is None for lin in linears) else torch.cat(
+            [lin.bias.detach() if lin.bias is not None else weight.new_zeros(lin.out_features) for lin in linears])
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+        ends = torch.tensor([lin.out_features for lin in linears]).cumsum(0).tolist()
+        self.members = [FusedSlice(self, start, end) for start, end in zip([0] + ends[:-1], ends)]
+        self.last_input, self.last_output = None, None
+
+    def current(self, linears: list[torch.nn.Linear]) -> bool:
+        return self.linears == linears and self.versions == [lin.weight._version for lin in linears]
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        if x is not self.last_input:
+            self.last_input = x
+            self.last_output = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return self.last_output
+
+    def forget(self) -> None:
+        self.last_input = self.last_output = None
+
+
+class FusedSlice(torch.nn.Module):
+    """One member of a FusedPack: its columns of the fused output."""
+
+    def __init__(self, pack: FusedPack, start: int, end: int):
+        super().__init__()
+        self.__dict__["pack"] = pack           # not a submodule: the pack holds its members
+        self.start, self.end = start, end
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pack.output(x)[..., self.start:self.end]
+
+
+FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))   # siblings that read the same input (Llama, Qwen, Mistral)
+
+
 @torch.no_grad()
 def _packs_correctly(rows: int) -> bool:
     """Whether prepacked oneDNN linears exist here and reproduce F.linear (probed once per process)."""
@@ -106,8 +152,9 @@ def _linears(model: torch.nn.Module):
 def packed_linears(model: torch.nn.Module, rows: int, packs: dict):
     """Within the block, the model's plain nn.Linear layers run as PackedLinear (CPU, fp32 or bf16; not
     under LoRA, whose layers call their base layer's attributes).
-    `packs` keeps the packed weights between calls: {id(linear): PackedLinear}, repacked when the weight's
-    version changed (a training step, a refreshed bf16 copy)."""
+    Siblings that read the same input (`FUSED`) run as one FusedPack.
+    `packs` keeps the packed weights between calls: {id(linear): PackedLinear, (id(parent), names): FusedPack},
+    repacked when a weight's version changed (a training step, a refreshed bf16 copy)."""
     dtype = next(model.parameters()).dtype
     usable = next(model.parameters()).device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
     if usable and rows not in _PROBED:
@@ -115,7 +162,19 @@ def packed_linears(model: torch.nn.Module, rows: int, packs: dict):
     if not usable or not _PROBED[rows] or any(hasattr(m, "lora_A") for m in model.modules()):
         yield
         return
-    swapped = []
+    swapped, fused = [], []
+    for parent in list(model.modules()):
+        children = parent._modules
+        for names in FUSED:
+            linears = [children.get(name) for name in names]
+            if all(type(lin) is torch.nn.Linear for lin in linears) and len({lin.in_features for lin in linears}) == 1:
+                pack = packs.get((id(parent), names))
+                if pack is None or not pack.current(linears):
+                    pack = packs[(id(parent), names)] = FusedPack(linears, rows)
+                for name, linear, member in zip(names, linears, pack.members):
+                    children[name] = member
+                    swapped.append((parent, name, linear))
+                fused.append(pack)
     for parent, name, linear in list(_linears(model)):
         pack = packs.get(id(linear))
         if pack is None or pack.linear is not linear or pack.version != linear.weight._version:
@@ -127,3 +186,5 @@ def packed_linears(model: torch.nn.Module, rows: int, packs: dict):
     finally:
         for parent, name, linear in swapped:
             parent._modules[name] = linear
+        for pack in fused:
+            pack.forget()

@@ -33,21 +33,6 @@ RESULT_CHARS = 1000            # a tool's output is cut to this many characters
 TOOL_RESPONSE = re.compile(r"\n?<tool_response>\n.*?\n</tool_response>\n?", re.S)   # the fallback format's results
 
 
-def native_tools(tokenizer, tools) -> bool:
-    """Whether the tokenizer's chat template renders `tools=` itself (its own tool-calling convention)."""
-    if not tools or not getattr(tokenizer, "chat_template", None):
-        return False
-    from r1lab.tools import tool_schemas
-
-    messages = [{"role": "user", "content": "hi"}]
-    try:
-        with_tools = tokenizer.apply_chat_template(messages, tools=tool_schemas(tools), tokenize=False)
-        without = tokenizer.apply_chat_template(messages, tokenize=False)
-    except Exception:          # noqa: BLE001 - a template that cannot render tools does not have them
-        return False
-    return with_tools != without and tools[0].name in with_tools
-
-
 def render_prompt(template: Template, question: str, tokenizer, tools) -> str:
     """The template's prompt for `question`, with the tools described (chat templates: as the chat template
     does it, r1lab/tools.py's fallback otherwise; R1-Zero: the fallback text after the paper's instruction)."""
@@ -163,7 +148,9 @@ def rollout_with_tools(engine: Engine, problems: list[Problem], template: Templa
     prompts = [render_prompt(template, p.prompt, tokenizer, tools) for p in problems]
     sampling = Sampling(sampling.temperature, sampling.top_p, sampling.max_new_tokens,
                         tuple(dict.fromkeys(sampling.stop + template.stop)))
-    native = template.chat and native_tools(tokenizer, tools)
+    from r1lab.tools import renders_tools, tool_schemas
+
+    native = template.chat and renders_tools(tokenizer, tool_schemas(tools))
     episodes = run_episodes(engine, prompts, tokenizer, n, sampling, tools, max_turns, native, seeds)
     return prompts, [[e.completion(template, tokenizer, prompt_tail(prompt)) for e in episodes[i * n:(i + 1) * n]]
                      for i, prompt in enumerate(prompts)]
