@@ -91,3 +91,18 @@ def test_parse_rewards(spec, expected):
 def test_parse_rewards_errors(spec, message):
     with pytest.raises(R1labError, match=message):
         parse_rewards(spec)
+
+
+@pytest.mark.parametrize("answer, truth, right", [
+    ("351137028 * 991808147", "348260565083767116", False),   # GRPO found this: the question's own product
+    ("3 + 1 + 19", "23", False), ("5+17+25", "47", False), ("3 \\times 4", "12", False), ("2^{10}", "1024", False),
+    ("10 - 2 = 8", "8", False),
+    ("348260565083767116", "348260565083767116", True), ("23", "23", True), ("-5", "-5", True), ("1,000", "1000", True),
+    ("$47$", "47", True), ("x = 6", "6", True), ("1/2", "0.5", True), ("\\frac{1}{2}", "0.5", True),
+])
+def test_an_answer_that_is_still_a_computation_is_not_its_result(answer, truth, right):
+    from r1lab.rewards.accuracy import accuracy
+    from r1lab.types import Completion, Problem
+
+    problem = Problem("p", f"Calculate {answer}", truth)
+    assert accuracy(Completion(text="", template="r1_zero", answer=answer), problem) == float(right)

@@ -3,7 +3,9 @@
 Order: the task's own scorer (reasoning-gym's `score_answer`) where the problem has one; else
 math-verify (bare numbers, `\\boxed{}`, fractions, LaTeX); else a numeric comparison with a relative
 tolerance of 1e-6 (e.g. "1,000" vs "1000.0"). Only the answer part counts: a correct number in the
-reasoning earns nothing. Answers over MAX_ANSWER_CHARS are not judged (bounded time).
+reasoning earns nothing. Where the truth is a number, an answer that is still a computation ("3 + 1 + 19"
+for 23, `still_a_computation`) is wrong: math-verify evaluates it, and GRPO on 9-digit products learned
+to answer with the question's own product (found in recipes/tools.yaml's first run). Answers over MAX_ANSWER_CHARS are not judged (bounded time).
 
 `accuracy` is 1 or 0: an answer is correct only with full marks (`is_correct`, the same notion evaluation
 uses). A task's partial credit (reasoning-gym gives len(truth)/len(answer) when the truth is inside the
@@ -18,6 +20,16 @@ from r1lab.types import Completion, Problem
 
 MAX_ANSWER_CHARS = 1000
 _NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+")
+_OPERATION = re.compile(r"\d\s*(?:[-+*/×÷^]|\\times|\\cdot|\\div)\s*[-+]?[\d(\\]")   # a number, an operator, a number
+_FRACTION = re.compile(r"[-+]?\d+\s*/\s*\d+")
+
+
+def still_a_computation(answer: str) -> bool:
+    """Whether an answer still asks for arithmetic ("351137028 * 991808147", "3 + 1 + 19", "2^{10}") instead
+    of giving its result: math-verify evaluates such an answer and would call it equal to the result, so a
+    model could earn the reward by copying the question. A plain fraction ("3/4") is a result."""
+    text = answer.strip().strip("$").strip()
+    return bool(_OPERATION.search(text)) and not _FRACTION.fullmatch(text)
 
 
 def as_number(text: str) -> float | None:
@@ -38,6 +50,8 @@ def equivalent(answer: str, truth: str) -> bool:
         return False
     if answer.strip() == truth.strip():
         return True
+    if as_number(truth) is not None and still_a_computation(answer):
+        return False                             # the truth is a number: the answer must be one, not a sum to do
     if verify(parse(truth), parse(answer)):
         return True
     a, b = as_number(answer), as_number(truth)
