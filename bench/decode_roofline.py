@@ -7,7 +7,8 @@ decoding `new-tokens` tokens (EOS ignored, so the row count stays fixed). Roofli
 of the bandwidth bound (rows x measured read bandwidth / bytes of weights read per step) and the compute
 bound (measured peak matmul FLOP/s / (2 x parameters) tokens per second), both measured here first.
 Breakdown per token step: forward (model calls after the prefill), sampling (`sample_tokens`), the rest
-(prefill, bookkeeping). "eager" is the same loop with the model's own nn.Linear layers and DynamicCache.
+(prefill, bookkeeping). "eager" is the same loop with the model's own nn.Linear layers and DynamicCache;
+"unfused" is the fast path with q/k/v and gate/up as separate matmuls (no FusedPack).
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def main() -> None:
 
     from r1lab.hardware import cpu_name, matmul_gflops, memory_gbps
     from r1lab.models import load_model
-    from r1lab.rollout import hf
+    from r1lab.rollout import decoding, hf
     from r1lab.rollout.hf import HFEngine
 
     model, tokenizer = load_model("smollm2-135m", args.dtype)
@@ -86,7 +87,7 @@ def main() -> None:
     for rows in args.rows:
         prompts = [" ".join(words[i % len(words)] for i in range(k, k + 60)) for k in range(rows // 4)]
         roofline = min(rows * bandwidth * 1e9 / weight_bytes, peak * 1e9 / (2 * params))
-        for path in ("eager", "fast"):
+        for path in ("eager", "unfused", "fast"):
             engine = HFEngine(model, tokenizer, max_batch=rows, seed=0)
             engine.eos_ids = set()                             # every row decodes all new tokens
             with contextlib.ExitStack() as stack:
@@ -94,9 +95,11 @@ def main() -> None:
                     from transformers import DynamicCache
                     stack.enter_context(_patched(hf, "packed_linears", lambda *a: contextlib.nullcontext()))
                     stack.enter_context(_patched(hf, "GrowingCache", DynamicCache))
+                if path == "unfused":                          # the fast path, q/k/v and gate/up as separate matmuls
+                    stack.enter_context(_patched(decoding, "FUSED", ()))
                 measure(engine, prompts[:1], 4, 4)              # warm-up (and packing, as a first GRPO step would)
                 r = measure(engine, prompts, 4, args.new_tokens)
-            print(f"{rows:5d} {path:>6} {r['tokens_per_s']:7.0f} {roofline:9.0f} {r['tokens_per_s'] / roofline:9.0%} "
+            print(f"{rows:5d} {path:>6} {r['tokens_per_s']:7.0f} {roofline:9.0f} {r['tokens_per_s'] / roofline:9.1%} "
                   f"{r['forward_ms']:11.1f} {r['sampling_ms']:12.1f} {r['rest_ms']:8.1f}")
 
 
