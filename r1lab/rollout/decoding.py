@@ -93,7 +93,7 @@ class FusedPack(torch.nn.Module):
             [lin.bias.detach() if lin.bias is not None else weight.new_zeros(lin.out_features) for lin in linears])
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
         ends = torch.tensor([lin.out_features for lin in linears]).cumsum(0).tolist()
-        self.members = [FusedSlice(self, start, end) for start, end in zip([0] + ends[:-1], ends)]
+        self.bounds = list(zip([0] + ends[:-1], ends))           # each member's columns of the fused output
         self.last_input, self.last_output = None, None
 
     def current(self, linears: list[torch.nn.Linear]) -> bool:
@@ -110,11 +110,12 @@ class FusedPack(torch.nn.Module):
 
 
 class FusedSlice(torch.nn.Module):
-    """One member of a FusedPack: its columns of the fused output."""
+    """One member of a FusedPack: its columns of the fused output. (The pack does not hold its members: no
+    reference cycle, so a pack is freed as soon as it is dropped, not at the next garbage collection.)"""
 
     def __init__(self, pack: FusedPack, start: int, end: int):
         super().__init__()
-        self.__dict__["pack"] = pack           # not a submodule: the pack holds its members
+        self.__dict__["pack"] = pack           # not a submodule
         self.start, self.end = start, end
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,8 +172,8 @@ def packed_linears(model: torch.nn.Module, rows: int, packs: dict):
                 pack = packs.get((id(parent), names))
                 if pack is None or not pack.current(linears):
                     pack = packs[(id(parent), names)] = FusedPack(linears, rows)
-                for name, linear, member in zip(names, linears, pack.members):
-                    children[name] = member
+                for name, linear, (start, end) in zip(names, linears, pack.bounds):
+                    children[name] = FusedSlice(pack, start, end)
                     swapped.append((parent, name, linear))
                 fused.append(pack)
     for parent, name, linear in list(_linears(model)):
