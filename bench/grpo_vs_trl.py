@@ -42,14 +42,15 @@ def peak_gb() -> float:
 def run_r1lab(steps: int, precision: str, setting: dict, engine: str = "hf") -> dict:
     from r1lab.algorithms.grpo import train_grpo
     from r1lab.config import GRPOConfig
-    out = Path(tempfile.mkdtemp()) / "run"
-    train_grpo(GRPOConfig(model="smollm2-135m", task="arithmetic", template="r1_zero", rewards="accuracy,format",
-                          steps=steps, prompts_per_step=setting["prompts"], samples_per_prompt=setting["G"],
-                          micro_batch_size=setting["micro_batch"], max_new_tokens=setting["new_tokens"], temperature=1.0,
-                          beta=0.0, learning_rate=LR, save_every=10_000,
-                          mixed_precision="bf16" if precision == "bf16" else "no",
-                          rollout_dtype="bfloat16" if precision == "bf16" else "float32", engine=engine, out=str(out)))
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
+    with tempfile.TemporaryDirectory() as folder:      # the run's ~1.6 GB checkpoint is gone once measured
+        out = Path(folder) / "run"
+        train_grpo(GRPOConfig(model="smollm2-135m", task="arithmetic", template="r1_zero", rewards="accuracy,format",
+                              steps=steps, prompts_per_step=setting["prompts"], samples_per_prompt=setting["G"],
+                              micro_batch_size=setting["micro_batch"], max_new_tokens=setting["new_tokens"],
+                              temperature=1.0, beta=0.0, learning_rate=LR, save_every=10_000,
+                              mixed_precision="bf16" if precision == "bf16" else "no",
+                              rollout_dtype="bfloat16" if precision == "bf16" else "float32", engine=engine, out=str(out)))
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
     return {"seconds_per_step": statistics.median(r["step_seconds"] for r in rows),
             "sample_tokens_per_s": statistics.median(r["sample_tokens_per_s"] for r in rows),
             "train_tokens_per_s": statistics.median(r["train_tokens_per_s"] for r in rows),
@@ -87,7 +88,8 @@ def run_trl(steps: int, precision: str, setting: dict) -> dict:
 
     folder = smollm2_folder()
     import torch
-    args = GRPOConfig(output_dir=tempfile.mkdtemp(), use_cpu=not torch.cuda.is_available(), bf16=precision == "bf16",
+    scratch = tempfile.TemporaryDirectory()               # TRL's output_dir, removed when this process ends
+    args = GRPOConfig(output_dir=scratch.name, use_cpu=not torch.cuda.is_available(), bf16=precision == "bf16",
                       per_device_train_batch_size=setting["prompts"] * setting["G"], num_generations=setting["G"],
                       gradient_accumulation_steps=1, max_completion_length=setting["new_tokens"], temperature=1.0, beta=0.0,
                       learning_rate=LR, max_steps=steps, logging_steps=1, report_to=[], save_strategy="no",
