@@ -150,17 +150,20 @@ class Sandbox:
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             return list(pool.map(lambda job: self.run(**job), jobs))
 
-    def run(self, program: str, tests: list[str], setup: str = "", entry_point: str | None = None) -> Result:
+    def run(self, program: str, tests: list[str], setup: str = "", entry_point: str | None = None,
+            as_main: bool = False) -> Result:
         """Run `program`, then each test statement (trusted code, in the judge) against its functions; a
         statement counts as a test when it can fail (`sandbox_jail.test_statements`: it asserts or calls).
         `setup` is trusted code run before the tests (helpers, imports); `entry_point` is also bound as
-        `candidate` (HumanEval's convention). Never raises for anything the program does."""
+        `candidate` (HumanEval's convention). The program runs as module `solution`, or as `__main__`
+        with `as_main` (a script: its `if __name__ == "__main__":` block runs). Never raises for anything
+        the program does."""
         started = time.monotonic()
         with self._slot() as slot, tempfile.TemporaryDirectory(prefix="r1lab-sandbox-", dir=self.tmp_root) as workdir:
             uid = UID_BASE + slot if os.geteuid() == 0 and self.mode != "userns" else None
             result_r, result_w = os.pipe()
             try:
-                process = self._start(workdir, uid, result_w, program, tests, setup, entry_point)
+                process = self._start(workdir, uid, result_w, program, tests, setup, entry_point, as_main)
             except OSError as e:            # the sandbox itself could not start: say so, never raise
                 os.close(result_r)
                 return Result(0, 0, "error", stderr=f"the sandbox could not start: {e}")
@@ -173,7 +176,7 @@ class Sandbox:
                 _kill(process, uid if self.mode == "none" else None)   # a pid namespace dies with its init
         return _result(streams, status, time.monotonic() - started)
 
-    def _start(self, workdir, uid, result_fd, program, tests, setup, entry_point) -> subprocess.Popen:
+    def _start(self, workdir, uid, result_fd, program, tests, setup, entry_point, as_main=False) -> subprocess.Popen:
         namespaces = self.mode != "none"
         if not namespaces and uid is not None:
             try:
@@ -182,7 +185,7 @@ class Sandbox:
             except OSError:                 # e.g. root in a user namespace that maps no such uid
                 uid = None
         prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
-        job = {"program": program, "result_fd": result_fd, "uid": uid, "namespaces": namespaces, "wall_s": self.limits.wall_s,
+        job = {"program": program, "name": "__main__" if as_main else "solution", "result_fd": result_fd, "uid": uid, "namespaces": namespaces, "wall_s": self.limits.wall_s,
                "python_paths": sorted(prefixes, key=len), "cpu_s": self.limits.cpu_s,
                "memory_mb": self.limits.memory_mb, "processes": self.limits.processes, "disk_mb": self.limits.disk_mb}
         Path(workdir, "job.json").write_text(json.dumps(job))

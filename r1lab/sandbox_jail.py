@@ -175,7 +175,7 @@ def serve_program(job: dict, requests, replies) -> None:
     os.closerange(3, low)                                     # every fd of the judge's (results, tests), /proc or not
     os.closerange(low + 1, high)
     os.closerange(high + 1, 1 << 16)
-    namespace = {"__name__": "solution", "__builtins__": __builtins__}
+    namespace = {"__name__": job.get("name", "solution"), "__builtins__": __builtins__}
     try:
         exec(compile(job["program"], "solution.py", "exec"), namespace)
     except BaseException as e:   # noqa: BLE001 - anything the program raises is its failure

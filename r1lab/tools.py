@@ -87,7 +87,7 @@ def python(code: str) -> str:
     has run (`RAN`) makes it report the program's own exception. Raises ToolError (the stdout so far, then
     the error, timeout or output limit) when the code did not finish cleanly."""
     limits = PYTHON_LIMITS
-    result = _sandbox(limits).run(code, [RAN])
+    result = _sandbox(limits).run(code, [RAN], as_main=True)          # a script: its __main__ block runs
     output = (result.stdout + result.stderr).rstrip("\n")
     if result.status == "ok" and result.passed == 1:
         return output

@@ -458,3 +458,10 @@ def test_no_tools_is_the_plain_rendering(chatml, template):
 def test_a_template_that_cannot_render_falls_back_to_plain_text(chatml):
     broken = with_template(chatml, "{{ raise_exception('no') }}")
     assert tool_turn_text(broken, FOUR, chat=True) == "\n<tool_response>\n4\n</tool_response>\n"
+
+
+def test_python_runs_the_code_as_a_script():
+    """Code behind `if __name__ == "__main__":` runs, as `python script.py` would run it (the sandbox's
+    programs are module `solution` otherwise)."""
+    result = run_one(load_tools("python"), "python", code='if __name__ == "__main__":\n    print("main ran")')
+    assert not result.error and result.content == "main ran"
