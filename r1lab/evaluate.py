@@ -83,7 +83,7 @@ def score_group(problem, group) -> dict:
             "correct": [float(is_correct(s)) for s in parts["accuracy_partial"]], "score": parts["accuracy_partial"],
             "format": parts["format"], "lengths": [c.model_tokens for c in group], "texts": [c.text for c in group],
             "reasonings": [c.reasoning for c in group], "tool_calls": [len(c.tool_calls) for c in group],
-            "tool_errors": [sum(call["error"] for call in c.tool_calls) for c in group]}
+            "tool_errors": [c.failed_calls for c in group]}
 
 
 def sample_model(model_spec: str, problems, template, samples: int, sampling, seed: int, path: Path,

@@ -54,16 +54,14 @@ from r1lab.rollout import Sample, Sampling
 from r1lab.serve_request import APIError, ChatRequest, Limits, check_prompt, parse_request, read_body
 from r1lab.streaming import ReplyStream, reply_message, trim_stop
 from r1lab.templates import prompt_tail
-from r1lab.tools import Tool, chat_with_tools
+from r1lab.tools import Tool, chat_with_tools, render_chat
 
 log = logging.getLogger("r1lab.serve")
 
 
 def chat_prompt(tokenizer, messages: list[dict]) -> str:
-    """The model's chat template over the messages; plain 'Role: text' lines for models without one."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages) + "\nAssistant:"
+    """The model's chat template over the messages (r1lab.tools.render_chat: 'Role: text' lines without one)."""
+    return render_chat(tokenizer, messages)
 
 
 def request_prompt(tokenizer, chat: ChatRequest) -> str:

@@ -304,8 +304,9 @@ def tools_instruction(tools: list[Tool]) -> str:
             '"arguments": <args-json-object>}</tool_call>\nThe results come back within <tool_response></tool_response> tags.')
 
 
-def _render(tokenizer, messages: list[dict], add_generation_prompt: bool, **kwargs) -> str:
-    """The chat template; plain 'Role: text' lines ending in 'Assistant:' for models without one (as serve.py)."""
+def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
+    """The chat template over the messages; plain 'Role: text' lines (ending in 'Assistant:' with the
+    generation prompt) for models without one. What `r1lab serve` and `make_llm` send, tools or not."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False, **kwargs)
     text = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
@@ -315,7 +316,7 @@ def _render(tokenizer, messages: list[dict], add_generation_prompt: bool, **kwar
 def _renders(tokenizer, messages: list[dict], needle: str, **kwargs) -> str | None:
     """The rendering when it works and contains `needle`, else None."""
     try:
-        text = _render(tokenizer, messages, False, **kwargs)
+        text = render_chat(tokenizer, messages, False, **kwargs)
     except Exception:  # noqa: BLE001 - a template may raise on anything it does not support
         return None
     return text if needle in text else None
@@ -373,8 +374,8 @@ def chat_with_tools(tokenizer, messages: list[dict], tools: list[Tool], add_gene
     `tools`, else the tools in the system message and calls / responses as tagged text."""
     schemas = tool_schemas(tools)
     if renders_tools(tokenizer, schemas or [PROBE]):
-        return _render(tokenizer, _native(messages), add_generation_prompt, tools=schemas or None)
-    return _render(tokenizer, _as_text(tokenizer, messages, tools), add_generation_prompt)
+        return render_chat(tokenizer, _native(messages), add_generation_prompt, tools=schemas or None)
+    return render_chat(tokenizer, _as_text(tokenizer, messages, tools), add_generation_prompt)
 
 
 def tool_turn_text(tokenizer, results: list[ToolResult], chat: bool) -> str:

@@ -37,3 +37,8 @@ class Completion:
     def model_tokens(self) -> int:
         """Tokens the model wrote (tool outputs inside an episode excluded)."""
         return sum(self.loss_mask) if self.loss_mask else len(self.token_ids)
+
+    @property
+    def failed_calls(self) -> int:
+        """Tool calls of the episode that failed (unknown tool, bad call, the tool raised or timed out)."""
+        return sum(call["error"] for call in self.tool_calls)

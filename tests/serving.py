@@ -68,3 +68,23 @@ def start_server(engine, tokenizer, api_key=None, limits=LIMITS, context=None):
     while not server.started:
         time.sleep(0.02)
     return server, f"http://127.0.0.1:{port}/v1"
+
+
+def talk_snippets(llm):
+    """The talk's two AgentJo snippets with `llm`: (strict_json's result, the make_appointment calls, the agent)."""
+    from agentjo import Agent, strict_json
+
+    res = strict_json(system_prompt="Generate 1 main category and 3 sub-categories for topic", user_prompt="DeepSeek",
+                      output_format={"Main Category": "Suitable for 12 year olds, type: str", "Sub-categories": "type: list"},
+                      llm=llm)
+    calls = []
+
+    def make_appointment(person_name: str, start_time: str, end_time: str):
+        '''Makes an appointment with person_name from start_time to end_time. Time is in xxxxH'''
+        calls.append((person_name, start_time, end_time))
+        return f"Appointment made with {person_name} from {start_time} to {end_time}"
+
+    agent = Agent(agent_name="Personal Secretary", agent_description="You are a friendly assistant.", llm=llm,
+                  verbose=False).assign_functions([make_appointment])
+    agent.run("Make me an appointment with Paul at 3pm, Sally at 4pm. 1 hour each")    # raises if a parse fails
+    return res, calls, agent

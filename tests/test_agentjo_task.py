@@ -178,26 +178,11 @@ def test_recipe_loads_with_the_agentjo_task_template_and_rewards():
 @pytest.mark.slow
 @pytest.mark.skipif(not CHECKPOINT.is_dir(), reason=f"no trained checkpoint at {CHECKPOINT}: r1lab run recipes/agentjo.yaml")
 def test_talks_snippets_run_to_the_end_on_the_trained_checkpoint():
-    from agentjo import Agent, strict_json
-
     from r1lab.llm import make_llm
+    from serving import talk_snippets
 
-    llm = make_llm(str(CHECKPOINT))
-    res = strict_json(system_prompt="Generate 1 main category and 3 sub-categories for topic", user_prompt="DeepSeek",
-                      output_format={"Main Category": "Suitable for 12 year olds, type: str", "Sub-categories": "type: list"},
-                      llm=llm)
+    res, calls, _ = talk_snippets(make_llm(str(CHECKPOINT)))                       # raises if a parse fails
     assert set(res) == {"Main Category", "Sub-categories"} and isinstance(res["Sub-categories"], list)
-
-    calls = []
-
-    def make_appointment(person_name: str, start_time: str, end_time: str):
-        '''Makes an appointment with person_name from start_time to end_time. Time is in xxxxH'''
-        calls.append((person_name, start_time, end_time))
-        return f"Appointment made with {person_name} from {start_time} to {end_time}"
-
-    agent = Agent(agent_name="Personal Secretary", agent_description="You are a friendly assistant.", llm=llm,
-                  verbose=False).assign_functions([make_appointment])
-    agent.run("Make me an appointment with Paul at 3pm, Sally at 4pm. 1 hour each")    # raises if a parse fails
     assert calls                                                                     # it used the function
 
 

@@ -19,7 +19,7 @@ from r1lab.models import load_model, tiny_tokenizer
 from r1lab.rollout.hf import HFEngine
 from r1lab.serve import APIError, Limits, parse_request, serve
 from r1lab.streaming import ReplyStream, split_reasoning, trim_stop
-from serving import LIMITS, ScriptedEngine, start_server, think_tokenizer
+from serving import LIMITS, ScriptedEngine, start_server, talk_snippets, think_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -405,24 +405,9 @@ def agentjo_reply(system_prompt: str, user_prompt: str) -> str:
 
 
 def test_agentjo_strict_json_and_agent_through_the_server(scripted, monkeypatch):
-    from agentjo import Agent, strict_json
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     _, url = scripted(agentjo_reply)
-    llm = make_llm(url, max_tokens=64)
-    res = strict_json(system_prompt="Generate 1 main category and 3 sub-categories for topic", user_prompt="DeepSeek",
-                      output_format={"Main Category": "Suitable for 12 year olds, type: str", "Sub-categories": "type: list"},
-                      llm=llm)
+    res, calls, agent = talk_snippets(make_llm(url, max_tokens=64))
     assert res == {"Main Category": "Technology and Innovation",
                    "Sub-categories": ["Artificial Intelligence", "Machine Learning", "Data Science"]}
-
-    calls = []
-
-    def make_appointment(person_name: str, start_time: str, end_time: str):
-        '''Makes an appointment with person_name from start_time to end_time. Time is in xxxxH'''
-        calls.append((person_name, start_time, end_time))
-        return f"Appointment made with {person_name} from {start_time} to {end_time}"
-
-    agent = Agent(agent_name="Personal Secretary", agent_description="You are a friendly assistant.", llm=llm,
-                  verbose=False).assign_functions([make_appointment])
-    agent.run("Make me an appointment with Paul at 3pm, Sally at 4pm. 1 hour each")
     assert calls == APPOINTMENTS and agent.task_completed

@@ -221,7 +221,7 @@ def step_metrics(par, kept: list[Drawn], drawn: dict, advantage_metrics: dict, m
 def episode_metrics(par, completions) -> dict:
     """Per episode, over every process's: model turns, tool calls, failed calls, tokens by who wrote them."""
     per_episode = {"turns": [c.turns for c in completions], "tool_calls": [len(c.tool_calls) for c in completions],
-                   "tool_errors": [sum(call["error"] for call in c.tool_calls) for c in completions],
+                   "tool_errors": [c.failed_calls for c in completions],
                    "tokens_model": [c.model_tokens for c in completions],
                    "tokens_tool": [len(c.token_ids) - c.model_tokens for c in completions]}
     return {key: sum(values) / len(values) for key, values in ((k, par.gather(v)) for k, v in per_episode.items())}

@@ -21,6 +21,7 @@ episode so far, as token ids (the ids it sampled are kept exactly: re-tokenising
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from r1lab.rollout import Engine, Sample, Sampling, to_completion
@@ -123,7 +124,7 @@ def run_episodes(engine: Engine, prompts: list[str], tokenizer, n: int, sampling
         active = []
         for k, calls, failed in calling:                                # failed: calls that did not parse
             mine, results = failed + results[:len(calls)], results[len(calls):]
-            answered = [type(r)(r.name, escape_tags(r.content), r.error, r.call_id) for r in mine]
+            answered = [dataclasses.replace(r, content=escape_tags(r.content)) for r in mine]
             arguments = [None] * len(failed) + [c.arguments for c in calls]
             episodes[k].calls += [{"name": r.name, "arguments": a, "content": r.content, "error": r.error}
                                   for r, a in zip(answered, arguments)]
