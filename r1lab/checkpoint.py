@@ -31,7 +31,9 @@ STATE = "trainer_state.pt"
 OLDER_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}   # transformers 5 name -> one 4.x knows
 
 
-def save_checkpoint(out: Path, model, tokenizer, state: dict) -> Path:
+def save_checkpoint(out: Path, model, tokenizer, state: dict, weights: dict | None = None) -> Path:
+    """Write `<out>/checkpoint` atomically; `weights`: the full state dict to save instead of the model's own
+    (a sharded model's, gathered)."""
     out = Path(out)
     temporary, final, old = out / ".checkpoint.tmp", out / "checkpoint", out / ".checkpoint.old"
     shutil.rmtree(temporary, ignore_errors=True)
@@ -39,7 +41,7 @@ def save_checkpoint(out: Path, model, tokenizer, state: dict) -> Path:
         model.save_pretrained(temporary / "adapter")
         copy.deepcopy(model).merge_and_unload().save_pretrained(temporary)
     else:
-        model.save_pretrained(temporary)
+        model.save_pretrained(temporary, state_dict=weights)
     tokenizer.save_pretrained(temporary)
     for_older_readers(temporary)
     torch.save(state, temporary / STATE)

@@ -427,6 +427,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = [_dashes(token) for token in (sys.argv[1:] if argv is None else argv)]
     parser = build_parser(stages=argv[:1] == ["train"])
     args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):       # key=value after an option (`experiment rl-gain --seeds 3 k=v`): argparse
+        args.overrides += [t for t in extra if not t.startswith("-")]      # leaves them over; they are overrides
+        extra = [t for t in extra if t.startswith("-")]
     try:
         if extra:
             unknown = next((token for token in extra if token.startswith("-")), extra[0])

@@ -52,7 +52,8 @@ CHOICES = {  # field -> its allowed values
 TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "none",
               dict: "a mapping like {k: v}", list: "a list like [a, b]"}
 NOT_SETTINGS = ("out", "save_every", "sample_every",   # where and how often a stage writes, and what it
-                "validation_problems", "validate_every")   # measures on the side: never change its checkpoints
+                "validation_problems", "validate_every",   # measures on the side: never change its checkpoints;
+                "fsdp")                                    # how the processes hold the parameters: the same training
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class GRPOConfig:
     lora_rank: int = 0                 # 0 = full fine-tuning; > 0 trains LoRA adapters (peft) on all linear layers
     lora_alpha: int = 32               # LoRA scaling numerator
     gradient_checkpointing: bool = False   # recompute activations in backward: less memory, ~35% slower
+    fsdp: bool = False                 # shard parameters, gradients and optimiser state over the processes (FSDP2)
     dtype: str = "float32"             # weights dtype: float32 or bfloat16
     mixed_precision: str = "auto"      # "bf16": autocast training passes to bfloat16 (fp32 weights, loss math); auto: where native
     # bookkeeping
@@ -146,6 +148,7 @@ class SFTConfig:
     lora_rank: int = 0                 # 0 = full fine-tuning; > 0 trains LoRA adapters
     lora_alpha: int = 32               # LoRA scaling numerator
     gradient_checkpointing: bool = False   # recompute activations in backward
+    fsdp: bool = False                 # shard parameters, gradients and optimiser state over the processes (FSDP2)
     dtype: str = "float32"             # weights dtype
     mixed_precision: str = "auto"      # "bf16" autocasts forward/backward; auto: bf16 where the device runs it natively
     seed: int = 0                      # data order
@@ -183,6 +186,7 @@ class CompeteConfig:
     max_grad_norm: float = 1.0
     mixed_precision: str = "auto"      # "bf16" autocasts training passes; auto: bf16 where the device runs it natively
     rollout_dtype: str = "auto"        # "bfloat16": sample from a bf16 copy of the policy; auto: bf16 where native
+    fsdp: bool = False                 # shard parameters, gradients and optimiser state over the processes (FSDP2)
     seed: int = 0
     save_every: int = 10               # rounds between checkpoints (the last always saves)
     out: str = "runs/compete"

@@ -1,31 +1,40 @@
-"""Data-parallel training on accelerate: one process per device, started by `accelerate launch`.
+"""Data-parallel and sharded training: one process per device, started by `accelerate launch`.
 
     accelerate launch --multi_gpu --num_processes 2 -m r1lab train grpo --model tiny-random ...
     r1lab train grpo --num-processes 2 ...        (the same launch; on CPUs the processes talk over gloo)
+    r1lab train grpo --num-processes 2 --fsdp true ...   (FSDP2: parameters, gradients, optimiser state sharded)
 
 One process runs exactly the same code with a world of one. The choices, each tested
-(tests/test_distributed.py: two gloo processes end with the parameters of one process):
+(tests/test_distributed.py: two gloo processes end with the parameters of one process, DDP and FSDP2):
 - groups stay whole: each process takes a contiguous share of the step's prompts and samples all G
   completions of each, so the group statistics of eq. 3 need no communication (prompts per step must
   divide by the number of processes);
 - each prompt's samples are drawn from their own random streams, seeded by (seed, step, prompt), so the
   completions do not depend on the number of processes;
 - loss denominators (sequences, tokens) are global and each process's loss is multiplied by the world
-  size, so DDP's gradient average equals the one-process gradient of the whole batch;
+  size, so the gradient average (DDP's all-reduce, FSDP's reduce-scatter) equals the one-process
+  gradient of the whole batch;
 - metrics come from the gathered per-sample values; only the main process writes logs and checkpoints.
 
-Sharded training (FSDP, DeepSpeed) is refused with a clear error, however accelerate was configured
-(its launcher's environment says so even where accelerate itself would quietly fall back: on CPUs it
-runs DDP under an FSDP config). Why not FSDP2 yet, although torch's `fully_shard` runs here on CPUs over
-gloo: accelerate enables its FSDP plugin only on accelerators (on CPUs it cannot be tested at all),
-and r1lab's stages assume whole parameters outside the training forward: rollouts and GRPO's scoring
-pass run the model outside the prepared module's forward, where FSDP2 leaves the parameters it gathers
-there (embeddings, final norm, the `lm_head.weight` that the chunked log-prob head reads) sharded;
-rollouts also call the model a different number of times on each process (completions end at
-different lengths), so per-layer all-gathers would wait on each other; compete's processes run
-different numbers of micro-batches; checkpoints and the optimiser state are saved by the main process
-alone. DeepSpeed stays unsupported: FSDP2 is the route planned for models that do not fit one GPU
-(README, "Scale out").
+Sharded training (`fsdp: true`, or accelerate's FSDP config with `fsdp_version: 2`) is torch's FSDP2
+(`fully_shard`) applied by r1lab itself: each decoder block (the model's `_no_split_modules`) is one
+unit, the rest (embeddings, final norm, LM head) the root, around the whole `CompletionLogits` module so
+that the chunked log-prob head reads the gathered head weight inside the root's forward. Not through
+accelerate's FSDP plugin, which accelerate enables on accelerators only (on CPUs it would quietly run
+DDP), so that the same code is tested here on CPU processes over gloo. What sharding changes:
+- rollouts: processes decode different numbers of tokens, so a sharded forward (one all-gather per
+  block per call) cannot serve them; the rollout engine samples from its own full copy of the weights
+  (in the rollout dtype), refreshed once a step by every process together (`HFEngine.sync_weights`:
+  one all-gather per parameter). The copy costs one model in the rollout dtype per device.
+- every training forward runs through the sharded module (GRPO's scoring pass and the reference
+  model too, itself sharded); compete pads its micro-batch count to the largest process's with
+  zero-weight passes, since every forward gathers from all processes;
+- checkpoints: every process joins in gathering the full weights and optimiser state (`save_step`);
+  the main process writes a plain HF folder and the optimiser state by parameter name, which a resumed
+  run, sharded or not, loads (`restore_state`).
+Not with sharding: LoRA (its frozen base is what DDP would hold anyway; the merged checkpoint needs the
+whole model), the vLLM engine (its weight push is not gathered), dynamic sampling (several processes).
+DeepSpeed is not supported: FSDP2 covers the same need.
 """
 from __future__ import annotations
 
@@ -42,11 +51,14 @@ from r1lab import R1labError
 
 
 class Parallel:
-    def __init__(self):
-        refuse_sharding()
+    def __init__(self, fsdp: bool = False):
+        self.sharded = fsdp or sharding_from_launcher()
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())   # cpu: gloo across processes
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
+        if self.sharded and not torch.distributed.is_initialized():        # one process, not launched: a group of one
+            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                                 store=torch.distributed.HashStore(), rank=0, world_size=1)
 
     def check_divides(self, count: int, what: str = "prompts_per_step") -> None:
         if count % self.world:
@@ -58,13 +70,31 @@ class Parallel:
         size = len(items) // self.world
         return items[self.rank * size:(self.rank + 1) * size]
 
-    def prepare(self, module: torch.nn.Module, optimizer):
-        """The module wrapped for data parallelism (DDP; one process: unwrapped)."""
-        return self.accelerator.prepare(module, optimizer)
+    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The module to train: sharded (FSDP2), wrapped for data parallelism (DDP), or as it is (one process).
+        Build the optimiser after this, from the model's parameters (sharding replaces them)."""
+        if self.sharded:
+            return shard(module)
+        return self.accelerator.prepare(module)
+
+    def prepare_frozen(self, module: torch.nn.Module) -> torch.nn.Module:
+        """A module that only scores (the reference model): sharded too under FSDP, else as it is."""
+        return shard(module) if self.sharded else module
 
     def sync_unless(self, module, accumulating: bool):
-        """No gradient all-reduce while accumulating micro-batches; one at the last."""
+        """No gradient communication while accumulating micro-batches; one at the last."""
+        if self.sharded:
+            module.set_requires_gradient_sync(not accumulating)
+            return contextlib.nullcontext()
         return self.accelerator.no_sync(module) if accumulating and self.world > 1 else contextlib.nullcontext()
+
+    def clip_grad_norm(self, module, max_norm: float) -> float:
+        """Clip the gradients to a global L2 norm of `max_norm`; the norm before clipping."""
+        if not self.sharded:
+            return self.accelerator.clip_grad_norm_(module.parameters(), max_norm).item()
+        from torch.distributed.tensor import DTensor
+        norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)       # a DTensor: each shard's part
+        return (norm.full_tensor() if isinstance(norm, DTensor) else norm).item()
 
     def gather(self, values: list) -> list:
         """Every process's list, concatenated in rank order."""
@@ -76,20 +106,42 @@ class Parallel:
         tensor = torch.tensor([float(value)], device=self.accelerator.device, dtype=torch.float64)
         return self.accelerator.reduce(tensor, reduction="sum").item()
 
+    def most(self, value: int) -> int:
+        """The largest of every process's `value`."""
+        return max(self.gather([value]))
+
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
 
 
-def refuse_sharding() -> None:
-    """An error when `accelerate launch` was configured for FSDP or DeepSpeed (see the module docstring)."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        raise R1labError(f"accelerate is configured for FSDP (version {os.environ.get('FSDP_VERSION', '1')}), which r1lab "
-                         "does not support yet: rollouts, the log-prob head and checkpoints assume whole parameters on "
-                         "every process (r1lab/distributed.py says what is missing). Use DDP: configs/accelerate/ddp.yaml")
+def shard(module: torch.nn.Module) -> torch.nn.Module:
+    """FSDP2 over this process group: each decoder block one unit, `module` the root (see the docstring)."""
+    from torch.distributed.fsdp import fully_shard
+    if any(hasattr(m, "peft_config") for m in module.modules()):
+        raise R1labError("fsdp with LoRA (lora_rank > 0) is not supported: the adapters are small and the frozen base "
+                         "is held whole anyway; train LoRA with plain data parallelism (fsdp false)")
+    blocks = set()
+    for m in module.modules():
+        blocks |= set(getattr(m, "_no_split_modules", None) or [])
+    for m in list(module.modules()):
+        if type(m).__name__ in blocks:
+            fully_shard(m)
+    return fully_shard(module)
+
+
+def sharding_from_launcher() -> bool:
+    """Whether `accelerate launch` was configured for FSDP version 2 (r1lab shards itself; see the docstring).
+    FSDP version 1 and DeepSpeed are refused with what to use instead."""
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         raise R1labError("accelerate is configured for DeepSpeed, which r1lab does not support; for models that do not "
-                         "fit one GPU, FSDP2 is the planned route (not there yet, r1lab/distributed.py). Use DDP: "
-                         "configs/accelerate/ddp.yaml")
+                         "fit one device use FSDP2: configs/accelerate/fsdp.yaml, or --fsdp true")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true":
+        return False
+    version = os.environ.get("FSDP_VERSION", "1")
+    if version != "2":
+        raise R1labError(f"accelerate is configured for FSDP version {version}; r1lab shards with FSDP2 only: set "
+                         "fsdp_version: 2 (configs/accelerate/fsdp.yaml), or pass --fsdp true")
+    return True
 
 
 def launch_command(num_processes: int, argv: list[str]) -> list[str]:

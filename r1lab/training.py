@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from r1lab import R1labError, models
-from r1lab.checkpoint import find_checkpoint, load_state
+from r1lab.checkpoint import find_checkpoint, load_state, save_checkpoint
 from r1lab.config import changed_settings, read_yaml
 from r1lab.data import read_jsonl, write_atomic, write_jsonl
 
@@ -152,21 +152,46 @@ def make_optimizer(model, learning_rate: float, weight_decay: float, warmup_step
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def training_state(step: int, optimizer, scheduler, generator: torch.Generator | None) -> dict:
-    return {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+def training_state(step: int, optimizer, scheduler, generator: torch.Generator | None, optimizer_state: dict | None = None) -> dict:
+    return {"step": step, "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
+            "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
             "generator": generator.get_state() if generator is not None else None}
 
 
-def restore_state(checkpoint: Path | None, optimizer, scheduler, generator: torch.Generator | None) -> int:
+def save_step(par, out: Path, model, tokenizer, step: int, optimizer, scheduler, generator: torch.Generator | None) -> None:
+    """The checkpoint after `step`; every process calls it. Sharded (FSDP2), every process first joins in
+    gathering the full weights and the optimiser state (keyed by parameter name); the main process writes."""
+    weights = optimizer_state = None
+    if par.sharded:
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+        whole = StateDictOptions(full_state_dict=True, cpu_offload=True)      # on the main process, in CPU memory
+        weights = get_model_state_dict(model, options=whole)
+        first = {}                                       # tied weights (embeddings and LM head) are saved once
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if first.setdefault(id(p), name) != name:
+                weights.pop(name, None)
+        optimizer_state = get_optimizer_state_dict(model, optimizer, options=whole)
+    if par.is_main:
+        save_checkpoint(out, model, tokenizer, training_state(step, optimizer, scheduler, generator, optimizer_state),
+                        weights)
+
+
+def restore_state(checkpoint: Path | None, optimizer, scheduler, generator: torch.Generator | None, model=None) -> int:
     """Load optimiser moments, the position in the schedule and RNG states; the step to continue from (0
     when starting fresh). The learning rate and weight decay stay this run's (the saved states carry
-    the old ones), so a resumed run never mixes settings."""
+    the old ones), so a resumed run never mixes settings. An optimiser state saved by parameter name (a
+    sharded run's), or one loaded into a sharded `model`, goes through torch's distributed state-dict API."""
     if checkpoint is None:
         return 0
     state = load_state(checkpoint)
     own = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]   # lr, weight decay...
-    optimizer.load_state_dict(state["optimizer"])
+    saved = state["optimizer"]
+    if isinstance(saved["param_groups"][0]["params"][0], str) or is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        set_optimizer_state_dict(model, optimizer, by_name(saved, model), options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(saved)
     scheduler.load_state_dict(state["scheduler"])
     scheduler.base_lrs = [group["initial_lr"] for group in own]
     for group, hyper, factor in zip(optimizer.param_groups, own, scheduler.lr_lambdas):
@@ -176,6 +201,22 @@ def restore_state(checkpoint: Path | None, optimizer, scheduler, generator: torc
     if generator is not None and state["generator"] is not None:
         generator.set_state(state["generator"])
     return state["step"]
+
+
+def is_sharded(model) -> bool:
+    """Whether the model's parameters are FSDP2 shards (DTensors)."""
+    from torch.distributed.tensor import DTensor
+    return model is not None and any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def by_name(saved: dict, model) -> dict:
+    """An optimiser state keyed by parameter name: as saved by a sharded run, or converted from torch's
+    numbering (the i-th trainable parameter, as `make_optimizer` lists them)."""
+    if isinstance(saved["param_groups"][0]["params"][0], str):
+        return saved
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    return {"state": {names[i]: value for i, value in saved["state"].items()},
+            "param_groups": [{**group, "params": [names[i] for i in group["params"]]} for group in saved["param_groups"]]}
 
 
 class JsonlLog:

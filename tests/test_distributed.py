@@ -1,6 +1,6 @@
-"""Data parallel on accelerate: two gloo processes end with the parameters of one process that saw
-the same global batch (r1lab/distributed.py says why this holds: whole groups, per-prompt random
-streams, global loss denominators)."""
+"""Data parallel (DDP) and sharded (FSDP2) training: two gloo processes end with the parameters of one
+process that saw the same global batch (r1lab/distributed.py says why this holds: whole groups,
+per-prompt random streams, global loss denominators)."""
 import json
 import os
 import subprocess
@@ -77,12 +77,14 @@ def test_two_processes_match_one_in_sft_and_compete(tmp_path):
            "--learning-rate", "1e-3", "--mixed-precision", "no"]
     assert_same_parameters(launch(1, sft, tmp_path / "sft1"), launch(2, sft, tmp_path / "sft2"))
     assert rows(tmp_path / "sft1")[-1]["loss"] == pytest.approx(rows(tmp_path / "sft2")[-1]["loss"], rel=1e-5)
+    assert_same_parameters(tmp_path / "sft1" / "checkpoint", launch(2, sft + ["--fsdp", "true"], tmp_path / "sft2_sharded"))
     compete = ["train", "compete", "--model", "tiny-random", "--rounds", "2", "--prompts-per-step", "4",
                "--samples-per-prompt", "4", "--micro-batch-size", "4", "--max-new-tokens", "12", "--learning-rate", "1e-2",
                "--rewards", "tests.learnable:low_ids", "--mixed-precision", "no", "--rollout-dtype", "float32"]
     one, two = launch(1, compete, tmp_path / "c1"), launch(2, compete, tmp_path / "c2")
     assert_same_parameters(one, two)
     assert [r["imitated"] for r in rows(tmp_path / "c1")] == [r["imitated"] for r in rows(tmp_path / "c2")]
+    assert_same_parameters(one, launch(2, compete + ["--fsdp", "true"], tmp_path / "c2_sharded"))
 
 
 @pytest.mark.slow
@@ -111,10 +113,10 @@ stages:
 
 
 @pytest.mark.parametrize("env, message", [
-    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, r"configured for FSDP \(version 2\).*configs/accelerate/ddp.yaml"),
-    ({"ACCELERATE_USE_DEEPSPEED": "true"}, r"DeepSpeed.*FSDP2 is the planned route"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, r"FSDP version 1; r1lab shards with FSDP2 only"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, r"DeepSpeed.*use FSDP2"),
 ])
-def test_sharded_training_is_refused_even_where_accelerate_would_fall_back_to_ddp(monkeypatch, env, message):
+def test_fsdp1_and_deepspeed_are_refused_even_where_accelerate_would_fall_back_to_ddp(monkeypatch, env, message):
     """On CPUs accelerate runs an FSDP config as DDP without a word; r1lab reads the launcher's environment."""
     from r1lab import R1labError
     from r1lab.distributed import Parallel
@@ -122,3 +124,53 @@ def test_sharded_training_is_refused_even_where_accelerate_would_fall_back_to_dd
         monkeypatch.setenv(name, value)
     with pytest.raises(R1labError, match=message):
         Parallel()
+
+
+def test_accelerates_fsdp2_config_means_r1lab_shards(monkeypatch):
+    from r1lab.distributed import sharding_from_launcher
+    assert not sharding_from_launcher()
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    assert sharding_from_launcher()
+
+
+def test_fsdp_with_lora_is_refused_with_the_reason():
+    from peft import LoraConfig, get_peft_model
+
+    from r1lab import R1labError
+    from r1lab.distributed import shard
+    from r1lab.models import load_model
+    model = get_peft_model(load_model("tiny-random")[0], LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with pytest.raises(R1labError, match="fsdp with LoRA.*plain data parallelism"):
+        shard(model)
+
+
+@pytest.mark.slow
+def test_two_sharded_processes_match_one_in_grpo_and_resume_either_way(tmp_path):
+    """FSDP2 on 2 gloo processes: the same parameters, rewards and KL as one unsharded process (beta > 0, so
+    the reference model is sharded too; mu = 2, so the scoring pass runs through the sharded module). A
+    checkpoint moves between sharded and unsharded runs: 2 steps in one kind, the 3rd resumed in the other."""
+    from r1lab.models import load_model
+    fsdp, two_steps = ["--fsdp", "true"], ["--steps", "2"]
+    resume = ["--steps", "3", "--resume", "--allow-config-change"]
+    one = launch(1, GRPO, tmp_path / "one")
+    two = launch(2, GRPO + fsdp, tmp_path / "two")
+    assert_same_parameters(one, two, changed_from=load_model("tiny-random")[0].state_dict())
+    for a, b in zip(rows(tmp_path / "one"), rows(tmp_path / "two"), strict=True):
+        assert (a["processes"], b["processes"]) == (1, 2)
+        assert a["reward"] == pytest.approx(b["reward"], abs=1e-9)          # the rollout copy had the same weights
+        assert a["kl"] == pytest.approx(b["kl"], rel=1e-4, abs=1e-8)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    assert load_file(two / "model.safetensors").keys() == load_file(one / "model.safetensors").keys()   # tied: once
+    launch(2, GRPO + fsdp + two_steps, tmp_path / "sharded_then_not")
+    assert_same_parameters(one, launch(1, GRPO + resume, tmp_path / "sharded_then_not"))
+    launch(1, GRPO + two_steps, tmp_path / "not_then_sharded")
+    assert_same_parameters(one, launch(2, GRPO + fsdp + resume, tmp_path / "not_then_sharded"))
+    assert_same_parameters(one, launch(1, GRPO + fsdp, tmp_path / "one_sharded"))    # a process group of one
+
+
+@pytest.mark.slow
+def test_fsdp_with_the_vllm_engine_is_refused(tmp_path):
+    command = [sys.executable, "-m", "r1lab", *GRPO, "--fsdp", "true", "--engine", "vllm", "--out", str(tmp_path / "x")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "fsdp rolls out with the hf engine only" in done.stderr

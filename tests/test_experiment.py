@@ -57,3 +57,15 @@ def test_experiment_runs_each_seed_and_pools_the_table(tmp_path, capsys):
     sft, base = (result["methods"][m]["pass@1"] for m in ("sft", "base"))
     assert gains["sft"]["pass@1"] == pytest.approx(sft - base)
     assert gains["sft"]["pass@1_ci"][0] <= gains["sft"]["pass@1"] <= gains["sft"]["pass@1_ci"][1]
+
+
+@pytest.mark.parametrize("argv", [["rl-gain", "--seeds", "2", "name=x", "sft.mixed_precision=no"],
+                                  ["rl-gain", "name=x", "--seeds", "2", "sft.mixed_precision=no"],
+                                  ["rl-gain", "name=x", "sft.mixed_precision=no", "--seeds", "2"]])
+def test_overrides_are_taken_before_or_after_options(monkeypatch, argv):
+    """argparse leaves positionals that follow an option over; `experiment` (and `run`) take them as overrides."""
+    import r1lab.experiment
+    calls = []
+    monkeypatch.setattr(r1lab.experiment, "run_experiment", lambda *args: calls.append(args) or "done")
+    main(["experiment", *argv])
+    assert calls == [("recipes/rl_gain.yaml", 2, {"name": "x", "sft.mixed_precision": "no"})]

@@ -83,16 +83,16 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch)
     straight = train_grpo(config(tmp_path / "a", **settings))
 
     import r1lab.algorithms.grpo as grpo
-    real_save, saves = grpo.save_checkpoint, []
+    real_save, saves = grpo.save_step, []
 
     def save_then_die(*args, **kwargs):
         real_save(*args, **kwargs)
         saves.append(1)
         raise Killed
-    monkeypatch.setattr(grpo, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(grpo, "save_step", save_then_die)
     with pytest.raises(Killed):
         train_grpo(config(tmp_path / "b", **settings))
-    monkeypatch.setattr(grpo, "save_checkpoint", real_save)
+    monkeypatch.setattr(grpo, "save_step", real_save)
     with pytest.raises(R1labError, match="--resume"):
         train_grpo(config(tmp_path / "b", **settings))
     resumed = train_grpo(config(tmp_path / "b", **settings), resume=True)
@@ -282,8 +282,8 @@ def test_dynamic_sampling_is_refused_with_several_processes(tmp_path, monkeypatc
     import r1lab.algorithms.grpo as grpo
 
     class TwoProcesses(grpo.Parallel):
-        def __init__(self):
-            super().__init__()
+        def __init__(self, fsdp: bool = False):
+            super().__init__(fsdp)
             self.world = 2
     monkeypatch.setattr(grpo, "Parallel", TwoProcesses)
     with pytest.raises(R1labError, match="dynamic_sampling runs in one process"):

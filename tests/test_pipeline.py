@@ -51,15 +51,15 @@ def test_a_killed_recipe_finishes_without_redoing_finished_stages(tmp_path, monk
     import r1lab.algorithms.grpo as grpo
     import r1lab.algorithms.sft as sft
     path = write_recipe(tmp_path)
-    real_save = grpo.save_checkpoint
+    real_save = grpo.save_step
 
     def die_after_first_save(*args, **kwargs):
         real_save(*args, **kwargs)
         raise Killed
-    monkeypatch.setattr(grpo, "save_checkpoint", die_after_first_save)
+    monkeypatch.setattr(grpo, "save_step", die_after_first_save)
     with pytest.raises(Killed):
         run_recipe(str(path))
-    monkeypatch.setattr(grpo, "save_checkpoint", real_save)
+    monkeypatch.setattr(grpo, "save_step", real_save)
     sft_calls = []
     monkeypatch.setattr(sft, "train_sft", lambda *a, **k: sft_calls.append(1))
     run_recipe(str(path))

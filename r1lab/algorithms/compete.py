@@ -28,7 +28,6 @@ from tqdm import tqdm
 from r1lab.algorithms.grpo import disable_dropout
 from r1lab.algorithms.losses import compete_weights, sft_loss, unlikelihood_loss
 from r1lab.algorithms.sequences import CompletionLogits, pad_batch, token_logprobs
-from r1lab.checkpoint import save_checkpoint
 from r1lab.config import CompeteConfig
 from r1lab.distributed import Parallel, prompt_seeds
 from r1lab.rewards import parse_rewards, score
@@ -39,7 +38,7 @@ from r1lab.tasks import get_task
 from r1lab.templates import get_template
 from r1lab.tools import load_tools
 from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_on_device, load_policy, make_optimizer,
-                            prepare_run, restore_state, seed_everything, training_state)
+                            prepare_run, restore_state, save_step, seed_everything)
 
 
 def _encoded(tokenizer, completion) -> tuple[list[int], list[int]]:
@@ -50,7 +49,7 @@ def _encoded(tokenizer, completion) -> tuple[list[int], list[int]]:
 
 
 def train_compete(cfg: CompeteConfig, resume: bool = False):
-    par = Parallel()
+    par = Parallel(cfg.fsdp)
     out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)
     precision = choose_precision(out, cfg.mixed_precision, cfg.rollout_dtype, par.is_main)
     seed_everything(cfg.seed)
@@ -58,8 +57,7 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
     problems = get_task(cfg.task, **cfg.task_options).problems("train", cfg.rounds * cfg.prompts_per_step, cfg.seed)
     model, tokenizer = load_policy(cfg.model, checkpoint, "float32", 0, 0, False)
     disable_dropout(model)                                   # as in GRPO (TRL: disable_dropout)
-    optimizer, scheduler = make_optimizer(model, cfg.learning_rate, 0.0, 0, "constant", cfg.rounds)
-    policy_engine = HFEngine(model, tokenizer, seed=cfg.seed, decode_dtype=precision.rollout_dtype)
+    policy_engine = HFEngine(model, tokenizer, seed=cfg.seed, decode_dtype=precision.rollout_dtype, own_copy=par.sharded)
     # (name, engine, its tokenizer, template, members per group); the policy first
     agents = [("policy", policy_engine, tokenizer, get_template(cfg.template), cfg.samples_per_prompt)]
     for i, source in enumerate(cfg.sources):
@@ -68,9 +66,10 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
                        HFEngine(other, other_tokenizer, seed=cfg.seed + i + 1),
                        other_tokenizer, get_template(source.get("template", cfg.template)), source.get("samples", 1)))
     group_size = sum(a[4] for a in agents)
-    start = restore_state(checkpoint, optimizer, scheduler, policy_engine.generator)
     par.check_divides(cfg.prompts_per_step)
-    policy, optimizer = par.prepare(CompletionLogits(model), optimizer)
+    policy = par.prepare(CompletionLogits(model))                           # DDP-wrapped, FSDP2-sharded or as it is
+    optimizer, scheduler = make_optimizer(model, cfg.learning_rate, 0.0, 0, "constant", cfg.rounds)
+    start = restore_state(checkpoint, optimizer, scheduler, policy_engine.generator, model)
     log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True) if par.is_main else None
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     model.train()
@@ -78,6 +77,8 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
     for step in tqdm(range(start, cfg.rounds), initial=start, total=cfg.rounds, desc="compete", unit="round",
                      disable=not par.is_main):
         began = time.perf_counter()
+        if par.sharded:
+            policy_engine.sync_weights()                    # every process at once: the rollout copy gets the new weights
         step_problems = [problems[(step * cfg.prompts_per_step + i) % len(problems)] for i in range(cfg.prompts_per_step)]
         batch_problems = par.share(step_problems)                # whole groups on each process
         seeds = par.share(prompt_seeds(cfg.seed, step, cfg.prompts_per_step))
@@ -103,19 +104,22 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
         batch_tokens = par.total(sum(sum(targets[i][1]) for i in active))            # the whole batch's
         learning = par.total(len(active)) > 0     # no member anywhere above or below its mean: no update at all
         active = (active or [0]) if learning else []   # a zero-weight row: every process joins the all-reduce
-        for first in range(0, len(active), cfg.micro_batch_size):
-            rows = active[first:first + cfg.micro_batch_size]
+        micro = [active[first:first + cfg.micro_batch_size] for first in range(0, len(active), cfg.micro_batch_size)]
+        real = len(micro)
+        if par.sharded and learning:                   # every sharded forward gathers from all processes: as many
+            micro += [[0]] * (par.most(real) - real)   # passes on each, the extra ones with weight 0
+        for index, rows in enumerate(micro):
             batch = pad_batch([flat[i][1] for i in rows], [targets[i][0] for i in rows], tokenizer.pad_token_id, device(),
                               [targets[i][1] for i in rows])
-            with par.sync_unless(policy, accumulating=first + cfg.micro_batch_size < len(active)):
+            with par.sync_unless(policy, accumulating=index + 1 < len(micro)):
                 with autocast(precision.mixed_precision):
                     logprobs, _ = token_logprobs(policy, batch)                                # (b, C)
                 mask = batch["loss_mask"]
                 loss = sft_loss(logprobs, mask, imitate[rows].to(device()), batch_tokens)
                 if cfg.unlikelihood_weight:
                     loss = loss + cfg.unlikelihood_weight * unlikelihood_loss(logprobs, mask, push_down[rows].to(device()), batch_tokens)
-                par.accelerator.backward(loss * par.world)                  # DDP averages: x world gives the sum
-        grad_norm = par.accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item() if learning else 0.0
+                par.accelerator.backward(loss * par.world * (index < real))  # DDP averages: x world gives the sum
+        grad_norm = par.clip_grad_norm(policy, cfg.max_grad_norm) if learning else 0.0
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -136,7 +140,7 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
             row["accuracy"] = row["reward/accuracy"]
         if par.is_main:
             log.write(row)
-            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.rounds:
-                save_checkpoint(out, model, tokenizer, training_state(step + 1, optimizer, scheduler, policy_engine.generator))
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.rounds:
+            save_step(par, out, model, tokenizer, step + 1, optimizer, scheduler, policy_engine.generator)
         par.barrier()
     return out / "checkpoint"

@@ -72,7 +72,6 @@ from r1lab import R1labError
 from r1lab.algorithms.losses import (constant_groups, group_advantages, grpo_loss, leave_one_out_advantages,
                                      sampler_mismatch, truncated_importance_weights)
 from r1lab.algorithms.sequences import CompletionLogits, pad_batch, token_logprobs
-from r1lab.checkpoint import save_checkpoint
 from r1lab.config import GRPOConfig
 from r1lab.distributed import Parallel, prompt_seeds
 from r1lab.evaluate import reflects
@@ -84,7 +83,7 @@ from r1lab.tasks import get_task
 from r1lab.templates import get_template
 from r1lab.tools import load_tools
 from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_policy, make_optimizer, prepare_run, restore_state,
-                            seed_everything, training_state)
+                            save_step, seed_everything)
 from r1lab.types import Problem
 
 
@@ -128,13 +127,14 @@ def importance_sampling_on(choice: str, engine: str, dtype: str, precision) -> t
     return False, f"auto: the sampler is the trainer's own {dtype} computation"
 
 
-def reference_logprobs(ref_model, policy, batch, temperature, shared):
-    """Log-probs under pi_ref: the frozen copy, or the LoRA policy with its adapters disabled."""
+def reference_logprobs(reference, model, policy, batch, temperature):
+    """Log-probs under pi_ref: the frozen copy (a CompletionLogits), or the LoRA policy (`model`, trained as
+    `policy`) with its adapters disabled."""
     with torch.no_grad():
-        if ref_model is not None:
-            return token_logprobs(ref_model, batch, temperature, shared=shared)[0]
-        with policy.disable_adapter():
-            return token_logprobs(policy, batch, temperature, shared=shared)[0]
+        if reference is not None:
+            return reference(batch, temperature)[0]
+        with model.disable_adapter():
+            return policy(batch, temperature)[0]
 
 
 def sampler_logprobs(completions, width: int, dev) -> torch.Tensor:
@@ -228,7 +228,10 @@ def episode_metrics(par, completions) -> dict:
 
 
 def train_grpo(cfg: GRPOConfig, resume: bool = False):
-    par = Parallel()
+    par = Parallel(cfg.fsdp)
+    if par.sharded and cfg.engine != "hf":
+        raise R1labError(f"fsdp rolls out with the hf engine only (got engine {cfg.engine!r}): the vllm engine's "
+                         "weight push is not gathered from the shards yet")
     if cfg.dynamic_sampling and par.world > 1:
         raise R1labError(f"dynamic_sampling runs in one process (got {par.world}): each process would stop drawing at "
                          "a different round; use --num-processes 1 or dynamic_sampling false")
@@ -248,18 +251,20 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     model, tokenizer = load_policy(cfg.model, checkpoint, cfg.dtype, cfg.lora_rank, cfg.lora_alpha,
                                    cfg.gradient_checkpointing)
     disable_dropout(model)
-    ref_model = None
+    engine = make_engine(cfg.engine, model, tokenizer, seed=cfg.seed, max_batch=cfg.prompts_per_step * cfg.samples_per_prompt,
+                         decode_dtype=precision.rollout_dtype, gpu_memory_utilization=cfg.vllm_gpu_memory,
+                         own_copy=par.sharded)          # sharded: the engine decodes from its own full copy
+    shared_prompts = not cfg.gradient_checkpointing       # a prompt's KV cache cannot be kept under checkpointing
+    policy = par.prepare(CompletionLogits(model, shared_prompts))              # DDP-wrapped, FSDP2-sharded or as it is
+    reference = None                                      # pi_ref; with LoRA, the policy without its adapters
     if cfg.beta != 0 and cfg.lora_rank == 0:
         ref_model = load_model(cfg.model, cfg.dtype)[0].to(device()).eval().requires_grad_(False)
+        reference = par.prepare_frozen(CompletionLogits(ref_model, shared_prompts))
     optimizer, scheduler = make_optimizer(model, cfg.learning_rate, cfg.weight_decay,   # the scheduler counts updates
                                           cfg.warmup_steps * cfg.updates_per_batch, cfg.lr_schedule,   # mu per step
                                           cfg.steps * cfg.updates_per_batch)
-    engine = make_engine(cfg.engine, model, tokenizer, seed=cfg.seed, max_batch=cfg.prompts_per_step * cfg.samples_per_prompt,
-                         decode_dtype=precision.rollout_dtype, gpu_memory_utilization=cfg.vllm_gpu_memory)
     generator = getattr(engine, "generator", None)           # the hf engine's sampler state, saved with checkpoints
-    start = restore_state(checkpoint, optimizer, scheduler, generator)
-    shared_prompts = not cfg.gradient_checkpointing       # a prompt's KV cache cannot be kept under checkpointing
-    policy, optimizer = par.prepare(CompletionLogits(model, shared_prompts), optimizer)   # DDP/FSDP/DeepSpeed-wrapped
+    start = restore_state(checkpoint, optimizer, scheduler, generator, model)
     metrics_log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True) if par.is_main else None
     samples_log = JsonlLog(out / "samples.jsonl", start) if par.is_main else None
     validation_log = JsonlLog(out / "validation.jsonl", start - 1) if par.is_main and validation else None
@@ -269,6 +274,8 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
 
     progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="grpo", unit="step", disable=not par.is_main)
     for step in progress:
+        if par.sharded:
+            engine.sync_weights()                           # every process at once: the rollout copy gets the new weights
         if validation_log is not None and step % cfg.validate_every == 0:
             validation_log.write({"step": step, "val_accuracy": validate(engine, tokenizer, template, validation,
                                                                          cfg.max_new_tokens, tools, cfg.max_turns)})
@@ -304,7 +311,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
 
         def score_micro_batch(i: int, logprobs: torch.Tensor, entropy: float) -> None:
             rows, batch, loss_mask = micro[i]
-            ref = reference_logprobs(ref_model, model, batch, cfg.temperature, shared_prompts) if cfg.beta else None
+            ref = reference_logprobs(reference, model, policy, batch, cfg.temperature) if cfg.beta else None
             sampler = sampler_logprobs(completions[rows], logprobs.shape[1], device())                            # (b, C)
             for values, new in zip(mismatch, (*sampler_mismatch(sampler, logprobs, batch["loss_mask"]),   # (b,)
                                               batch["loss_mask"].sum(-1))):
@@ -318,7 +325,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
         if not fused:
             with torch.no_grad(), autocast(precision.mixed_precision):
                 for i, (rows, batch, loss_mask) in enumerate(micro):
-                    score_micro_batch(i, *token_logprobs(model, batch, cfg.temperature, True, shared_prompts))
+                    score_micro_batch(i, *token_logprobs(policy, batch, cfg.temperature, True))
         # 4. mu update passes over the micro-batches
         extremes = {"ratio_min": float("inf"), "ratio_max": float("-inf")} if cfg.updates_per_batch > 1 else {}
         for update in range(cfg.updates_per_batch):
@@ -342,7 +349,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
                     accumulate(means, {k: loss_metrics[k] for k in ("clip_fraction", "ratio_mean")}, tokens)
                     extremes["ratio_min"] = min(extremes["ratio_min"], loss_metrics.get("ratio_min", float("inf")))
                     extremes["ratio_max"] = max(extremes["ratio_max"], loss_metrics.get("ratio_max", float("-inf")))
-            grad_norm = par.accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item()
+            grad_norm = par.clip_grad_norm(policy, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -364,11 +371,13 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
                 for c, total in zip(first.completions, first.totals):
                     samples_log.write({"step": step + 1, "prompt": first.problem.prompt, "truth": first.problem.answer,
                                        "completion": c.text, "answer": c.answer, "reward": total})
-            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                save_checkpoint(out, model, tokenizer, training_state(step + 1, optimizer, scheduler, generator))
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            save_step(par, out, model, tokenizer, step + 1, optimizer, scheduler, generator)
         par.barrier()
         progress.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row.get('accuracy', 0):.2f}",
                              len=f"{row['completion_length']:.0f}", s=f"{row['step_seconds']:.1f}")
+    if par.sharded and validation and start < cfg.steps:
+        engine.sync_weights()
     if validation_log is not None and start < cfg.steps:
         accuracy_now = validate(engine, tokenizer, template, validation, cfg.max_new_tokens, tools, cfg.max_turns)
         validation_log.write({"step": cfg.steps, "val_accuracy": accuracy_now})

@@ -158,7 +158,8 @@ class CompletionLogits(torch.nn.Module):
             logprobs, entropy = logprobs_from_logits(flat, flat_ids, temperature, with_entropy)
         else:
             logprobs, entropy = chunked_logprobs(flat, head[0], flat_ids, temperature, head[1], with_entropy)
-        return logprobs.view(ids.shape), None if entropy is None else entropy.view(ids.shape)
+        # copies, not views of the flat tensors: FSDP2 hooks the module's outputs and warns about views
+        return logprobs.view(ids.shape).clone(), None if entropy is None else entropy.view(ids.shape)
 
 
 def token_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: bool = False, shared: bool = True):

@@ -20,7 +20,6 @@ from tqdm import tqdm
 from r1lab import R1labError
 from r1lab.algorithms.losses import sft_loss
 from r1lab.algorithms.sequences import CompletionLogits, pad_batch, token_logprobs
-from r1lab.checkpoint import save_checkpoint
 from r1lab.config import SFTConfig
 from r1lab.distributed import Parallel
 from r1lab.data import read_jsonl
@@ -28,7 +27,7 @@ from r1lab.rollout.episodes import render_prompt, tokenize_episode
 from r1lab.templates import get_template
 from r1lab.tools import load_tools
 from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_policy, make_optimizer, prepare_run, restore_state,
-                            seed_everything, training_state)
+                            save_step, seed_everything)
 
 
 def load_pairs(path: str) -> list[tuple[str, str, str]]:
@@ -47,7 +46,7 @@ def load_pairs(path: str) -> list[tuple[str, str, str]]:
 
 
 def train_sft(cfg: SFTConfig, resume: bool = False):
-    par = Parallel()
+    par = Parallel(cfg.fsdp)
     out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)
     precision = choose_precision(out, cfg.mixed_precision, None, par.is_main)
     seed_everything(cfg.seed)
@@ -65,10 +64,10 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
     steps = len(order) // cfg.batch_size
     if steps == 0:
         raise R1labError(f"{cfg.data}: {len(examples)} examples x {cfg.epochs} epochs is less than one batch of {cfg.batch_size}")
-    optimizer, scheduler = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.warmup_steps, cfg.lr_schedule, steps)
-    start = restore_state(checkpoint, optimizer, scheduler, None)
     par.check_divides(cfg.batch_size, "batch_size")
-    policy, optimizer = par.prepare(CompletionLogits(model, shared=False), optimizer)
+    policy = par.prepare(CompletionLogits(model, shared=False))                 # DDP-wrapped, FSDP2-sharded or as it is
+    optimizer, scheduler = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.warmup_steps, cfg.lr_schedule, steps)
+    start = restore_state(checkpoint, optimizer, scheduler, None, model)
     log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True) if par.is_main else None
     model.train()
     for step in tqdm(range(start, steps), initial=start, total=steps, desc="sft", unit="step", disable=not par.is_main):
@@ -89,7 +88,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
                 par.accelerator.backward(loss * par.world)                      # DDP averages: x world gives the sum
             total += loss.item()
         total = par.total(total)
-        grad_norm = par.accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item()
+        grad_norm = par.clip_grad_norm(policy, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -99,7 +98,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
             log.write({"step": step + 1, "processes": par.world, "loss": total, "grad_norm": grad_norm,
                        "learning_rate": scheduler.get_last_lr()[0], "step_seconds": seconds,
                        "tokens_per_s": tokens / seconds})
-            if (step + 1) % cfg.save_every == 0 or step + 1 == steps:
-                save_checkpoint(out, model, tokenizer, training_state(step + 1, optimizer, scheduler, None))
+        if (step + 1) % cfg.save_every == 0 or step + 1 == steps:
+            save_step(par, out, model, tokenizer, step + 1, optimizer, scheduler, None)
         par.barrier()
     return out / "checkpoint"

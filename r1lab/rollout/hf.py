@@ -26,6 +26,7 @@ import torch
 
 from r1lab.rollout import Sample, Sampling, check_context
 from r1lab.rollout.decoding import GrowingCache, packed_linears
+from r1lab.training import is_sharded
 
 
 NUCLEUS_CANDIDATES = 1024      # the top-p nucleus is looked for among the k most likely tokens first
@@ -70,10 +71,15 @@ def sample_tokens(logprobs: torch.Tensor, top_p: float, generator) -> torch.Tens
 
 
 class HFEngine:
-    def __init__(self, model, tokenizer, max_batch: int = 64, seed: int = 0, decode_dtype: str | None = None):
+    def __init__(self, model, tokenizer, max_batch: int = 64, seed: int = 0, decode_dtype: str | None = None,
+                 own_copy: bool = False):
+        """`own_copy`: decode from a copy of the model made now, before it is sharded (FSDP2), whose weights
+        every process refreshes together with `sync_weights` (r1lab/distributed.py)."""
         self.policy, self.tokenizer, self.max_batch = model, tokenizer, max_batch
         self.decode_dtype = getattr(torch, decode_dtype) if decode_dtype else None
         self.model = model
+        if own_copy:
+            self.model = copy.deepcopy(model).to(self.decode_dtype or next(model.parameters()).dtype).requires_grad_(False)
         self.generator = torch.Generator(device=model.device).manual_seed(seed)
         eos = tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
@@ -82,14 +88,22 @@ class HFEngine:
         self._packs, self._stop_enders = {}, {}      # packed weights between calls; stop strings -> token ids
 
     def _refresh_decoder(self) -> None:
-        """Point `self.model` at a copy of the policy in decode_dtype, with the policy's current weights."""
-        if self.decode_dtype is None or self.decode_dtype == next(self.policy.parameters()).dtype:
+        """Point `self.model` at a copy of the policy in decode_dtype, with the policy's current weights
+        (a sharded policy's copy is refreshed by `sync_weights` instead: it takes every process)."""
+        if self.model is self.policy and (self.decode_dtype is None or self.decode_dtype == next(self.policy.parameters()).dtype):
             return
         if self.model is self.policy:
             self.model = copy.deepcopy(self.policy).to(self.decode_dtype).requires_grad_(False)
-        with torch.no_grad():
-            for mine, theirs in zip(self.model.parameters(), self.policy.parameters(), strict=True):
-                mine.copy_(theirs)
+        if not is_sharded(self.policy):
+            self.sync_weights()
+
+    @torch.no_grad()
+    def sync_weights(self) -> None:
+        """Copy the policy's current weights into the decoding copy; with a sharded policy every process
+        calls this at once (each parameter is gathered from all of them)."""
+        from torch.distributed.tensor import DTensor
+        for mine, theirs in zip(self.model.parameters(), self.policy.parameters(), strict=True):
+            mine.copy_(theirs.full_tensor() if isinstance(theirs, DTensor) else theirs)
 
     def generate(self, prompts: list[str], n: int, sampling: Sampling, watch=None, seeds=None) -> list[list[Sample]]:
         """n samples per prompt. `watch(k, tokens)`, if given, sees sample k's (= prompt * n + j) tokens
