@@ -11,10 +11,10 @@
 #   2. vllm      the vLLM engine on the real API: weights pushed through LLM.apply_model are followed
 #                (greedy output changes with the policy), sleep frees GPU memory, sampler log-probs
 #                against the trainer's (top_p 1: equal up to precision)
-#   3. fsdp2     torch's fully_shard at world size 1 (and 2 with 2 GPUs): steps, full state dict gathered
-#                to a plain HF folder that from_pretrained loads equal; r1lab's clear refusal of the FSDP
-#                config (r1lab/distributed.py says what is missing)
-#   4. ddp       with 2 GPUs: tests/test_distributed.py over NCCL (2 processes = 1, `run --num-processes 2`)
+#   3. fsdp2     r1lab's sharded GRPO (configs/accelerate/fsdp.yaml) at world size 1 (and 2 with 2 GPUs):
+#                seconds a step, state held per process, the checkpoint loaded with from_pretrained
+#   4. ddp       with 2 GPUs: tests/test_distributed.py over NCCL (2 processes = 1, DDP and FSDP2;
+#                `run --num-processes 2`)
 #   5. bench     bench/grpo_vs_trl.py --precision bf16 with r1lab's hf engine, then with the vLLM engine
 #   6. tests     the CUDA-relevant test files (device, sequences, GRPO, SFT, engines)
 # Each section has a time cap and is skipped, saying so, when the 9 minutes would run out.
@@ -165,62 +165,32 @@ PY
   grep "^vllm:" "$TMP/vllm.log" >> "$FIGURES"
 fi
 
-# 3. FSDP2: torch's fully_shard on the GPU, and r1lab's refusal ---------------------------------------
-cat > "$TMP/fsdp2.py" <<'PY'
-"""fully_shard every decoder layer and the root; 5 AdamW steps; the full state dict gathered to rank 0,
-saved as a plain HF folder and loaded back with from_pretrained."""
-import os, sys, tempfile, time, torch, torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import fully_shard
+# 3. FSDP2: r1lab's sharded GRPO on the GPU, through accelerate's FSDP config ------------------------
+cat > "$TMP/fsdp_figures.py" <<'PY'
+"""The sharded run's last metrics row, and its checkpoint loaded with plain from_pretrained."""
+import json, sys
 from transformers import AutoModelForCausalLM
-from r1lab.models import load_model
-dist.init_process_group("nccl")
-rank, world = dist.get_rank(), dist.get_world_size()
-torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-model, tokenizer = load_model(sys.argv[1])
-model.cuda()
-for layer in model.model.layers:
-    fully_shard(layer)
-fully_shard(model)
-optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-ids = torch.randint(0, len(tokenizer), (8, 256), generator=torch.Generator().manual_seed(rank)).cuda()
-torch.cuda.synchronize(); began = time.perf_counter()
-for _ in range(5):
-    model(input_ids=ids, labels=ids).loss.backward()
-    optimizer.step(); optimizer.zero_grad()
-torch.cuda.synchronize(); seconds = (time.perf_counter() - began) / 5
-full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-if rank == 0:
-    plain, _ = load_model(sys.argv[1])
-    plain.load_state_dict(full)
-    folder = tempfile.mkdtemp()
-    plain.save_pretrained(folder)
-    loaded = AutoModelForCausalLM.from_pretrained(folder)
-    equal = all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), loaded.state_dict().values()))
-    print(f"fsdp2: world {world} seconds_per_step {seconds:.3f} (8 x 256 tokens per process) "
-          f"peak_gpu_gb {torch.cuda.max_memory_allocated() / 2**30:.2f} hf_folder_loads_equal {equal}")
-dist.destroy_process_group()
+rows = [json.loads(line) for line in open(f"{sys.argv[1]}/metrics.jsonl")]
+model = AutoModelForCausalLM.from_pretrained(f"{sys.argv[1]}/checkpoint")
+last = rows[-1]
+print(f"fsdp2: world {last['processes']} seconds_per_step {last['step_seconds']:.2f} "
+      f"state_gb_per_process {last['state_gb']:.3f} kl {last['kl']:.5f} checkpoint_loads {type(model).__name__}")
 PY
 for WORLD in 1 2; do
   if (( WORLD > GPUS )); then figure "fsdp2: world $WORLD not run (one GPU)"; continue; fi
-  if section "fsdp2 world $WORLD" 50; then
-    run $PY -m torch.distributed.run --nproc_per_node "$WORLD" "$TMP/fsdp2.py" "$MODEL" 2>&1 | tee "$TMP/fsdp2.log" \
-      || status=1
-    grep "^fsdp2:" "$TMP/fsdp2.log" >> "$FIGURES" || figure "fsdp2: world $WORLD FAILED"
+  if section "fsdp2 world $WORLD" 90; then
+    run $PY -m accelerate.commands.launch --config_file configs/accelerate/fsdp.yaml --num_processes "$WORLD" \
+      -m r1lab train grpo --model "$MODEL" --steps 3 --prompts-per-step 4 --samples-per-prompt 4 --micro-batch-size 8 \
+      --max-new-tokens 64 --beta 0.04 --out "$TMP/fsdp$WORLD" 2>&1 | tail -5 | tee "$TMP/fsdp.log" || status=1
+    run $PY "$TMP/fsdp_figures.py" "$TMP/fsdp$WORLD" 2>&1 | tee -a "$TMP/fsdp.log"
+    grep "^fsdp2:" "$TMP/fsdp.log" >> "$FIGURES" || { figure "fsdp2: world $WORLD FAILED"; status=1; }
   fi
 done
-if section "fsdp2 refusal" 30; then
-  run $PY -m accelerate.commands.launch --config_file configs/accelerate/fsdp.yaml --num_processes 1 \
-    -m r1lab train sft --model tiny-random --out "$TMP/fsdp-run" > "$TMP/refusal.log" 2>&1
-  grep -q "configured for FSDP (version 2), which r1lab does not support yet" "$TMP/refusal.log" \
-    && figure "fsdp2: r1lab refuses the FSDP config with its reason" \
-    || { figure "fsdp2: r1lab did NOT refuse the FSDP config"; tail -5 "$TMP/refusal.log"; status=1; }
-fi
 
 # 4. DDP over NCCL, with 2 GPUs ---------------------------------------------------------------------
 if (( GPUS < 2 )); then
   figure "ddp: not run (one GPU)"
-elif section ddp 120; then
+elif section ddp 180; then
   run $PY -m pytest -q tests/test_distributed.py -k "grpo or recipe" 2>&1 | tee "$TMP/ddp.log" || status=1
   figure "ddp: $(tail -1 "$TMP/ddp.log")"
 fi

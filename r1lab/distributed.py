@@ -59,6 +59,8 @@ class Parallel:
         if self.sharded and not torch.distributed.is_initialized():        # one process, not launched: a group of one
             torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
                                                  store=torch.distributed.HashStore(), rank=0, world_size=1)
+        if self.sharded and self.is_main:
+            print(f"fsdp: parameters, gradients and optimiser state sharded over {self.world} process(es) (FSDP2)")
 
     def check_divides(self, count: int, what: str = "prompts_per_step") -> None:
         if count % self.world:
@@ -112,6 +114,15 @@ class Parallel:
 
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
+
+
+def state_gb(model: torch.nn.Module, optimizer) -> float:
+    """GB of parameters and optimiser state this process holds: its shards when sharded (gradients are
+    freed after each step, so not counted)."""
+    from torch.distributed.tensor import DTensor
+    tensors = [*model.parameters(), *(v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))]
+    local = [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+    return sum(t.numel() * t.element_size() for t in local) / 2 ** 30
 
 
 def shard(module: torch.nn.Module) -> torch.nn.Module:

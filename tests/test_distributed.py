@@ -161,6 +161,7 @@ def test_two_sharded_processes_match_one_in_grpo_and_resume_either_way(tmp_path)
         assert a["reward"] == pytest.approx(b["reward"], abs=1e-9)          # the rollout copy had the same weights
         assert a["kl"] == pytest.approx(b["kl"], rel=1e-4, abs=1e-8)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert b["state_gb"] == pytest.approx(a["state_gb"] / 2, rel=0.01)  # each process holds half the state
     assert load_file(two / "model.safetensors").keys() == load_file(one / "model.safetensors").keys()   # tied: once
     launch(2, GRPO + fsdp + two_steps, tmp_path / "sharded_then_not")
     assert_same_parameters(one, launch(1, GRPO + resume, tmp_path / "sharded_then_not"))

@@ -29,7 +29,7 @@ from r1lab.algorithms.grpo import disable_dropout
 from r1lab.algorithms.losses import compete_weights, sft_loss, unlikelihood_loss
 from r1lab.algorithms.sequences import CompletionLogits, pad_batch, token_logprobs
 from r1lab.config import CompeteConfig
-from r1lab.distributed import Parallel, prompt_seeds
+from r1lab.distributed import Parallel, prompt_seeds, state_gb
 from r1lab.rewards import parse_rewards, score
 from r1lab.rollout import Sampling, rollout
 from r1lab.rollout.episodes import render_prompt, tokenize_episode
@@ -118,7 +118,8 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
                 loss = sft_loss(logprobs, mask, imitate[rows].to(device()), batch_tokens)
                 if cfg.unlikelihood_weight:
                     loss = loss + cfg.unlikelihood_weight * unlikelihood_loss(logprobs, mask, push_down[rows].to(device()), batch_tokens)
-                par.accelerator.backward(loss * par.world * (index < real))  # DDP averages: x world gives the sum
+                weight = par.world if index < real else 0.0     # DDP averages: x world gives the sum; padding: 0
+                par.accelerator.backward(loss * weight)
         grad_norm = par.clip_grad_norm(policy, cfg.max_grad_norm) if learning else 0.0
         optimizer.step()
         scheduler.step()
@@ -134,7 +135,7 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
                **{f"reward/{k}": sum(v) / len(v) for k, v in parts.items()},
                **{f"source/{k}/reward": sum(v) / len(v) for k, v in by_source.items()},
                "imitated": int(par.total((imitate > 0).sum().item())), "pushed_down": int(par.total((push_down > 0).sum().item())),
-               "reward_failures": int(par.total(failures)), "grad_norm": grad_norm,
+               "reward_failures": int(par.total(failures)), "grad_norm": grad_norm, "state_gb": state_gb(model, optimizer),
                "completion_length": sum(lengths) / len(lengths), "step_seconds": time.perf_counter() - began}
         if "accuracy" in parts:
             row["accuracy"] = row["reward/accuracy"]

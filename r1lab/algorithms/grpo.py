@@ -43,6 +43,7 @@ loss: `is_weight` (mean weight), `is_capped` (share of tokens cut to the cap). `
 the groups trained on; with dynamic sampling `dynamic_draws` (rounds) and `dynamic_filtered` (share of
 the drawn groups left out) say what was filtered, and `reward_drawn` is the mean reward over every
 completion drawn (`reward`, over the groups trained on, is then biased by the filter).
+`state_gb` is the parameters and optimiser state the main process holds (its shards under fsdp).
 `warmup_steps` is in steps: the scheduler, which counts optimiser updates, gets it x mu.
 Validation (`validation_problems` > 0): that many train-split problems, drawn after the training ones
 (so disjoint from them and from the test split), are answered greedily every `validate_every` steps,
@@ -73,7 +74,7 @@ from r1lab.algorithms.losses import (constant_groups, group_advantages, grpo_los
                                      sampler_mismatch, truncated_importance_weights)
 from r1lab.algorithms.sequences import CompletionLogits, pad_batch, token_logprobs
 from r1lab.config import GRPOConfig
-from r1lab.distributed import Parallel, prompt_seeds
+from r1lab.distributed import Parallel, prompt_seeds, state_gb
 from r1lab.evaluate import reflects
 from r1lab.models import load_model
 from r1lab.rewards import parse_rewards, score
@@ -360,7 +361,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
             row.update(dynamic_draws=drawn["rounds"], dynamic_filtered=1 - len(kept) / drawn["groups"],
                        reward_drawn=drawn["reward"] / (drawn["groups"] * G))
         trained_tokens = par.total(sum(map(len, prompt_ids)) + sum(len(c.token_ids) for c in completions))
-        row.update({"learning_rate": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+        row.update({"learning_rate": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "state_gb": state_gb(model, optimizer),
                     "sample_tokens_per_s": par.total(drawn["tokens"]) / (sampled - began),
                     "train_tokens_per_s": cfg.updates_per_batch * trained_tokens / (trained - sampled),
                     "sample_seconds": sampled - began, "train_seconds": trained - sampled, "step_seconds": trained - began})

@@ -21,7 +21,7 @@ from r1lab import R1labError
 from r1lab.algorithms.losses import sft_loss
 from r1lab.algorithms.sequences import CompletionLogits, pad_batch, token_logprobs
 from r1lab.config import SFTConfig
-from r1lab.distributed import Parallel
+from r1lab.distributed import Parallel, state_gb
 from r1lab.data import read_jsonl
 from r1lab.rollout.episodes import render_prompt, tokenize_episode
 from r1lab.templates import get_template
@@ -96,6 +96,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
         tokens = par.total(sum(len(p) + len(c) for p, c, _ in batch))
         if par.is_main:
             log.write({"step": step + 1, "processes": par.world, "loss": total, "grad_norm": grad_norm,
+                       "state_gb": state_gb(model, optimizer),
                        "learning_rate": scheduler.get_last_lr()[0], "step_seconds": seconds,
                        "tokens_per_s": tokens / seconds})
         if (step + 1) % cfg.save_every == 0 or step + 1 == steps:
