@@ -2,6 +2,7 @@
 
     .venv/bin/pip install -r bench/requirements.txt      # TRL, for the bench only
     .venv/bin/python bench/grpo_vs_trl.py --steps 6 [--precision auto|fp32|bf16] [--setting small|realistic]
+        [--micro-batch N] [--gradient-checkpointing] [--only r1lab|trl]      (r1lab's memory options; one trainer)
     .venv/bin/python bench/grpo_vs_trl.py --engine vllm ...     (GPU: r1lab rolls out with vLLM; TRL with its own generate)
 
 Each trainer runs in its own process (one after the other) so peak memory (max RSS) is its own.
@@ -11,8 +12,10 @@ temperature 1, beta 0, lr 1e-6, accuracy + format reward, one optimisation pass 
 batch as one micro-batch (small) or micro-batches of 16 (realistic). Precision, the same for both:
 fp32, or bf16 (r1lab: autocast training + bf16 rollouts; TRL: `bf16=True`, on the CPU too); `auto`
 takes what r1lab's `auto` picks on this hardware. TRL keeps its own defaults otherwise (gradient
-checkpointing on). Seconds per step are medians over the steps after the first. The decode roofline
-fraction is r1lab's sampling tokens/s over the roofline of bench/decode_roofline.py at the step's rows.
+checkpointing on); `--gradient-checkpointing` turns it on for r1lab too, `--micro-batch` sets r1lab's
+micro-batch (neither changes the update, only memory and speed). Seconds per step are medians over
+the steps after the first. The decode roofline fraction is r1lab's sampling tokens/s over the roofline
+of bench/decode_roofline.py at the step's rows.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ def peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
-def run_r1lab(steps: int, precision: str, setting: dict, engine: str = "hf") -> dict:
+def run_r1lab(steps: int, precision: str, setting: dict, engine: str = "hf", checkpointing: bool = False) -> dict:
     from r1lab.algorithms.grpo import train_grpo
     from r1lab.config import GRPOConfig
     with tempfile.TemporaryDirectory() as folder:      # the run's ~1.6 GB checkpoint is gone once measured
@@ -49,7 +52,8 @@ def run_r1lab(steps: int, precision: str, setting: dict, engine: str = "hf") -> 
                               micro_batch_size=setting["micro_batch"], max_new_tokens=setting["new_tokens"],
                               temperature=1.0, beta=0.0, learning_rate=LR, save_every=10_000,
                               mixed_precision="bf16" if precision == "bf16" else "no",
-                              rollout_dtype="bfloat16" if precision == "bf16" else "float32", engine=engine, out=str(out)))
+                              rollout_dtype="bfloat16" if precision == "bf16" else "float32", engine=engine,
+                              gradient_checkpointing=checkpointing, out=str(out)))
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
     return {"seconds_per_step": statistics.median(r["step_seconds"] for r in rows),
             "sample_tokens_per_s": statistics.median(r["sample_tokens_per_s"] for r in rows),
@@ -120,15 +124,18 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--setting", default="small", choices=list(SETTINGS))
     parser.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="r1lab's rollout engine")
-    parser.add_argument("--only", choices=["r1lab", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--micro-batch", type=int, help="r1lab's micro-batch (default: the setting's; TRL's is the whole batch)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="r1lab recomputes activations in backward too, as TRL does by default (less memory, slower)")
+    parser.add_argument("--only", choices=["r1lab", "trl"], help="run one trainer and print its figures as JSON")
     args = parser.parse_args()
-    setting = SETTINGS[args.setting]
+    setting = {**SETTINGS[args.setting], **({"micro_batch": args.micro_batch} if args.micro_batch else {})}
     if args.precision == "auto":
         from r1lab.hardware import resolve_precision
         from r1lab.training import device
         args.precision = "bf16" if resolve_precision("auto", device()).mixed_precision == "bf16" else "fp32"
     if args.only:
-        result = (run_r1lab(args.steps, args.precision, setting, args.engine) if args.only == "r1lab"
+        result = (run_r1lab(args.steps, args.precision, setting, args.engine, args.gradient_checkpointing) if args.only == "r1lab"
                   else run_trl(args.steps, args.precision, setting))
         print("RESULT " + json.dumps(result))
         return
@@ -138,7 +145,9 @@ def main() -> None:
     results = {}
     for name in ("trl", "r1lab"):
         command = [sys.executable, __file__, "--only", name, "--steps", str(args.steps), "--precision", args.precision,
-                   "--setting", args.setting, "--engine", args.engine]
+                   "--setting", args.setting, "--engine", args.engine,
+                   *(["--gradient-checkpointing"] if args.gradient_checkpointing else []),
+                   *(["--micro-batch", str(args.micro_batch)] if args.micro_batch else [])]
         output = subprocess.run(command, capture_output=True, text=True)
         line = next((l for l in output.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:
@@ -150,7 +159,8 @@ def main() -> None:
           f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
     print(f"GRPO, smollm2-135m, {args.setting}: {setting['prompts']} prompts x {setting['G']} completions, "
           f"<= {setting['new_tokens']} new tokens, beta 0, {args.steps} steps (median after the first), "
-          f"precision {args.precision} (both), r1lab engine {args.engine}")
+          f"precision {args.precision} (both), r1lab engine {args.engine}"
+          + f", r1lab micro-batch {setting['micro_batch']}" + (", r1lab with gradient checkpointing" if args.gradient_checkpointing else ""))
     print(f"{'':8}{'s/step':>10}{'gen tok/s':>12}{'roofline':>10}{'train tok/s':>13}{'mean len':>10}{'peak GB':>10}")
     for name, r in results.items():
         fraction = r["sample_tokens_per_s"] / roofline
