@@ -2,7 +2,8 @@
 
 `<out>/checkpoint/` holds a model that plain transformers loads (`from_pretrained`), its tokenizer,
 and `trainer_state.pt` (optimiser, scheduler, RNG states, step). With LoRA the saved model is the
-merged one and the adapter sits in `checkpoint/adapter/` for resuming.
+merged one and the adapter sits in `checkpoint/adapter/` for resuming. A sharded (FSDP2) model is saved
+from its gathered full state dict (r1lab/training.py `save_step`), a LoRA one merged by `merged_lora`.
 
 Writing goes to `.checkpoint.tmp`, then the old checkpoint is renamed away and the new one renamed
 into place: a SIGKILL at any moment leaves either the previous or the new checkpoint complete
@@ -37,7 +38,10 @@ def save_checkpoint(out: Path, model, tokenizer, state: dict, weights: dict | No
     out = Path(out)
     temporary, final, old = out / ".checkpoint.tmp", out / "checkpoint", out / ".checkpoint.old"
     shutil.rmtree(temporary, ignore_errors=True)
-    if hasattr(model, "peft_config"):
+    if hasattr(model, "peft_config") and weights is not None:            # sharded LoRA: from the gathered weights
+        model.save_pretrained(temporary / "adapter", state_dict=weights)
+        model.get_base_model().save_pretrained(temporary, state_dict=merged_lora(model, weights))
+    elif hasattr(model, "peft_config"):
         model.save_pretrained(temporary / "adapter")
         copy.deepcopy(model).merge_and_unload().save_pretrained(temporary)
     else:
@@ -51,6 +55,24 @@ def save_checkpoint(out: Path, model, tokenizer, state: dict, weights: dict | No
     os.replace(temporary, final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def merged_lora(model, weights: dict) -> dict:
+    """A LoRA model's full state dict (`weights`, peft's names) merged into its base model's: each adapted
+    weight W + scaling x B @ A, names as the base model's (what peft's merge_and_unload gives, without the
+    whole model in one place)."""
+    scaling = {name: module.scaling["default"] for name, module in model.named_modules()
+               if isinstance(getattr(module, "scaling", None), dict)}
+    merged = {}
+    for name, value in weights.items():
+        if ".lora_" in name:
+            continue
+        stem = name.removesuffix(".base_layer.weight")
+        if stem != name and stem in scaling:
+            a, b = weights[f"{stem}.lora_A.default.weight"], weights[f"{stem}.lora_B.default.weight"]
+            value = (value.float() + scaling[stem] * (b.float() @ a.float())).to(value.dtype)
+        merged[name.removeprefix("base_model.model.").replace(".base_layer.", ".")] = value
+    return merged
 
 
 def for_older_readers(folder: Path) -> None:

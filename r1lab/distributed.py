@@ -32,8 +32,9 @@ DDP), so that the same code is tested here on CPU processes over gloo. What shar
 - checkpoints: every process joins in gathering the full weights and optimiser state (`save_step`);
   the main process writes a plain HF folder and the optimiser state by parameter name, which a resumed
   run, sharded or not, loads (`restore_state`).
-Not with sharding: LoRA (its frozen base is what DDP would hold anyway; the merged checkpoint needs the
-whole model), the vLLM engine (its weight push is not gathered), dynamic sampling (several processes).
+LoRA shards too (frozen base and adapters in the same units); its checkpoint is merged from the gathered
+weights (checkpoint.merged_lora). Not with sharding: the vLLM engine (its weight push is not gathered
+yet), dynamic sampling (several processes).
 DeepSpeed is not supported: FSDP2 covers the same need.
 """
 from __future__ import annotations
@@ -128,9 +129,6 @@ def state_gb(model: torch.nn.Module, optimizer) -> float:
 def shard(module: torch.nn.Module) -> torch.nn.Module:
     """FSDP2 over this process group: each decoder block one unit, `module` the root (see the docstring)."""
     from torch.distributed.fsdp import fully_shard
-    if any(hasattr(m, "peft_config") for m in module.modules()):
-        raise R1labError("fsdp with LoRA (lora_rank > 0) is not supported: the adapters are small and the frozen base "
-                         "is held whole anyway; train LoRA with plain data parallelism (fsdp false)")
     blocks = set()
     for m in module.modules():
         blocks |= set(getattr(m, "_no_split_modules", None) or [])

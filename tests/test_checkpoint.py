@@ -67,3 +67,25 @@ def test_every_file_has_the_mode_the_users_umask_gives(umask, mode, tmp_path):
         os.umask(previous)
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in checkpoint.iterdir()}
     assert "model.safetensors" in modes and set(modes.values()) == {mode}, modes
+
+
+def test_merged_lora_equals_peft_merge_and_unload():
+    """A sharded LoRA checkpoint is merged from the gathered state dict; it must be exactly peft's merge."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from r1lab.checkpoint import merged_lora
+    from r1lab.models import load_model
+    torch.manual_seed(0)
+    model = get_peft_model(load_model("tiny-random")[0], LoraConfig(r=2, lora_alpha=8, target_modules="all-linear",
+                                                                    task_type="CAUSAL_LM"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:                        # peft starts B at 0: the merge would change nothing
+            p.data.normal_()
+    want = copy.deepcopy(model).merge_and_unload().state_dict()
+    got = merged_lora(model, model.state_dict())
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert not torch.equal(got["model.layers.0.mlp.up_proj.weight"],
+                           model.state_dict()["base_model.model.model.layers.0.mlp.up_proj.base_layer.weight"])

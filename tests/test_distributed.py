@@ -134,17 +134,6 @@ def test_accelerates_fsdp2_config_means_r1lab_shards(monkeypatch):
     assert sharding_from_launcher()
 
 
-def test_fsdp_with_lora_is_refused_with_the_reason():
-    from peft import LoraConfig, get_peft_model
-
-    from r1lab import R1labError
-    from r1lab.distributed import shard
-    from r1lab.models import load_model
-    model = get_peft_model(load_model("tiny-random")[0], LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"))
-    with pytest.raises(R1labError, match="fsdp with LoRA.*plain data parallelism"):
-        shard(model)
-
-
 @pytest.mark.slow
 def test_two_sharded_processes_match_one_in_grpo_and_resume_either_way(tmp_path):
     """FSDP2 on 2 gloo processes: the same parameters, rewards and KL as one unsharded process (beta > 0, so
@@ -168,6 +157,17 @@ def test_two_sharded_processes_match_one_in_grpo_and_resume_either_way(tmp_path)
     launch(1, GRPO + two_steps, tmp_path / "not_then_sharded")
     assert_same_parameters(one, launch(2, GRPO + fsdp + resume, tmp_path / "not_then_sharded"))
     assert_same_parameters(one, launch(1, GRPO + fsdp, tmp_path / "one_sharded"))    # a process group of one
+
+
+@pytest.mark.slow
+def test_lora_sharded_over_two_processes_matches_one_process(tmp_path):
+    """LoRA under FSDP2 (beta > 0: pi_ref is the sharded policy with its adapters disabled): the merged
+    model and the adapter as one unsharded process trains them."""
+    lora = GRPO + ["--lora-rank", "4"]
+    one, two = launch(1, lora, tmp_path / "one"), launch(2, lora + ["--fsdp", "true"], tmp_path / "two")
+    assert_same_parameters(one, two)
+    a, b = (load_file(folder / "adapter" / "adapter_model.safetensors") for folder in (one, two))
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
 
 
 @pytest.mark.slow
