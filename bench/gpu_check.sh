@@ -191,7 +191,7 @@ done
 if (( GPUS < 2 )); then
   figure "ddp: not run (one GPU)"
 elif section ddp 180; then
-  run $PY -m pytest -q tests/test_distributed.py -k "grpo or recipe" 2>&1 | tee "$TMP/ddp.log" || status=1
+  run $PY -m pytest -q tests/test_distributed.py -k "grpo or recipe or sharded" 2>&1 | tee "$TMP/ddp.log" || status=1
   figure "ddp: $(tail -1 "$TMP/ddp.log")"
 fi
 
