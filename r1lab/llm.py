@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 
-from r1lab.serve import chat_prompt
+from r1lab.tools import render_chat
 from r1lab.streaming import split_reasoning
 from r1lab.templates import prompt_tail
 
@@ -43,7 +43,7 @@ def make_llm(model_or_url: str, temperature: float = 0.0, top_p: float = 1.0, ma
     sampling = Sampling(temperature, top_p, max_tokens)
 
     def llm(system_prompt: str, user_prompt: str) -> str:
-        prompt = chat_prompt(tokenizer, [{"role": "system", "content": system_prompt}, {"role": "user", "content": user_prompt}])
+        prompt = render_chat(tokenizer, [{"role": "system", "content": system_prompt}, {"role": "user", "content": user_prompt}])
         with lock:
             sample = engine.generate([prompt], 1, sampling)[0][0]
         return split_reasoning(prompt_tail(prompt) + sample.text)[1]

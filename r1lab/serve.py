@@ -59,18 +59,13 @@ from r1lab.tools import Tool, chat_with_tools, render_chat
 log = logging.getLogger("r1lab.serve")
 
 
-def chat_prompt(tokenizer, messages: list[dict]) -> str:
-    """The model's chat template over the messages (r1lab.tools.render_chat: 'Role: text' lines without one)."""
-    return render_chat(tokenizer, messages)
-
-
 def request_prompt(tokenizer, chat: ChatRequest) -> str:
     """The prompt of a request: through `r1lab.tools.chat_with_tools` where it has tools or tool turns (the
-    template's own tool convention, else the tools in the system message), else `chat_prompt`."""
+    template's own tool convention, else the tools in the system message), else `render_chat`."""
     if chat.tools or any(m["role"] == "tool" or m.get("tool_calls") for m in chat.messages):
         tools = [Tool(schema["function"]["name"], None, schema) for schema in chat.tools]   # never run here
         return chat_with_tools(tokenizer, chat.messages, tools)
-    return chat_prompt(tokenizer, chat.messages)
+    return render_chat(tokenizer, chat.messages)
 
 
 @dataclass

@@ -153,13 +153,13 @@ def test_reward_table(p, reply, fmt, accuracy):
 
 def test_agentjo_template_renders_system_and_user_and_scores_the_bare_block():
     from r1lab.models import load_model
-    from r1lab.serve import chat_prompt
+    from r1lab.tools import render_chat
 
     _, tokenizer = load_model("tiny-random")
     template = get_template("agentjo")
     prompt = template.render(json.dumps({"system": "Be a JSON writer", "user": "DeepSeek"}), tokenizer)
     assert prompt == "<|im_start|>system\nBe a JSON writer<|im_end|>\n<|im_start|>user\nDeepSeek<|im_end|>\n<|im_start|>assistant\n"
-    assert prompt == chat_prompt(tokenizer, [{"role": "system", "content": "Be a JSON writer"},     # what make_llm sends
+    assert prompt == render_chat(tokenizer, [{"role": "system", "content": "Be a JSON writer"},     # what make_llm sends
                                              {"role": "user", "content": "DeepSeek"}])
     with pytest.raises(R1labError, match="template 'agentjo' expects a question that is JSON"):
         template.render("Calculate 1 + 2", tokenizer)

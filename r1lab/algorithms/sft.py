@@ -6,7 +6,8 @@
 The loss is on completion tokens only (the prompt is rendered with the template, as at RL time), a
 token mean over each optimiser batch. With `tools` the prompt describes them as at RL time, and the
 tools' results in a completion (`<tool_response>` blocks) are read but not learned (rollout/episodes.py).
-Each batch is cut into micro-batches of similar length (sorted within the batch) so little padding is paid for. Same checkpoint, resume and metrics files as GRPO.
+Each batch is cut into micro-batches of similar length (sorted within the batch) so little padding is
+paid for. Same checkpoint, resume and metrics files as GRPO.
 Multi-process (accelerate): each process takes a contiguous share of every batch; the token count in
 the loss's denominator is the whole batch's, so the update equals the one-process update.
 """

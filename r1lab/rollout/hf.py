@@ -90,9 +90,9 @@ class HFEngine:
     def _refresh_decoder(self) -> None:
         """Point `self.model` at a copy of the policy in decode_dtype, with the policy's current weights
         (a sharded policy's copy is refreshed by `sync_weights` instead: it takes every process)."""
-        if self.model is self.policy and (self.decode_dtype is None or self.decode_dtype == next(self.policy.parameters()).dtype):
-            return
         if self.model is self.policy:
+            if self.decode_dtype in (None, next(self.policy.parameters()).dtype):
+                return                                   # decodes from the policy itself
             self.model = copy.deepcopy(self.policy).to(self.decode_dtype).requires_grad_(False)
         if not is_sharded(self.policy):
             self.sync_weights()
