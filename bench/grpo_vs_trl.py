@@ -3,6 +3,7 @@
     .venv/bin/pip install -r bench/requirements.txt      # TRL, for the bench only
     .venv/bin/python bench/grpo_vs_trl.py --steps 6 [--precision auto|fp32|bf16] [--setting small|realistic]
         [--micro-batch N] [--gradient-checkpointing] [--only r1lab|trl]      (r1lab's memory options; one trainer)
+        [--every-row]          (one more r1lab run with skip_zero_advantage off: what skipping rows saves)
     .venv/bin/python bench/grpo_vs_trl.py --engine vllm ...     (GPU: r1lab rolls out with vLLM; TRL with its own generate)
 
 Each trainer runs in its own process (one after the other) so peak memory (max RSS) is its own.
@@ -13,8 +14,11 @@ batch as one micro-batch (small) or micro-batches of 16 (realistic). Precision, 
 fp32, or bf16 (r1lab: autocast training + bf16 rollouts; TRL: `bf16=True`, on the CPU too); `auto`
 takes what r1lab's `auto` picks on this hardware. TRL keeps its own defaults otherwise (gradient
 checkpointing on); `--gradient-checkpointing` turns it on for r1lab too, `--micro-batch` sets r1lab's
-micro-batch (neither changes the update, only memory and speed). Seconds per step are medians over
-the steps after the first. The decode roofline fraction is r1lab's sampling tokens/s over the roofline
+micro-batch (neither changes the update, only memory and speed). r1lab runs no pass for the rows whose
+gradient is exactly zero (beta 0: the rows of groups with equal rewards; `skip_zero_advantage`, on by
+default; TRL runs every row): `equal groups` is the share of such groups (TRL's `frac_reward_zero_std`
+for TRL), `rows run` the share of rows r1lab put through its passes, and `--every-row` adds an r1lab
+run with the skipping off. Seconds per step are medians over the steps after the first. The decode roofline fraction is r1lab's sampling tokens/s over the roofline
 of bench/decode_roofline.py at the step's rows.
 """
 from __future__ import annotations
@@ -42,7 +46,8 @@ def peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
-def run_r1lab(steps: int, precision: str, setting: dict, engine: str = "hf", checkpointing: bool = False) -> dict:
+def run_r1lab(steps: int, precision: str, setting: dict, engine: str = "hf", checkpointing: bool = False,
+              every_row: bool = False) -> dict:
     from r1lab.algorithms.grpo import train_grpo
     from r1lab.config import GRPOConfig
     with tempfile.TemporaryDirectory() as folder:      # the run's ~1.6 GB checkpoint is gone once measured
@@ -53,12 +58,14 @@ def run_r1lab(steps: int, precision: str, setting: dict, engine: str = "hf", che
                               temperature=1.0, beta=0.0, learning_rate=LR, save_every=10_000,
                               mixed_precision="bf16" if precision == "bf16" else "no",
                               rollout_dtype="bfloat16" if precision == "bf16" else "float32", engine=engine,
-                              gradient_checkpointing=checkpointing, out=str(out)))
+                              gradient_checkpointing=checkpointing, skip_zero_advantage=not every_row, out=str(out)))
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
     return {"seconds_per_step": statistics.median(r["step_seconds"] for r in rows),
             "sample_tokens_per_s": statistics.median(r["sample_tokens_per_s"] for r in rows),
             "train_tokens_per_s": statistics.median(r["train_tokens_per_s"] for r in rows),
-            "completion_length": statistics.mean(r["completion_length"] for r in rows), "peak_gb": peak_gb()}
+            "completion_length": statistics.mean(r["completion_length"] for r in rows), "peak_gb": peak_gb(),
+            "equal_groups": statistics.mean(r["zero_std_groups"] for r in rows),
+            "rows_run": statistics.mean(r["rows_trained"] for r in rows)}
 
 
 def run_trl(steps: int, precision: str, setting: dict) -> dict:
@@ -80,7 +87,7 @@ def run_trl(steps: int, precision: str, setting: dict) -> dict:
         done = [to_completion(Sample([], [], c, "stop"), template) for c in completions]
         return score({"accuracy": 1.0, "format": 1.0}, done, [by_prompt[p] for p in prompts])[0]
 
-    stamps, lengths = [], []
+    stamps, lengths, equal = [], [], []
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -89,6 +96,7 @@ def run_trl(steps: int, precision: str, setting: dict) -> dict:
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "completions/mean_length" in logs:
                 lengths.append(logs["completions/mean_length"])
+                equal.append(logs.get("frac_reward_zero_std", float("nan")))
 
     folder = smollm2_folder()
     import torch
@@ -106,7 +114,8 @@ def run_trl(steps: int, precision: str, setting: dict) -> dict:
     seconds = statistics.median(b - a for a, b in zip(stamps[1:], stamps[2:]))
     length = statistics.mean(lengths[1:]) if len(lengths) > 1 else float("nan")
     return {"seconds_per_step": seconds, "sample_tokens_per_s": float("nan"), "train_tokens_per_s": float("nan"),
-            "completion_length": length, "peak_gb": peak_gb()}
+            "completion_length": length, "peak_gb": peak_gb(),
+            "equal_groups": statistics.mean(equal[1:]) if len(equal) > 1 else float("nan"), "rows_run": 1.0}
 
 
 def decode_roofline(rows: int) -> float:
@@ -127,6 +136,8 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, help="r1lab's micro-batch (default: the setting's; TRL's is the whole batch)")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="r1lab recomputes activations in backward too, as TRL does by default (less memory, slower)")
+    parser.add_argument("--every-row", action="store_true",
+                        help="also run r1lab with skip_zero_advantage off (with --only r1lab: only that way)")
     parser.add_argument("--only", choices=["r1lab", "trl"], help="run one trainer and print its figures as JSON")
     args = parser.parse_args()
     setting = {**SETTINGS[args.setting], **({"micro_batch": args.micro_batch} if args.micro_batch else {})}
@@ -135,7 +146,8 @@ def main() -> None:
         from r1lab.training import device
         args.precision = "bf16" if resolve_precision("auto", device()).mixed_precision == "bf16" else "fp32"
     if args.only:
-        result = (run_r1lab(args.steps, args.precision, setting, args.engine, args.gradient_checkpointing) if args.only == "r1lab"
+        result = (run_r1lab(args.steps, args.precision, setting, args.engine, args.gradient_checkpointing, args.every_row)
+                  if args.only == "r1lab"
                   else run_trl(args.steps, args.precision, setting))
         print("RESULT " + json.dumps(result))
         return
@@ -143,11 +155,12 @@ def main() -> None:
 
     from r1lab.hardware import cpu_name
     results = {}
-    for name in ("trl", "r1lab"):
-        command = [sys.executable, __file__, "--only", name, "--steps", str(args.steps), "--precision", args.precision,
-                   "--setting", args.setting, "--engine", args.engine,
+    for name in ("trl", "r1lab", *(["r1lab, every row"] if args.every_row else [])):
+        command = [sys.executable, __file__, "--only", name.split(",")[0], "--steps", str(args.steps), "--precision",
+                   args.precision, "--setting", args.setting, "--engine", args.engine,
                    *(["--gradient-checkpointing"] if args.gradient_checkpointing else []),
-                   *(["--micro-batch", str(args.micro_batch)] if args.micro_batch else [])]
+                   *(["--micro-batch", str(args.micro_batch)] if args.micro_batch else []),
+                   *(["--every-row"] if name.endswith("every row") else [])]
         output = subprocess.run(command, capture_output=True, text=True)
         line = next((l for l in output.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:
@@ -161,15 +174,17 @@ def main() -> None:
           f"<= {setting['new_tokens']} new tokens, beta 0, {args.steps} steps (median after the first), "
           f"precision {args.precision} (both), r1lab engine {args.engine}"
           + f", r1lab micro-batch {setting['micro_batch']}" + (", r1lab with gradient checkpointing" if args.gradient_checkpointing else ""))
-    print(f"{'':8}{'s/step':>10}{'gen tok/s':>12}{'roofline':>10}{'train tok/s':>13}{'mean len':>10}{'peak GB':>10}")
+    print(f"{'':18}{'s/step':>8}{'gen tok/s':>11}{'roofline':>10}{'train tok/s':>13}{'mean len':>10}{'peak GB':>9}"
+          f"{'equal groups':>14}{'rows run':>10}")
     for name, r in results.items():
         fraction = r["sample_tokens_per_s"] / roofline
-        print(f"{name:8}{r['seconds_per_step']:10.2f}{r['sample_tokens_per_s']:12.1f}"
+        print(f"{name:18}{r['seconds_per_step']:8.2f}{r['sample_tokens_per_s']:11.1f}"
               f"{(f'{fraction:.0%}' if fraction == fraction else '-'):>10}{r['train_tokens_per_s']:13.1f}"
-              f"{r['completion_length']:10.1f}{r['peak_gb']:10.2f}")
-    t, o = results["trl"], results["r1lab"]
-    print(f"r1lab steps/s vs TRL: {t['seconds_per_step'] / o['seconds_per_step']:.2f}x; "
-          f"peak memory r1lab/TRL: {o['peak_gb'] / t['peak_gb']:.2f}")
+              f"{r['completion_length']:10.1f}{r['peak_gb']:9.2f}{r['equal_groups']:14.0%}{r['rows_run']:10.0%}")
+    t = results["trl"]
+    for name, o in list(results.items())[1:]:
+        print(f"{name} steps/s vs TRL: {t['seconds_per_step'] / o['seconds_per_step']:.2f}x; "
+              f"peak memory {name}/TRL: {o['peak_gb'] / t['peak_gb']:.2f}")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true
               dict: "a mapping like {k: v}", list: "a list like [a, b]"}
 NOT_SETTINGS = ("out", "save_every", "sample_every",   # where and how often a stage writes, and what it
                 "validation_problems", "validate_every",   # measures on the side: never change its checkpoints;
-                "fsdp")                                    # how the processes hold the parameters: the same training
+                "fsdp",                                    # how the processes hold the parameters: the same training
+                "skip_zero_advantage")                     # which rows with a zero gradient get a pass: the same
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class GRPOConfig:
     scale_rewards: bool = True         # divide advantages by the group std (eq. 3); false = Dr. GRPO (grpo advantages only)
     advantage: str = "grpo"            # grpo: eq. 3; rloo: r_i - mean of the group's others, no std (Ahmadian et al., 2024)
     loss_aggregation: str = "sample"   # sample (paper), token (DAPO), constant (Dr. GRPO)
+    skip_zero_advantage: bool = True   # with beta = 0, no pass for rows whose advantage is 0 (groups of equal rewards):
+                                       # their gradient is exactly 0; entropy and mismatch then cover the rows trained
     ratio_level: str = "token"         # token (eq. 1) or sequence (GSPO: one geometric-mean ratio per sequence;
                                        # its paper clips at epsilon 3e-4, epsilon_high 4e-4)
     importance_sampling: str = "auto"  # truncated IS weight min(pi_old/pi_sampler, C) per token: on, off, auto (on when the

@@ -152,6 +152,14 @@ def make_optimizer(model, learning_rate: float, weight_decay: float, warmup_step
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def zero_gradients(model) -> None:
+    """A zero gradient for every trainable parameter that has none: what a backward pass through a loss of 0
+    leaves, and what an optimiser step must see to be the same step (AdamW skips parameters without one)."""
+    for p in model.parameters():
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
 def training_state(step: int, optimizer, scheduler, generator: torch.Generator | None, optimizer_state: dict | None = None) -> dict:
     return {"step": step, "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),

@@ -61,6 +61,21 @@ def test_two_processes_match_one_in_grpo(tmp_path):
 
 
 @pytest.mark.slow
+def test_processes_that_skip_different_rows_still_match_one_that_skips_none(tmp_path):
+    """beta = 0 and a reward that leaves about half the groups all-equal: each process leaves out its own
+    zero-advantage rows, so the processes run different numbers of passes (one with no row runs a
+    zero-weight row; sharded, each pads to the most). The parameters are one process's with every row."""
+    args = [{"0.04": "0", "tests.learnable:low_ids": "tests.learnable:half_constant"}.get(a, a) for a in GRPO]
+    args += ["--steps", "4", "--weight-decay", "0.1"]
+    one = launch(1, args + ["--skip-zero-advantage", "false"], tmp_path / "one")
+    assert all(row["rows_trained"] == 1 for row in rows(tmp_path / "one"))
+    for name, extra in (("ddp", []), ("fsdp", ["--fsdp", "true"])):
+        assert_same_parameters(one, launch(2, args + extra, tmp_path / name))
+        shares = [row["rows_trained"] for row in rows(tmp_path / name)]
+        assert any(0 < share < 1 for share in shares), shares
+
+
+@pytest.mark.slow
 def test_prompts_that_do_not_divide_among_processes_are_refused(tmp_path):
     command = [*accelerate(2), "-m", "r1lab", *GRPO,
                "--prompts-per-step", "3", "--micro-batch-size", "3", "--out", str(tmp_path / "x")]

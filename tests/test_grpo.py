@@ -1,5 +1,4 @@
 import json
-import zlib
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from r1lab.config import GRPOConfig, load_config
 from r1lab.hardware import Precision
 from r1lab.models import load_model
 from r1lab.rewards import REWARDS
-from tests.learnable import low_ids
+from tests.learnable import half_constant, low_ids, odd
 
 TINY = dict(model="tiny-random", prompts_per_step=2, samples_per_prompt=4, micro_batch_size=4,
             max_new_tokens=12, beta=0.04, learning_rate=1e-3)
@@ -29,15 +28,6 @@ def metrics(out):
 
 def always_one(completion, problem):
     return 1.0
-
-
-def half_constant(completion, problem):
-    """low_ids on problems whose id hashes odd, 0 on the others: about half the groups are all-equal."""
-    return low_ids(completion, problem) if odd(problem) else 0.0
-
-
-def odd(problem) -> bool:
-    return zlib.crc32(problem.id.encode()) % 2 == 1
 
 
 @pytest.fixture(autouse=True)
@@ -199,8 +189,14 @@ def test_warmup_is_counted_in_steps_not_optimiser_updates(tmp_path):
 def test_mask_truncated_divides_by_the_sequences_left_in_the_loss(tmp_path, monkeypatch, mode):
     shaped_rollouts(monkeypatch)
     calls = record_losses(monkeypatch)
-    train_grpo(config(tmp_path, steps=1, rewards="low_ids", beta=0.0, mask_truncated=True, loss_aggregation=mode,
-                      importance_sampling="off"))      # weights on the tokens would change the hand-computed loss
+    settings = dict(steps=1, rewards="low_ids", beta=0.0, mask_truncated=True, loss_aggregation=mode,
+                    importance_sampling="off")        # weights on the tokens would change the hand-computed loss
+    train_grpo(config(tmp_path / "skip", **settings))   # the truncated rows get no pass, the denominators count them
+    skipping = calls[:]
+    calls.clear()
+    train_grpo(config(tmp_path, skip_zero_advantage=False, **settings))
+    assert all(all(c["kept"]) for c in skipping) and len(skipping) == 1
+    assert skipping[0]["loss"] == pytest.approx(sum(c["loss"] for c in calls), rel=1e-6)
     # 2 groups of 4, members 1 and 3 stopped: 4 of 8 sequences stay in the loss, with 5 + 9 tokens per group
     assert [(c["batch_sequences"], c["batch_tokens"]) for c in calls] == [(4, 28), (4, 28)]
     # the ratio is 1 and beta 0: each kept token's loss is -A_i, so the whole-batch loss is -sum A_i / 4 over the kept
@@ -288,6 +284,28 @@ def test_dynamic_sampling_is_refused_with_several_processes(tmp_path, monkeypatc
     monkeypatch.setattr(grpo, "Parallel", TwoProcesses)
     with pytest.raises(R1labError, match="dynamic_sampling runs in one process"):
         train_grpo(config(tmp_path, dynamic_sampling=True))
+
+
+@pytest.mark.parametrize("mu", [1, 2])
+def test_rows_whose_gradient_is_zero_get_no_pass_and_the_update_is_the_same(tmp_path, monkeypatch, mu):
+    """beta = 0: every row of a group with equal rewards has advantage 0 and adds exactly nothing to eq. 1.
+    Without their passes the parameters are the same, with weight decay on and a step where no row moves
+    the gradient at all (AdamW must still see zero gradients there: its momentum and decay move weights)."""
+    settings = dict(steps=8, prompts_per_step=2, micro_batch_size=2, rewards="half_constant", beta=0.0, learning_rate=1e-2,
+                    weight_decay=0.1, updates_per_batch=mu, **FP32)
+    calls = record_losses(monkeypatch)
+    skipped = train_grpo(config(tmp_path / "skip", **settings))
+    skipped_calls = calls[:]
+    calls.clear()
+    full = train_grpo(config(tmp_path / "full", skip_zero_advantage=False, **settings))
+    shares = [row["rows_trained"] for row in metrics(skipped.parent)]
+    assert 0 in shares and any(0 < s < 1 for s in shares), shares            # the run has both kinds of step
+    assert all(row["rows_trained"] == 1 for row in metrics(full.parent))
+    assert all(a != 0 for c in skipped_calls for a in c["advantages"])
+    assert len(skipped_calls) == sum(shares) * 8 // 2 * mu < len(calls)      # micro-batches of 2 rows, mu passes
+    a, b = load_file(skipped / "model.safetensors"), load_file(full / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert any(not torch.equal(a[k], load_model("tiny-random")[0].state_dict()[k]) for k in a)
 
 
 def test_rloo_advantages_and_sequence_ratios_reach_the_loss(tmp_path, monkeypatch):

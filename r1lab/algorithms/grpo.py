@@ -33,6 +33,14 @@ Choices and deviations from the paper, and why:
   trains on `prompts_per_step` groups (verl's DAPO stops with an error at its cap instead). One
   process only: several would stop drawing at different rounds.
 - With LoRA the reference model is the policy with adapters disabled (no second copy in memory).
+- Rows that add nothing to the gradient get no pass (`skip_zero_advantage`, on by default): with beta = 0
+  a row whose advantage is 0 (every row of a group whose rewards are all equal: early in R1-Zero
+  training, most groups) contributes exactly 0 to eq. 1, as does a row with no token in the loss. The
+  loss denominators still count them, so the update is the same up to float summation order (a test);
+  only the passes are fewer. A step where no row anywhere moves the gradient runs no pass and steps the
+  optimiser on zero gradients, as the full passes would have (AdamW's momentum and decay still move).
+  Several processes run as many passes each as the one with the most (DDP syncs buffers in forward,
+  FSDP gathers parameters), the extra ones zero-weight. TRL and verl run every row.
 
 Metrics: `kl` (every pass) is a token mean over the step's micro-batches. `clip_fraction` and the ratio's
 `ratio_mean`, `ratio_min`, `ratio_max` cover passes 2..mu only (in the first the ratio is 1): with mu = 1
@@ -43,7 +51,8 @@ loss: `is_weight` (mean weight), `is_capped` (share of tokens cut to the cap). `
 the groups trained on; with dynamic sampling `dynamic_draws` (rounds) and `dynamic_filtered` (share of
 the drawn groups left out) say what was filtered, and `reward_drawn` is the mean reward over every
 completion drawn (`reward`, over the groups trained on, is then biased by the filter).
-`state_gb` is the parameters and optimiser state the main process holds (its shards under fsdp).
+`rows_trained` is the share of the step's rows that went through the passes (the others added exactly
+nothing); entropy and sampler mismatch cover those rows. `state_gb` is the parameters and optimiser state the main process holds (its shards under fsdp).
 `warmup_steps` is in steps: the scheduler, which counts optimiser updates, gets it x mu.
 Validation (`validation_problems` > 0): that many train-split problems, drawn after the training ones
 (so disjoint from them and from the test split), are answered greedily every `validate_every` steps,
@@ -84,7 +93,7 @@ from r1lab.tasks import get_task
 from r1lab.templates import get_template
 from r1lab.tools import load_tools
 from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_policy, make_optimizer, prepare_run, restore_state,
-                            save_step, seed_everything)
+                            save_step, seed_everything, zero_gradients)
 from r1lab.types import Problem
 
 
@@ -205,9 +214,13 @@ def step_metrics(par, kept: list[Drawn], drawn: dict, advantage_metrics: dict, m
            **{key: sum(par.gather([value])) / par.world for key, value in advantage_metrics.items()},
            "completion_length": sum(lengths) / len(lengths), "completion_length_max": max(lengths),
            "reflection": sum(map(reflects, texts)) / len(texts),
-           "truncated": sum(f == "length" for f in finished) / len(finished),
-           "sampler_mismatch": sum(absolute) / max(sum(tokens), 1), "sampler_kl": sum(k3) / len(k3),
-           **{key: par.total(total) / max(par.total(count), 1) for key, (total, count) in sorted(means.items())}}
+           "truncated": sum(f == "length" for f in finished) / len(finished)}
+    for key in sorted(set(par.gather(list(means)))):     # a process that ran no row has none of its own
+        count = par.total(means[key][1])
+        if count:
+            row[key] = par.total(means[key][0]) / count
+    if k3:                                               # none when no row went through the passes
+        row.update(sampler_mismatch=sum(absolute) / max(sum(tokens), 1), sampler_kl=sum(k3) / len(k3))
     for key, value in extremes.items():
         values = [v for v in par.gather([value]) if abs(v) != float("inf")]   # inf: no token on that process
         if values:
@@ -299,38 +312,49 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
         keep = [not (cfg.mask_truncated and c.finish_reason == "length") for c in completions]
         batch_tokens = par.total(sum(c.model_tokens for c, k in zip(completions, keep) if k))   # whole batch, only
         batch_sequences = par.total(sum(keep))                                       # what stays in the loss
-        micro = []                                  # (rows, batch, loss mask (b, C)), built once
-        for first in range(0, len(completions), cfg.micro_batch_size):
-            rows = slice(first, first + cfg.micro_batch_size)
-            batch = pad_batch(prompt_ids[rows], [c.token_ids for c in completions[rows]], tokenizer.pad_token_id, device(),
-                              [c.loss_mask for c in completions[rows]])         # tool outputs: attended, not trained
-            micro.append((rows, batch, batch["loss_mask"] * torch.tensor(keep[rows], device=device())[:, None]))
+        # rows that move the gradient: with beta = 0, one whose advantage is 0 (every row of a group with equal
+        # rewards) adds exactly 0, as does one with no token in the loss; skip_zero_advantage runs no pass for them
+        moves = [k and (cfg.beta != 0 or a != 0) for k, a in zip(keep, advantages.tolist())]
+        run = [i for i, m in enumerate(moves) if m or not cfg.skip_zero_advantage]
+        learning = par.total(len(run)) > 0          # no row anywhere: no pass; the update sees zero gradients
+        run = (run or [0]) if learning else []      # a zero-weight row: every process joins the all-reduce
+        micro = []                                  # (rows, batch, loss mask (b, C), weight), built once
+        for first in range(0, len(run), cfg.micro_batch_size):
+            rows = run[first:first + cfg.micro_batch_size]
+            batch = pad_batch([prompt_ids[i] for i in rows], [completions[i].token_ids for i in rows], tokenizer.pad_token_id,
+                              device(), [completions[i].loss_mask for i in rows])   # tool outputs: attended, not trained
+            weight = par.world if any(moves[i] for i in rows) or not cfg.skip_zero_advantage else 0.0
+            micro.append((rows, batch, batch["loss_mask"] * torch.tensor([keep[i] for i in rows], device=device())[:, None],
+                          weight))                  # DDP averages: x world gives the global sum; padding: 0
+        if par.world > 1 and learning:              # DDP syncs buffers in forward, FSDP gathers parameters: as many
+            micro += [micro[0][:3] + (0.0,)] * (par.most(len(micro)) - len(micro))   # passes on each, extras weight 0
         # 3. scoring, no grad: pi_old, pi_ref, entropy, the sampler's mismatch with pi_old, the importance weights.
         #    A pass of its own before the updates; with mu = 1 it rides on the update pass instead (see the docstring)
         means = defaultdict(lambda: [0.0, 0])        # metric -> [sum of value x tokens, tokens]
         mismatch, scored, fused = ([], [], []), {}, cfg.updates_per_batch == 1
 
         def score_micro_batch(i: int, logprobs: torch.Tensor, entropy: float) -> None:
-            rows, batch, loss_mask = micro[i]
+            rows, batch, loss_mask, weight = micro[i]
             ref = reference_logprobs(reference, model, policy, batch, cfg.temperature) if cfg.beta else None
-            sampler = sampler_logprobs(completions[rows], logprobs.shape[1], device())                            # (b, C)
-            for values, new in zip(mismatch, (*sampler_mismatch(sampler, logprobs, batch["loss_mask"]),   # (b,)
-                                              batch["loss_mask"].sum(-1))):
-                values += new.tolist()
-            accumulate(means, {"entropy": entropy}, int(batch["loss_mask"].sum()))
+            sampler = sampler_logprobs([completions[r] for r in rows], logprobs.shape[1], device())              # (b, C)
             w, is_metrics = (truncated_importance_weights(logprobs, sampler, loss_mask, cfg.importance_sampling_cap)
                              if use_is else (None, {}))                                                   # (b, C)
-            accumulate(means, is_metrics, int(loss_mask.sum()))
             scored[i] = (logprobs, ref, w)
+            if weight:                                   # padding passes are in no metric
+                for values, new in zip(mismatch, (*sampler_mismatch(sampler, logprobs, batch["loss_mask"]),   # (b,)
+                                                  batch["loss_mask"].sum(-1))):
+                    values += new.tolist()
+                accumulate(means, {"entropy": entropy}, int(batch["loss_mask"].sum()))
+                accumulate(means, is_metrics, int(loss_mask.sum()))
 
         if not fused:
             with torch.no_grad(), autocast(precision.mixed_precision):
-                for i, (rows, batch, loss_mask) in enumerate(micro):
+                for i, (rows, batch, loss_mask, weight) in enumerate(micro):
                     score_micro_batch(i, *token_logprobs(policy, batch, cfg.temperature, True))
         # 4. mu update passes over the micro-batches
         extremes = {"ratio_min": float("inf"), "ratio_max": float("-inf")} if cfg.updates_per_batch > 1 else {}
         for update in range(cfg.updates_per_batch):
-            for i, (rows, batch, loss_mask) in enumerate(micro):
+            for i, (rows, batch, loss_mask, weight) in enumerate(micro):
                 with par.sync_unless(policy, accumulating=i + 1 < len(micro)):
                     with autocast(precision.mixed_precision):
                         logprobs, entropy = token_logprobs(policy, batch, cfg.temperature, with_entropy=fused)       # (b, C)
@@ -343,13 +367,17 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
                         eps_high=cfg.epsilon_high, beta=cfg.beta, mode=cfg.loss_aggregation, ratio_level=cfg.ratio_level,
                         is_weights=is_weights, batch_sequences=batch_sequences, batch_tokens=batch_tokens,
                         max_length=cfg.max_new_tokens)
-                    par.accelerator.backward(loss * par.world)        # DDP averages: x world gives the global sum
+                    par.accelerator.backward(loss * weight)
+                if not weight:                                  # padding passes are in no metric
+                    continue
                 tokens = int(loss_mask.sum())
                 accumulate(means, {k: v for k, v in loss_metrics.items() if k == "kl"}, tokens)
                 if update > 0:                                  # in the first pass the ratio is 1: nothing to see
                     accumulate(means, {k: loss_metrics[k] for k in ("clip_fraction", "ratio_mean")}, tokens)
                     extremes["ratio_min"] = min(extremes["ratio_min"], loss_metrics.get("ratio_min", float("inf")))
                     extremes["ratio_max"] = max(extremes["ratio_max"], loss_metrics.get("ratio_max", float("-inf")))
+            if not learning:                                    # what every pass would have left: zero gradients,
+                zero_gradients(model)                           # with which AdamW still moves (momentum, decay)
             grad_norm = par.clip_grad_norm(policy, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -360,7 +388,9 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
         if cfg.dynamic_sampling:
             row.update(dynamic_draws=drawn["rounds"], dynamic_filtered=1 - len(kept) / drawn["groups"],
                        reward_drawn=drawn["reward"] / (drawn["groups"] * G))
-        trained_tokens = par.total(sum(map(len, prompt_ids)) + sum(len(c.token_ids) for c in completions))
+        ran = [i for rows, _, _, weight in micro if weight for i in rows]        # the rows that went through the passes
+        trained_tokens = par.total(sum(len(prompt_ids[i]) + len(completions[i].token_ids) for i in ran))
+        row["rows_trained"] = par.total(len(ran)) / par.total(len(completions))
         row.update({"learning_rate": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "state_gb": state_gb(model, optimizer),
                     "sample_tokens_per_s": par.total(drawn["tokens"]) / (sampled - began),
                     "train_tokens_per_s": cfg.updates_per_batch * trained_tokens / (trained - sampled),
