@@ -4,10 +4,12 @@
     .venv/bin/python bench/grpo_vs_trl.py --steps 6 [--precision auto|fp32|bf16] [--setting small|realistic]
         [--micro-batch N] [--gradient-checkpointing] [--only r1lab|trl]      (r1lab's memory options; one trainer)
         [--every-row]          (one more r1lab run with skip_zero_advantage off: what skipping rows saves)
+        [--model HF_FOLDER --template chat]    (e.g. a cold-started checkpoint, whose groups have a reward spread)
     .venv/bin/python bench/grpo_vs_trl.py --engine vllm ...     (GPU: r1lab rolls out with vLLM; TRL with its own generate)
 
 Each trainer runs in its own process (one after the other) so peak memory (max RSS) is its own.
-Settings, equal for both: smollm2-135m, arithmetic problems in the R1-Zero template, `small`: 2 prompts
+Settings, equal for both: smollm2-135m (or `--model`, an HF folder), arithmetic problems in the R1-Zero
+template (or `--template`), `small`: 2 prompts
 x G = 4 completions a step, <= 64 new tokens; `realistic`: 8 prompts x G = 8, <= 256 new tokens;
 temperature 1, beta 0, lr 1e-6, accuracy + format reward, one optimisation pass per batch, the whole
 batch as one micro-batch (small) or micro-batches of 16 (realistic). Precision, the same for both:
@@ -18,8 +20,9 @@ micro-batch (neither changes the update, only memory and speed). r1lab runs no p
 gradient is exactly zero (beta 0: the rows of groups with equal rewards; `skip_zero_advantage`, on by
 default; TRL runs every row): `equal groups` is the share of such groups (TRL's `frac_reward_zero_std`
 for TRL), `rows run` the share of rows r1lab put through its passes, and `--every-row` adds an r1lab
-run with the skipping off. Seconds per step are medians over the steps after the first. The decode roofline fraction is r1lab's sampling tokens/s over the roofline
-of bench/decode_roofline.py at the step's rows.
+run with the skipping off. Seconds per step are medians over the steps after the first. The decode
+roofline fraction is r1lab's sampling tokens/s over the roofline of bench/decode_roofline.py at the
+step's rows.
 """
 from __future__ import annotations
 
@@ -52,7 +55,8 @@ def run_r1lab(steps: int, precision: str, setting: dict, engine: str = "hf", che
     from r1lab.config import GRPOConfig
     with tempfile.TemporaryDirectory() as folder:      # the run's ~1.6 GB checkpoint is gone once measured
         out = Path(folder) / "run"
-        train_grpo(GRPOConfig(model="smollm2-135m", task="arithmetic", template="r1_zero", rewards="accuracy,format",
+        train_grpo(GRPOConfig(model=setting["model"], task="arithmetic", template=setting["template"],
+                              rewards="accuracy,format",
                               steps=steps, prompts_per_step=setting["prompts"], samples_per_prompt=setting["G"],
                               micro_batch_size=setting["micro_batch"], max_new_tokens=setting["new_tokens"],
                               temperature=1.0, beta=0.0, learning_rate=LR, save_every=10_000,
@@ -79,9 +83,10 @@ def run_trl(steps: int, precision: str, setting: dict) -> dict:
     from r1lab.tasks import get_task
     from r1lab.templates import get_template
 
-    template = get_template("r1_zero")
+    folder = smollm2_folder() if setting["model"] == "smollm2-135m" else setting["model"]
+    tokenizer, template = AutoTokenizer.from_pretrained(folder), get_template(setting["template"])
     problems = get_task("arithmetic").problems("train", steps * setting["prompts"], 0)
-    by_prompt = {template.render(p.prompt, None): p for p in problems}
+    by_prompt = {template.render(p.prompt, tokenizer): p for p in problems}     # as r1lab renders them
 
     def reward(prompts, completions, **kwargs):
         done = [to_completion(Sample([], [], c, "stop"), template) for c in completions]
@@ -98,7 +103,6 @@ def run_trl(steps: int, precision: str, setting: dict) -> dict:
                 lengths.append(logs["completions/mean_length"])
                 equal.append(logs.get("frac_reward_zero_std", float("nan")))
 
-    folder = smollm2_folder()
     import torch
     scratch = tempfile.TemporaryDirectory()               # TRL's output_dir, removed when this process ends
     args = GRPOConfig(output_dir=scratch.name, use_cpu=not torch.cuda.is_available(), bf16=precision == "bf16",
@@ -106,7 +110,7 @@ def run_trl(steps: int, precision: str, setting: dict) -> dict:
                       gradient_accumulation_steps=1, max_completion_length=setting["new_tokens"], temperature=1.0, beta=0.0,
                       learning_rate=LR, max_steps=steps, logging_steps=1, report_to=[], save_strategy="no",
                       loss_type="grpo", seed=0, disable_tqdm=True)
-    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder), processing_class=AutoTokenizer.from_pretrained(folder),
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder), processing_class=tokenizer,
                           reward_funcs=reward, args=args, callbacks=[Clock()],
                           train_dataset=Dataset.from_list([{"prompt": k} for k in by_prompt]))
     stamps.append(time.perf_counter())
@@ -136,11 +140,14 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, help="r1lab's micro-batch (default: the setting's; TRL's is the whole batch)")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="r1lab recomputes activations in backward too, as TRL does by default (less memory, slower)")
+    parser.add_argument("--model", default="smollm2-135m", help="smollm2-135m or an HF folder both trainers load")
+    parser.add_argument("--template", default="r1_zero", help="r1lab's prompt template, rendered the same for both")
     parser.add_argument("--every-row", action="store_true",
                         help="also run r1lab with skip_zero_advantage off (with --only r1lab: only that way)")
     parser.add_argument("--only", choices=["r1lab", "trl"], help="run one trainer and print its figures as JSON")
     args = parser.parse_args()
-    setting = {**SETTINGS[args.setting], **({"micro_batch": args.micro_batch} if args.micro_batch else {})}
+    setting = {**SETTINGS[args.setting], **({"micro_batch": args.micro_batch} if args.micro_batch else {}),
+               "model": args.model, "template": args.template}
     if args.precision == "auto":
         from r1lab.hardware import resolve_precision
         from r1lab.training import device
@@ -157,7 +164,8 @@ def main() -> None:
     results = {}
     for name in ("trl", "r1lab", *(["r1lab, every row"] if args.every_row else [])):
         command = [sys.executable, __file__, "--only", name.split(",")[0], "--steps", str(args.steps), "--precision",
-                   args.precision, "--setting", args.setting, "--engine", args.engine,
+                   args.precision, "--setting", args.setting, "--engine", args.engine, "--model", args.model,
+                   "--template", args.template,
                    *(["--gradient-checkpointing"] if args.gradient_checkpointing else []),
                    *(["--micro-batch", str(args.micro_batch)] if args.micro_batch else []),
                    *(["--every-row"] if name.endswith("every row") else [])]
@@ -170,7 +178,7 @@ def main() -> None:
     roofline = decode_roofline(rows) if args.precision == "fp32" and not torch.cuda.is_available() else float("nan")
     print(f"{cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
-    print(f"GRPO, smollm2-135m, {args.setting}: {setting['prompts']} prompts x {setting['G']} completions, "
+    print(f"GRPO, {args.model}, template {args.template}, {args.setting}: {setting['prompts']} prompts x {setting['G']} completions, "
           f"<= {setting['new_tokens']} new tokens, beta 0, {args.steps} steps (median after the first), "
           f"precision {args.precision} (both), r1lab engine {args.engine}"
           + f", r1lab micro-batch {setting['micro_batch']}" + (", r1lab with gradient checkpointing" if args.gradient_checkpointing else ""))

@@ -40,7 +40,7 @@ Choices and deviations from the paper, and why:
   only the passes are fewer. A step where no row anywhere moves the gradient runs no pass and steps the
   optimiser on zero gradients, as the full passes would have (AdamW's momentum and decay still move).
   Several processes run as many passes each as the one with the most (DDP syncs buffers in forward,
-  FSDP gathers parameters), the extra ones zero-weight. TRL and verl run every row.
+  FSDP gathers parameters), the extra ones zero-weight. TRL (1.x) runs every row.
 
 Metrics: `kl` (every pass) is a token mean over the step's micro-batches. `clip_fraction` and the ratio's
 `ratio_mean`, `ratio_min`, `ratio_max` cover passes 2..mu only (in the first the ratio is 1): with mu = 1
@@ -52,7 +52,8 @@ the groups trained on; with dynamic sampling `dynamic_draws` (rounds) and `dynam
 the drawn groups left out) say what was filtered, and `reward_drawn` is the mean reward over every
 completion drawn (`reward`, over the groups trained on, is then biased by the filter).
 `rows_trained` is the share of the step's rows that went through the passes (the others added exactly
-nothing); entropy and sampler mismatch cover those rows. `state_gb` is the parameters and optimiser state the main process holds (its shards under fsdp).
+nothing); entropy and sampler mismatch cover those rows. `state_gb` is the parameters and optimiser
+state the main process holds (its shards under fsdp).
 `warmup_steps` is in steps: the scheduler, which counts optimiser updates, gets it x mu.
 Validation (`validation_problems` > 0): that many train-split problems, drawn after the training ones
 (so disjoint from them and from the test split), are answered greedily every `validate_every` steps,
