@@ -39,8 +39,9 @@ Choices and deviations from the paper, and why:
   loss denominators still count them, so the update is the same up to float summation order (a test);
   only the passes are fewer. A step where no row anywhere moves the gradient runs no pass and steps the
   optimiser on zero gradients, as the full passes would have (AdamW's momentum and decay still move).
-  Several processes run as many passes each as the one with the most (DDP syncs buffers in forward,
-  FSDP gathers parameters), the extra ones zero-weight. TRL (1.x) runs every row.
+  Several processes run as many passes each as the one with the most, the extra ones zero-weight:
+  every sharded forward gathers from all processes, and DDP is kept in the same lockstep. TRL (1.x)
+  runs every row.
 
 Metrics: `kl` (every pass) is a token mean over the step's micro-batches. `clip_fraction` and the ratio's
 `ratio_mean`, `ratio_min`, `ratio_max` cover passes 2..mu only (in the first the ratio is 1): with mu = 1
@@ -327,7 +328,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
             weight = par.world if any(moves[i] for i in rows) or not cfg.skip_zero_advantage else 0.0
             micro.append((rows, batch, batch["loss_mask"] * torch.tensor([keep[i] for i in rows], device=device())[:, None],
                           weight))                  # DDP averages: x world gives the global sum; padding: 0
-        if par.world > 1 and learning:              # DDP syncs buffers in forward, FSDP gathers parameters: as many
+        if par.world > 1 and learning:              # a sharded forward gathers from every process: as many
             micro += [micro[0][:3] + (0.0,)] * (par.most(len(micro)) - len(micro))   # passes on each, extras weight 0
         # 3. scoring, no grad: pi_old, pi_ref, entropy, the sampler's mismatch with pi_old, the importance weights.
         #    A pass of its own before the updates; with mu = 1 it rides on the update pass instead (see the docstring)
