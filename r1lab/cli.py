@@ -152,9 +152,6 @@ def cmd_serve(args) -> None:
         key = os.environ.get(args.api_key_env)
         if not key:
             raise R1labError(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
-    for name in ("max_tokens", "max_prompt_tokens", "max_queue", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise R1labError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     limits = Limits(max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens, max_queue=args.max_queue)
     serve(args.model, args.host, args.port, key, args.served_model_name, args.threads, limits)
 
@@ -202,12 +199,8 @@ def cmd_data(args) -> None:
 def cmd_eval(args) -> None:
     from r1lab.evaluate import evaluate, format_table
 
-    if args.samples < 1 or args.problems < 1:
-        raise R1labError("--samples and --problems must be >= 1")
     markers = tuple(m.strip() for m in args.reflection_markers.split(",") if m.strip())
     template = args.template or ("code" if args.task == "humaneval" else "r1_zero")
-    if args.max_turns < 1:
-        raise R1labError(f"--max-turns must be >= 1, got {args.max_turns}")
     result = evaluate(args.models, args.task, args.samples, args.problems, template, args.temperature,
                       args.top_p, args.max_new_tokens, args.seed, args.out, args.task_options, markers=markers,
                       tools=args.tools, max_turns=args.max_turns)
@@ -215,6 +208,25 @@ def cmd_eval(args) -> None:
     count = next(iter(result["models"].values()))["problems"]
     print(f"\n{args.task}, {count} held-out problems, {args.samples} samples each, T={args.temperature}, "
           f"top-p={args.top_p}; 95% bootstrap CIs in brackets; written to {args.out}/eval.json")
+
+
+def number(kind, interval: str):
+    """An argparse type: `kind` (int or float) in `interval` (as config.RANGES writes them, e.g. '(0, 1]');
+    NaN and infinities are refused unless the interval allows inf."""
+    def parse(text: str):
+        from r1lab.config import in_range
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not in_range(value, interval) or (kind is float and value != value):
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+COUNT, SEED, UNIT, NONNEG = number(int, "[1, inf)"), number(int, "[0, inf)"), number(float, "(0, 1]"), number(float, "[0, 1e6]")
 
 
 def yaml_mapping(text: str) -> dict:
@@ -269,7 +281,7 @@ def _shown(value) -> str:
 
 def add_stage_parser(stages, kind: str, cls, output: str) -> None:
     """`r1lab train KIND`: its options are the config fields, grouped and explained as in config.py."""
-    from r1lab.config import CHOICES
+    from r1lab.config import CHOICES, allowed_types
     docstring, rows = config_fields(cls)
     defaults, hints = cls(), typing.get_type_hints(cls)
     metavars = {int: "N", float: "X", str: "TEXT", bool: "BOOL", dict: "YAML", list: "LIST", type(None): "none"}
@@ -292,7 +304,7 @@ def add_stage_parser(stages, kind: str, cls, output: str) -> None:
     for group, name, comment in rows:
         if group not in groups:
             groups[group] = p.add_argument_group(group or f"{kind} options")
-        kinds = typing.get_args(hints[name]) or (hints[name],)
+        kinds = [typing.get_origin(k) or k for k in allowed_types(hints[name])]
         metavar = "{" + ",".join(CHOICES[name]) + "}" if name in CHOICES else "|".join(metavars[k] for k in kinds)
         text = f"{comment} (default: {_shown(getattr(defaults, name))})".lstrip()
         groups[group].add_argument(f"--{name.replace('_', '-')}", dest=f"set.{name}", metavar=metavar,
@@ -322,13 +334,13 @@ def build_parser(stages: bool = True) -> argparse.ArgumentParser:
     g.add_argument("prompt", help="the question, as the template's user text (e.g. 'Calculate 1 + 2')")
     g.add_argument("--template", default="r1_zero",
                    help="prompt template: r1_zero, chat, code, json_cot (default: %(default)s)")
-    g.add_argument("--n", type=int, default=1, help="completions to sample (default: %(default)s)")
-    g.add_argument("--max-new-tokens", type=int, default=256,
+    g.add_argument("--n", type=COUNT, default=1, help="completions to sample (default: %(default)s)")
+    g.add_argument("--max-new-tokens", type=COUNT, default=256,
                    help="completion length cap, tokens (default: %(default)s)")
-    g.add_argument("--temperature", type=float, default=0.6,
+    g.add_argument("--temperature", type=NONNEG, default=0.6,
                    help="sampling temperature (0: greedy; R1: 0.6) (default: %(default)s)")
-    g.add_argument("--top-p", type=float, default=0.95, help="nucleus mass (R1: 0.95) (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    g.add_argument("--top-p", type=UNIT, default=0.95, help="nucleus mass (R1: 0.95) (default: %(default)s)")
+    g.add_argument("--seed", type=SEED, default=0, help="sampling seed (default: %(default)s)")
     t = command("train", help="run one stage of any kind; `r1lab train KIND --help` lists its options",
                 description="Run one stage on its own, as a recipe would. Its options are the fields of its "
                             "config (r1lab/config.py); `r1lab train KIND --help` lists them with units and defaults.")
@@ -342,21 +354,21 @@ def build_parser(stages: bool = True) -> argparse.ArgumentParser:
     e.add_argument("models", nargs="+", metavar="MODEL", help=f"one or more; each a {model_help}")
     e.add_argument("--task", default="arithmetic",
                    help="task spec (`r1lab tasks`); its test split is used (default: %(default)s)")
-    e.add_argument("--samples", type=int, default=8, help="k samples per problem (default: %(default)s)")
-    e.add_argument("--problems", type=int, default=50, help="held-out problems (default: %(default)s)")
+    e.add_argument("--samples", type=COUNT, default=8, help="k samples per problem (default: %(default)s)")
+    e.add_argument("--problems", type=COUNT, default=50, help="held-out problems (default: %(default)s)")
     e.add_argument("--template", help="prompt template (default: code for humaneval, else r1_zero)")
-    e.add_argument("--temperature", type=float, default=0.6,
+    e.add_argument("--temperature", type=NONNEG, default=0.6,
                    help="sampling temperature (the paper's evaluation: 0.6) (default: %(default)s)")
-    e.add_argument("--top-p", type=float, default=0.95,
+    e.add_argument("--top-p", type=UNIT, default=0.95,
                    help="nucleus mass (the paper's evaluation: 0.95) (default: %(default)s)")
-    e.add_argument("--max-new-tokens", type=int, default=256,
+    e.add_argument("--max-new-tokens", type=COUNT, default=256,
                    help="completion length cap, tokens (default: %(default)s)")
-    e.add_argument("--seed", type=int, default=0, help="problems and sampling (default: %(default)s)")
+    e.add_argument("--seed", type=SEED, default=0, help="problems and sampling (default: %(default)s)")
     e.add_argument("--task-options", type=yaml_mapping, default={}, metavar="YAML",
                    help="options of the task, e.g. '{operands: 2, low: 100000, high: 999999999, operators: \"*\"}'")
     e.add_argument("--tools", default="", help="tools the model may call while it reasons: python,calculator,"
                    "package.module:function (default: none)")
-    e.add_argument("--max-turns", type=int, default=4, help="with --tools: model turns per episode (default: %(default)s)")
+    e.add_argument("--max-turns", type=COUNT, default=4, help="with --tools: model turns per episode (default: %(default)s)")
     e.add_argument("--out", default="runs/eval",
                    help="folder for eval.json and the per-model samples (resumable) (default: %(default)s)")
     from r1lab.evaluate import REFLECTION_MARKERS
@@ -376,21 +388,21 @@ def build_parser(stages: bool = True) -> argparse.ArgumentParser:
     v.add_argument("model", help=model_help)
     v.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (0.0.0.0: every interface) (default: %(default)s)")
-    v.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    v.add_argument("--port", type=number(int, "[0, 65535]"), default=8000, help="port to listen on (default: %(default)s)")
     v.add_argument("--served-model-name", metavar="NAME", help="the model id clients send (default: MODEL as given)")
     v.add_argument("--api-key-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' (default: no key)")
-    v.add_argument("--max-tokens", type=int, default=2048,
+    v.add_argument("--max-tokens", type=COUNT, default=2048,
                    help="the largest max_tokens a request may ask for (default: %(default)s)")
-    v.add_argument("--max-prompt-tokens", type=int, metavar="N",
+    v.add_argument("--max-prompt-tokens", type=COUNT, metavar="N",
                    help="refuse longer prompts with a 400 (default: only the model's context bounds them)")
-    v.add_argument("--max-queue", type=int, default=256,
+    v.add_argument("--max-queue", type=COUNT, default=256,
                    help="requests waiting or running; past it, a 429 (default: %(default)s)")
-    v.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    v.add_argument("--threads", type=COUNT, metavar="N", help="torch CPU threads (default: torch's choice)")
     x = command("experiment", help="a recipe over several seeds, pooled: is-rl-needed (the talk's table), rl-gain")
     x.add_argument("which", choices=list(EXPERIMENTS), help="the experiment (its recipe: " +
                    ", ".join(f"{k}: {v}" for k, v in EXPERIMENTS.items()) + ")")
     x.add_argument("overrides", nargs="*", help="key=value or stage.key=value, for every seed")
-    x.add_argument("--seeds", type=int, default=3, help="seeds to run (default: %(default)s)")
+    x.add_argument("--seeds", type=COUNT, default=3, help="seeds to run (default: %(default)s)")
     x.add_argument("--recipe", help="another recipe to run per seed (default: the experiment's)")
     d = command("data", help="write training data")
     d.add_argument("kind", choices=["cold-start", "goal-directed"], help="what to write")
@@ -398,17 +410,17 @@ def build_parser(stages: bool = True) -> argparse.ArgumentParser:
     d.add_argument("--augment", default="start,goal,hindsight",
                    help="goal-directed: start, goal, hindsight (default: %(default)s)")
     d.add_argument("--task", default="arithmetic", help="task spec (default: %(default)s)")
-    d.add_argument("--n", type=int, default=500, help="cold-start: examples (default: %(default)s)")
+    d.add_argument("--n", type=COUNT, default=500, help="cold-start: examples (default: %(default)s)")
     d.add_argument("--out", required=True, help="the jsonl file to write")
     d.add_argument("--template", default="r1_zero", help="format of the written completions (default: %(default)s)")
-    d.add_argument("--seed", type=int, default=0, help="problem order (default: %(default)s)")
+    d.add_argument("--seed", type=SEED, default=0, help="problem order (default: %(default)s)")
     d.add_argument("--task-options", type=yaml_mapping, default={}, metavar="YAML", help="options of the task")
     d.add_argument("--tools", default="", help="cold-start: calculator or python, to show that tool computing "
                    "each answer (default: none)")
     b = command("sandbox", help="show what the code sandbox enforces here; optionally run a program")
     b.add_argument("program", nargs="?", help="a Python file to run")
     b.add_argument("--test", action="append", default=[], help="an assert statement (repeatable)")
-    b.add_argument("--wall-s", type=float, default=10.0, help="wall-clock limit, seconds (default: %(default)s)")
+    b.add_argument("--wall-s", type=number(float, "(0, 3600]"), default=10.0, help="wall-clock limit, seconds (default: %(default)s)")
     r = command("report", help="plots and report.md from a run directory's metrics files",
                 description="Read the metrics files under a run directory and write report.md with plots beside them.")
     r.add_argument("run_dir", help="a run directory (runs/NAME, holding one folder per stage) or one stage's folder")

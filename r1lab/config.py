@@ -11,6 +11,7 @@ both run in `load_config`, before any model loads.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ CHOICES = {  # field -> its allowed values
 }
 TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "none",
               dict: "a mapping like {k: v}", list: "a list like [a, b]"}
+ELEMENT_NAMES = {str: "strings", int: "integers", dict: "mappings like {k: v}"}
 NOT_SETTINGS = ("out", "save_every", "sample_every",   # where and how often a stage writes, and what it
                 "validation_problems", "validate_every",   # measures on the side: never change its checkpoints;
                 "fsdp",                                    # how the processes hold the parameters: the same training
@@ -173,7 +175,7 @@ class CompeteConfig:
     task_options: dict = field(default_factory=dict)
     template: str = "r1_zero"          # the policy's prompt style
     rewards: str = "accuracy,format"   # 'majority' needs no ground truth
-    sources: list = field(default_factory=list)   # extra group members: [{model: SPEC, template: NAME, samples: N}]; never trained
+    sources: list[dict] = field(default_factory=list)   # extra group members: [{model: SPEC, template: NAME, samples: N}]; never trained
     rounds: int = 20                   # sample-score-train rounds (expert iteration)
     prompts_per_step: int = 4          # problems per round
     samples_per_prompt: int = 4        # the policy's members per group
@@ -200,8 +202,14 @@ class CompeteConfig:
         get_template(self.template)
         parse_rewards(self.rewards)
         for i, source in enumerate(self.sources):
-            if not isinstance(source, dict) or "model" not in source or set(source) - {"model", "template", "samples"}:
-                raise R1labError(f"sources[{i}]: expected {{model: SPEC, template: NAME, samples: N}}, got {source!r}")
+            expected = f"CompeteConfig.sources[{i}]: expected {{model: SPEC, template: NAME, samples: N}}"
+            if "model" not in source or set(source) - {"model", "template", "samples"}:
+                raise R1labError(f"{expected}, got {short_repr(source)}")
+            for key, kind in (("model", str), ("template", str), ("samples", int)):
+                if key in source and not _has_type(source[key], kind):
+                    raise R1labError(f"{expected}; {key} must be {TYPE_NAMES[kind]}, got {short_repr(source[key])}")
+            if source.get("samples", 1) < 1:
+                raise R1labError(f"{expected}; samples must be >= 1, got {source['samples']}")
             get_template(source.get("template", self.template))
         if self.samples_per_prompt + sum(s.get("samples", 1) for s in self.sources) < 2:
             raise R1labError("a group needs at least 2 members (samples_per_prompt + sources' samples)")
@@ -265,7 +273,7 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    models: list = field(default_factory=list)   # model specs or, in recipes, stage names / "base"
+    models: list[str] = field(default_factory=list)   # model specs or, in recipes, stage names / "base"
     task: str = "arithmetic"           # task spec; its test split is used
     task_options: dict = field(default_factory=dict)
     template: str = "r1_zero"
@@ -304,7 +312,7 @@ class GoalDirectedConfig:
     data: str = "trajectories.jsonl"   # trajectories: rows with prompt, answer, completion (in recipes: a data stage)
     task: str = "arithmetic"           # the task that rewrites problems (goal, hindsight)
     template: str = "r1_zero"          # format of the trajectories and of the written rows
-    augment: list = field(default_factory=lambda: ["start", "goal", "hindsight"])   # which augmentations
+    augment: list[str] = field(default_factory=lambda: ["start", "goal", "hindsight"])   # which augmentations
     out: str = "runs/goal_directed"    # output directory: data.jsonl
 
     def check(self) -> None:
@@ -327,20 +335,39 @@ def readability(values: dict) -> ReadabilityFilters:
     return filters
 
 
-def _types(hint) -> tuple:
-    """The types a field annotation allows: float | None -> (float, NoneType)."""
+def allowed_types(hint) -> tuple:
+    """The types a field annotation allows: float | None -> (float, NoneType); list[str] stays list[str]."""
+    if typing.get_origin(hint) in (list, dict):
+        return (hint,)
     return typing.get_args(hint) or (hint,)
 
 
 def _has_type(value, kind) -> bool:
+    """isinstance, where an int is a float too, a bool is never a number, and list[str] / dict[str, X]
+    check their elements."""
     if kind is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    origin = typing.get_origin(kind)
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(v, typing.get_args(kind)[0]) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(kind)
+        return isinstance(value, dict) and all(_has_type(k, key) and _has_type(v, item) for k, v in value.items())
     return isinstance(value, kind)
 
 
-def _in_range(value, interval: str) -> bool:
+def type_name(kind) -> str:
+    """'a string', 'a list of strings like [a, b]', ... for error messages."""
+    if typing.get_origin(kind) is list:
+        return f"a list of {ELEMENT_NAMES[typing.get_args(kind)[0]]} like [a, b]"
+    if typing.get_origin(kind) is dict:
+        return "a mapping like {k: v}"
+    return TYPE_NAMES[kind]
+
+
+def in_range(value, interval: str) -> bool:
     """value in an interval written like '(0, 1]' or '[1, inf)'; NaN is in none."""
     low, high = (float(x) for x in interval[1:-1].split(","))
     above = value > low if interval[0] == "(" else value >= low
@@ -353,14 +380,14 @@ def check_fields(config) -> None:
     class, the field and what was expected."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
-        value, kinds, where = getattr(config, f.name), _types(hints[f.name]), f"{type(config).__name__}.{f.name}"
+        value, kinds, where = getattr(config, f.name), allowed_types(hints[f.name]), f"{type(config).__name__}.{f.name}"
         interval = RANGES.get(where, RANGES.get(f.name))
         if not any(_has_type(value, kind) for kind in kinds):
-            raise R1labError(f"{where} must be {' or '.join(TYPE_NAMES[k] for k in kinds)}, got {value!r}")
+            raise R1labError(_wrong_type(where, kinds, value))
         if f.name in CHOICES and value not in CHOICES[f.name]:
-            raise R1labError(f"{where} must be one of {', '.join(CHOICES[f.name])}, got {value!r}")
-        if interval and value is not None and not _in_range(value, interval):
-            raise R1labError(f"{where} must be in {interval}, got {value!r}")
+            raise R1labError(f"{where} must be one of {', '.join(CHOICES[f.name])}, got {short_repr(value)}")
+        if interval and value is not None and not in_range(value, interval):
+            raise R1labError(f"{where} must be in {interval}, got {short_repr(value)}")
         if f.name == "tools" and value:
             from r1lab.tools import load_tools
             try:
@@ -369,10 +396,42 @@ def check_fields(config) -> None:
                 raise R1labError(f"{where}: {e}") from None
 
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def folder_name(name, where: str) -> str:
+    """A run or stage name, which becomes one folder under its root: letters, digits, '.', '_', '-', starting
+    with a letter or digit (so no '..', no '/', no absolute path: nothing is written outside the root)."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise R1labError(f"{where} must be a folder name (letters, digits, '.', '_', '-'; starting with a letter or "
+                         f"digit; at most 128 characters), got {short_repr(name)}")
+    return name
+
+
+def _wrong_type(where: str, kinds: tuple, value) -> str:
+    return f"{where} must be {' or '.join(type_name(k) for k in kinds)}, got {short_repr(value)}"
+
+
+def field_value(cls, key: str, value):
+    """`value` parsed as field `key` of config class `cls` (as a command-line string is) and checked against
+    its annotation: for the fields a recipe reads before the whole config is built."""
+    hint = typing.get_type_hints(cls)[key]
+    value = _as_field_type(value, hint)
+    if not any(_has_type(value, kind) for kind in allowed_types(hint)):
+        raise R1labError(_wrong_type(f"{cls.__name__}.{key}", allowed_types(hint), value))
+    return value
+
+
+def short_repr(value, limit: int = 80) -> str:
+    """repr cut to `limit` characters: an error message stays one readable line whatever was given."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
 def _as_field_type(value, hint):
     """A command-line string parsed as the field's type (YAML values are typed already; an int given for
     a float becomes a float). A string that does not parse is left as it is, for check_fields to name."""
-    kinds = _types(hint)
+    kinds = allowed_types(hint)
     if float in kinds and _has_type(value, float):
         return float(value)
     if not isinstance(value, str) or str in kinds:
@@ -388,7 +447,7 @@ def _as_field_type(value, hint):
         if float in kinds:
             return float(text)
         parsed = yaml.safe_load(value)
-        if list in kinds and isinstance(parsed, str):                     # a,b,c
+        if any(k is list or typing.get_origin(k) is list for k in kinds) and isinstance(parsed, str):   # a,b,c
             parsed = [x.strip() for x in parsed.split(",") if x.strip()]
         return parsed
     except (KeyError, ValueError, yaml.YAMLError):
@@ -415,8 +474,15 @@ def read_yaml(path, what: str):
         raise R1labError(f"{path}: {what} not found")
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise R1labError(f"{path}: invalid YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise R1labError(f"{path}: not a UTF-8 text file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise R1labError(f"{path}{where}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise R1labError(f"{path}: invalid YAML: nested too deeply") from None
 
 
 def load_config(cls, path: str | Path | None = None, overrides: dict | None = None):

@@ -40,6 +40,7 @@ DeepSpeed is not supported: FSDP2 covers the same need.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import sys
@@ -91,13 +92,21 @@ class Parallel:
             return contextlib.nullcontext()
         return self.accelerator.no_sync(module) if accumulating and self.world > 1 else contextlib.nullcontext()
 
-    def clip_grad_norm(self, module, max_norm: float) -> float:
-        """Clip the gradients to a global L2 norm of `max_norm`; the norm before clipping."""
+    def clip_grad_norm(self, module, max_norm: float, step: int) -> float:
+        """Clip the gradients to a global L2 norm of `max_norm`; the norm before clipping. A NaN or infinite
+        norm (a NaN loss or gradient) stops the run here, before the optimiser step and before any checkpoint
+        is written: every process sees the same global norm, so all stop together."""
         if not self.sharded:
-            return self.accelerator.clip_grad_norm_(module.parameters(), max_norm).item()
-        from torch.distributed.tensor import DTensor
-        norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)       # a DTensor: each shard's part
-        return (norm.full_tensor() if isinstance(norm, DTensor) else norm).item()
+            norm = self.accelerator.clip_grad_norm_(module.parameters(), max_norm).item()
+        else:
+            from torch.distributed.tensor import DTensor
+            norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)       # a DTensor: each shard's part
+            norm = (norm.full_tensor() if isinstance(norm, DTensor) else norm).item()
+        if not math.isfinite(norm):
+            raise R1labError(f"step {step}: the gradient norm is {norm} (a NaN or infinite loss or gradient); the run "
+                             "stops before the update, and the last checkpoint is untouched. Check the reward weights "
+                             "and the data, or lower learning_rate (or use mixed_precision no)")
+        return norm
 
     def gather(self, values: list) -> list:
         """Every process's list, concatenated in rank order."""

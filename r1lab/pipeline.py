@@ -42,7 +42,8 @@ import yaml
 
 from r1lab import R1labError
 from r1lab.config import (ColdStartConfig, CompeteConfig, DistillConfig, EvalConfig, GoalDirectedConfig, GRPOConfig,
-                          RejectionConfig, SFTConfig, changed_settings, load_config, read_yaml, settings)
+                          RejectionConfig, SFTConfig, changed_settings, field_value, folder_name, load_config,
+                          read_yaml, settings, short_repr)
 from r1lab.data import write_atomic
 
 KINDS = {  # kind -> (config class, what the stage produces)
@@ -89,23 +90,33 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> li
     unknown = sorted(set(recipe) - set(TOP_LEVEL))
     if unknown:
         raise R1labError(f"{path}: unknown recipe key(s) {unknown}; valid: {', '.join(TOP_LEVEL)}")
-    runs = Path(recipe.get("runs_dir", "runs")) / str(recipe.get("name", path.stem))
+    for key in ("name", "runs_dir", "model", "task", "template"):
+        if key in recipe and not isinstance(recipe[key], str):
+            raise R1labError(f"{path}: recipe key {key!r} must be a string, got {short_repr(recipe[key])}")
+    runs = Path(recipe.get("runs_dir", "runs")) / folder_name(recipe.get("name", path.stem), f"{path}: recipe key 'name'")
     base = recipe.get("model", "smollm2-135m")
-    names = {str(raw.get("name", f"stage{number}")) for number, raw in enumerate(recipe["stages"], 1) if isinstance(raw, dict)}
+    names = {raw.get("name", f"stage{number}") for number, raw in enumerate(recipe["stages"], 1) if isinstance(raw, dict)}
     stages: list[Stage] = []
     produced: dict[str, str] = {}           # stage name -> what it produces
     for number, raw in enumerate(recipe["stages"], 1):
         if not isinstance(raw, dict):
             raise R1labError(f"{path}, stage {number}: expected a mapping with 'name' and 'kind'")
         values = dict(raw)
-        name, kind = str(values.pop("name", f"stage{number}")), values.pop("kind", None)
+        name = folder_name(values.pop("name", f"stage{number}"), f"{path}, stage {number}: key 'name'")
+        kind = values.pop("kind", None)
         where = f"{path}, stage {name!r}"
-        if kind not in KINDS:
-            raise R1labError(f"{where}: unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+        if not isinstance(kind, str) or kind not in KINDS:
+            raise R1labError(f"{where}: unknown kind {short_repr(kind)}; valid kinds: {', '.join(KINDS)}")
         if name in produced or name == "base":
             raise R1labError(f"{where}: the stage name is used twice (or is the reserved name 'base')")
         cls, output = KINDS[kind]
         fields = {f.name for f in dataclasses.fields(cls)}
+        for key in ("model", "teacher", "data", "models"):       # read below, before load_config checks the rest
+            if key in values and key in fields:
+                try:
+                    values[key] = field_value(cls, key, values[key])
+                except R1labError as e:
+                    raise R1labError(f"{where}: {e}") from None
         inputs = []
 
         def checkpoint_of(ref, key):

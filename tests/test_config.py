@@ -14,7 +14,7 @@ from r1lab.config import (ColdStartConfig, CompeteConfig, DistillConfig, EvalCon
 STAGES = [GRPOConfig, SFTConfig, CompeteConfig, RejectionConfig, DistillConfig, EvalConfig, ColdStartConfig,
           GoalDirectedConfig]
 WRONG = {str: [5], int: ["abc", True, 1.5], float: ["abc", True], bool: [1, "maybe"], dict: [[1]], list: [{"a": 1}],
-         float | None: ["abc"]}   # values of the wrong type, as a recipe (typed) or the command line (strings) gives them
+         float | None: ["abc"], list[str]: [{"a": 1}, [5], [["base"]]], list[dict]: [{"a": 1}, ["x"], [[1]]]}   # values of the wrong type, as a recipe (typed) or the command line (strings) gives them
 
 
 def build(cls, **values):

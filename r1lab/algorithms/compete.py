@@ -120,7 +120,7 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
                     loss = loss + cfg.unlikelihood_weight * unlikelihood_loss(logprobs, mask, push_down[rows].to(device()), batch_tokens)
                 weight = par.world if index < real else 0.0     # DDP averages: x world gives the sum; padding: 0
                 par.accelerator.backward(loss * weight)
-        grad_norm = par.clip_grad_norm(policy, cfg.max_grad_norm) if learning else 0.0
+        grad_norm = par.clip_grad_norm(policy, cfg.max_grad_norm, step + 1) if learning else 0.0
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

@@ -380,7 +380,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
                     extremes["ratio_max"] = max(extremes["ratio_max"], loss_metrics.get("ratio_max", float("-inf")))
             if not learning:                                    # what every pass would have left: zero gradients,
                 zero_gradients(model)                           # with which AdamW still moves (momentum, decay)
-            grad_norm = par.clip_grad_norm(policy, cfg.max_grad_norm)
+            grad_norm = par.clip_grad_norm(policy, cfg.max_grad_norm, step + 1)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -89,7 +89,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
                 par.accelerator.backward(loss * par.world)                      # DDP averages: x world gives the sum
             total += loss.item()
         total = par.total(total)
-        grad_norm = par.clip_grad_norm(policy, cfg.max_grad_norm)
+        grad_norm = par.clip_grad_norm(policy, cfg.max_grad_norm, step + 1)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

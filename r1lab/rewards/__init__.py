@@ -10,6 +10,7 @@ must never stop a training run.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from r1lab import R1labError
@@ -63,14 +64,17 @@ def parse_rewards(spec: str | dict) -> dict[str, float]:
             spec = {name.strip(): float(weight) if weight else 1.0 for name, _, weight in pairs}
         except ValueError:
             raise R1labError(f"rewards {spec!r}: weights must be numbers, as in 'accuracy,format=0.5'") from None
-    if not spec:
-        raise R1labError("rewards: at least one reward is needed; valid: " + ", ".join(REWARDS))
+    if not isinstance(spec, dict) or not spec:
+        raise R1labError("rewards: at least one reward is needed, as in 'accuracy,format=0.5'; valid: " + ", ".join(REWARDS))
     for name in spec:
         if ":" in name and name not in REWARDS:
             import_reward(name)
-    unknown = [name for name in spec if name not in REWARDS and name not in GROUP_REWARDS]
+    unknown = [name for name in spec if not isinstance(name, str) or name not in REWARDS and name not in GROUP_REWARDS]
     if unknown:
         raise R1labError(f"unknown reward(s) {unknown}; valid rewards: {', '.join([*REWARDS, *GROUP_REWARDS])}")
+    for name, weight in spec.items():       # a NaN or infinite weight makes every advantage NaN, and so every weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise R1labError(f"rewards: the weight of {name!r} must be a finite number, got {weight!r}")
     return {name: float(weight) for name, weight in spec.items()}
 
 

@@ -23,6 +23,15 @@ class Sampling:
     max_new_tokens: int = 256      # tokens per completion, EOS included
     stop: tuple[str, ...] = field(default_factory=tuple)   # stop strings, kept in the output
 
+    def __post_init__(self):
+        """The last guard before any sampling (the CLI, configs and the API check first, naming their option)."""
+        if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature < float("inf")):
+            raise R1labError(f"sampling temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise R1labError(f"sampling top_p must be in (0, 1], got {self.top_p!r}")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise R1labError(f"sampling max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+
 
 @dataclass
 class Sample:
