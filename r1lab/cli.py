@@ -49,7 +49,7 @@ def cmd_models(args) -> None:
 
 
 def cmd_doctor(args) -> None:
-    from r1lab.hardware import doctor_report
+    from r1lab.doctor import doctor_report
     print(doctor_report())
 
 
@@ -70,15 +70,14 @@ def cmd_tasks(args) -> None:
 
 
 def cmd_sandbox(args) -> None:
-    from r1lab.sandbox import Limits, Sandbox, check_tests
+    from r1lab.sandbox import Limits, Sandbox, check_tests, read_program
+    program = read_program(args.program) if args.program else None      # checked before anything runs
+    if args.test:
+        check_tests(args.test, "--test")
     box = Sandbox(Limits(wall_s=args.wall_s))
     print(box.describe())
-    if args.program:
-        if not Path(args.program).is_file():
-            raise R1labError(f"{args.program}: file not found")
-        if args.test:
-            check_tests(args.test, "--test")
-        result = box.run(Path(args.program).read_text(), args.test)
+    if program is not None:
+        result = box.run(program, args.test)
         print(f"status {result.status}: {result.passed}/{result.total} tests passed in {result.seconds:.2f} s")
         for line in result.errors:
             print("  " + line)
@@ -111,7 +110,8 @@ def relaunch(num_processes: int, argv: list[str]) -> None:
     import subprocess
 
     from r1lab.distributed import launch_command
-    sys.exit(subprocess.call(launch_command(num_processes, argv)))
+    from r1lab.runlock import die_with_parent
+    sys.exit(subprocess.call(launch_command(num_processes, argv), preexec_fn=die_with_parent))
 
 
 def cmd_train(args) -> None:
@@ -184,7 +184,7 @@ def cmd_run(args) -> None:
 
 def cmd_data(args) -> None:
     from r1lab.algorithms.goal_directed import write_goal_directed
-    from r1lab.data import write_cold_start
+    from r1lab.cold_start import write_cold_start
 
     if args.kind == "goal-directed":
         if not args.source:
@@ -371,7 +371,7 @@ def build_parser(stages: bool = True) -> argparse.ArgumentParser:
     e.add_argument("--max-turns", type=COUNT, default=4, help="with --tools: model turns per episode (default: %(default)s)")
     e.add_argument("--out", default="runs/eval",
                    help="folder for eval.json and the per-model samples (resumable) (default: %(default)s)")
-    from r1lab.evaluate import REFLECTION_MARKERS
+    from r1lab.metrics import REFLECTION_MARKERS
     e.add_argument("--reflection-markers", default=",".join(REFLECTION_MARKERS),
                    help="comma-separated phrases that count as reflection in the reasoning (default: %(default)s)")
     u = command("run", help="run a recipe (YAML): its stages in order, resuming finished ones")
@@ -436,6 +436,9 @@ def _dashes(token: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if os.environ.get("LOCAL_RANK") is not None:        # a worker of accelerate launch / torchrun: it dies with them
+        from r1lab.runlock import die_with_parent
+        die_with_parent()
     argv = [_dashes(token) for token in (sys.argv[1:] if argv is None else argv)]
     parser = build_parser(stages=argv[:1] == ["train"])
     args, extra = parser.parse_known_args(argv)

@@ -11,6 +11,7 @@ both run in `load_config`, before any model loads.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -18,20 +19,18 @@ from pathlib import Path
 
 import yaml
 
-from r1lab import R1labError
-from r1lab.algorithms.losses import AGGREGATIONS, RATIO_LEVELS
-from r1lab.rollout import ENGINES
+from r1lab import R1labError, is_file
 
 RANGES = {  # field -> the interval its value must lie in; "Class.field" where one class needs another
     "steps": "[1, inf)", "rounds": "[1, inf)", "epochs": "[1, inf)", "n": "[1, inf)", "problems": "[1, inf)",
     "prompts_per_step": "[1, inf)", "samples_per_prompt": "[1, inf)", "samples": "[1, inf)",
     "batch_size": "[1, inf)", "micro_batch_size": "[1, inf)", "updates_per_batch": "[1, inf)",
-    "max_new_tokens": "[1, inf)", "max_per_prompt": "[1, inf)", "concurrency": "[1, inf)", "max_retries": "[0, inf)",
+    "max_new_tokens": "[1, inf)", "max_length": "[0, inf)", "max_per_prompt": "[1, inf)", "concurrency": "[1, inf)", "max_retries": "[0, inf)",
     "temperature": "[0, inf)",                    # 0 = greedy
     "GRPOConfig.temperature": "(0, inf)", "CompeteConfig.temperature": "(0, inf)",   # a greedy group has no spread
     "top_p": "(0, 1]", "vllm_gpu_memory": "(0, 1]",
     "beta": "[0, inf)", "epsilon": "(0, 1)", "epsilon_high": "(0, inf)", "unlikelihood_weight": "[0, inf)",
-    "learning_rate": "(0, inf)", "weight_decay": "[0, inf)", "warmup_steps": "[0, inf)", "max_grad_norm": "(0, inf)",
+    "learning_rate": "(0, 1]", "weight_decay": "[0, inf)", "warmup_steps": "[0, inf)", "max_grad_norm": "(0, inf)",
     "lora_rank": "[0, inf)", "lora_alpha": "[1, inf)",
     "importance_sampling_cap": "[1, inf)", "dynamic_sampling_max_draws": "[1, inf)",
     "seed": "[0, inf)", "save_every": "[1, inf)", "sample_every": "[1, inf)",
@@ -43,13 +42,22 @@ CHOICES = {  # field -> its allowed values
     "mixed_precision": ("auto", "no", "bf16"),          # auto: bf16 only where the device runs it natively
     "rollout_dtype": ("auto", "float32", "bfloat16"),   # (r1lab/hardware.py)
     "dtype": ("float32", "bfloat16"),
-    "loss_aggregation": AGGREGATIONS,
-    "ratio_level": RATIO_LEVELS,
-    "advantage": ("grpo", "rloo"),
+    "loss_aggregation": ("sample", "token", "constant"),   # r1lab/algorithms/losses.py AGGREGATIONS
+    "ratio_level": ("token", "sequence"),                   # losses.RATIO_LEVELS
+    "advantage": ("grpo", "rloo"),                          # losses.ADVANTAGES
+    "policy_loss": ("grpo",),                               # losses.POLICY_LOSSES
     "importance_sampling": ("auto", "on", "off"),      # auto: on when the sampler is not the trainer's computation
-    "engine": ENGINES,
+    "engine": ("hf", "vllm"),                               # r1lab/rollout/engines.py ENGINES
     "language": ("en", "zh"),
+    "template": ("r1_zero", "chat", "code", "json_cot", "agentjo"),   # r1lab/templates.py TEMPLATES
 }
+# The names the domain registers, written here so that this module imports nothing from the domain (the
+# layer rule); tests/test_config.py checks that each list equals its registry.
+AUGMENTATIONS = ("start", "goal", "hindsight")                          # r1lab/algorithms/goal_directed.py
+BUILTIN_TOOLS = ("python", "calculator")                                # r1lab/tools.py BUILTINS
+BUILTIN_REWARDS = ("accuracy", "accuracy_partial", "format", "format_partial", "language", "language_zh",
+                   "agentjo_format", "majority", "code", "code_strict")   # r1lab/rewards REWARDS, GROUP_REWARDS
+USER_FUNCTION = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")            # package.module:function
 TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "none",
               dict: "a mapping like {k: v}", list: "a list like [a, b]"}
 ELEMENT_NAMES = {str: "strings", int: "integers", dict: "mappings like {k: v}"}
@@ -93,6 +101,7 @@ class GRPOConfig:
     epsilon_high: float | None = None  # clip range above 1 (DAPO clip-higher: 0.28); None = epsilon
     scale_rewards: bool = True         # divide advantages by the group std (eq. 3); false = Dr. GRPO (grpo advantages only)
     advantage: str = "grpo"            # grpo: eq. 3; rloo: r_i - mean of the group's others, no std (Ahmadian et al., 2024)
+    policy_loss: str = "grpo"          # grpo: eq. 1's clipped surrogate with eq. 2's k3 KL (r1lab/algorithms/losses.py)
     loss_aggregation: str = "sample"   # sample (paper), token (DAPO), constant (Dr. GRPO)
     skip_zero_advantage: bool = True   # with beta = 0, no pass for rows whose advantage is 0 (groups of equal rewards):
                                        # their gradient is exactly 0; entropy and mismatch then cover the rows trained
@@ -123,11 +132,7 @@ class GRPOConfig:
     out: str = "runs/grpo"             # output directory
 
     def check(self) -> None:
-        from r1lab.rewards import parse_rewards
-        from r1lab.templates import get_template
-
-        get_template(self.template)
-        parse_rewards(self.rewards)
+        reward_weights(self.rewards)
         if self.samples_per_prompt < 2:
             raise R1labError(f"samples_per_prompt (G) must be >= 2 for group-relative advantages, got {self.samples_per_prompt}")
         batch = self.prompts_per_step * self.samples_per_prompt
@@ -145,6 +150,8 @@ class SFTConfig:
     epochs: int = 1                    # passes over the data
     batch_size: int = 8                # sequences per optimiser step
     micro_batch_size: int = 8          # sequences per forward/backward pass, per device
+    max_length: int = 0                # tokens per row (prompt + completion) at most; longer rows are skipped and
+                                       # counted (TRL's max_length truncates instead); 0 = the model's context
     learning_rate: float = 3e-5        # AdamW peak lr (measured here: 3e-5 moves SmolLM2-135M in one epoch)
     weight_decay: float = 0.0          # AdamW weight decay
     warmup_steps: int = 0              # linear warm-up, optimiser steps
@@ -161,8 +168,6 @@ class SFTConfig:
     out: str = "runs/sft"              # output directory
 
     def check(self) -> None:
-        from r1lab.templates import get_template
-        get_template(self.template)
         if self.batch_size % self.micro_batch_size:
             raise R1labError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})")
 
@@ -197,10 +202,7 @@ class CompeteConfig:
     out: str = "runs/compete"
 
     def check(self) -> None:
-        from r1lab.rewards import parse_rewards
-        from r1lab.templates import get_template
-        get_template(self.template)
-        parse_rewards(self.rewards)
+        reward_weights(self.rewards)
         for i, source in enumerate(self.sources):
             expected = f"CompeteConfig.sources[{i}]: expected {{model: SPEC, template: NAME, samples: N}}"
             if "model" not in source or set(source) - {"model", "template", "samples"}:
@@ -210,7 +212,9 @@ class CompeteConfig:
                     raise R1labError(f"{expected}; {key} must be {TYPE_NAMES[kind]}, got {short_repr(source[key])}")
             if source.get("samples", 1) < 1:
                 raise R1labError(f"{expected}; samples must be >= 1, got {source['samples']}")
-            get_template(source.get("template", self.template))
+            if source.get("template", self.template) not in CHOICES["template"]:
+                raise R1labError(f"{expected}; template must be one of {', '.join(CHOICES['template'])}, "
+                                 f"got {short_repr(source['template'])}")
         if self.samples_per_prompt + sum(s.get("samples", 1) for s in self.sources) < 2:
             raise R1labError("a group needs at least 2 members (samples_per_prompt + sources' samples)")
 
@@ -241,8 +245,6 @@ class RejectionConfig:
     out: str = "runs/rejection"        # output directory: data.jsonl, summary.json
 
     def check(self) -> None:
-        from r1lab.templates import get_template
-        get_template(self.template)
         readability(self.filters)
 
 
@@ -266,8 +268,6 @@ class DistillConfig:
     out: str = "runs/distill"          # output directory: teacher.jsonl (resumable cache), data.jsonl, summary.json
 
     def check(self) -> None:
-        from r1lab.templates import get_template
-        get_template(self.template)
         readability(self.filters)
 
 
@@ -288,8 +288,7 @@ class EvalConfig:
     out: str = "runs/eval"
 
     def check(self) -> None:
-        from r1lab.templates import get_template
-        get_template(self.template)
+        """Nothing beyond each field's own check (check_fields)."""
 
 
 @dataclass(frozen=True)
@@ -303,8 +302,7 @@ class ColdStartConfig:
     out: str = "runs/cold_start"       # output directory: data.jsonl
 
     def check(self) -> None:
-        from r1lab.templates import get_template
-        get_template(self.template)
+        """Nothing beyond each field's own check (check_fields)."""
 
 
 @dataclass(frozen=True)
@@ -316,12 +314,33 @@ class GoalDirectedConfig:
     out: str = "runs/goal_directed"    # output directory: data.jsonl
 
     def check(self) -> None:
-        from r1lab.algorithms.goal_directed import AUGMENTATIONS
-        from r1lab.templates import get_template
-        get_template(self.template)
         unknown = set(self.augment) - set(AUGMENTATIONS)
         if unknown or not self.augment:
             raise R1labError(f"augment must be a non-empty list of {', '.join(AUGMENTATIONS)}, got {self.augment}")
+
+
+def reward_weights(spec: str | dict) -> dict[str, float]:
+    """'accuracy,format=0.5' or {'accuracy': 1, 'format': 0.5} -> {name: weight}: each name a built-in reward or
+    a user's 'package.module:function' (imported by r1lab.rewards.parse_rewards, at the stage), each weight a
+    finite number (a NaN or infinite weight makes every advantage NaN)."""
+    if isinstance(spec, str):
+        pairs = [part.strip().partition("=") for part in spec.split(",") if part.strip()]
+        try:
+            spec = {name.strip(): float(weight) if weight else 1.0 for name, _, weight in pairs}
+        except ValueError:
+            raise R1labError(f"rewards {short_repr(spec)}: weights must be numbers, as in 'accuracy,format=0.5'") from None
+    if not isinstance(spec, dict) or not spec:
+        raise R1labError("rewards: at least one reward is needed, as in 'accuracy,format=0.5'; valid: "
+                         + ", ".join(BUILTIN_REWARDS))
+    unknown = [name for name in spec if not isinstance(name, str)
+               or name not in BUILTIN_REWARDS and not USER_FUNCTION.fullmatch(name)]
+    if unknown:
+        raise R1labError(f"unknown reward(s) {unknown}; valid rewards: {', '.join(BUILTIN_REWARDS)}, or your own "
+                         "as package.module:function")
+    for name, weight in spec.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise R1labError(f"rewards: the weight of {name!r} must be a finite number, got {weight!r}")
+    return {name: float(weight) for name, weight in spec.items()}
 
 
 def readability(values: dict) -> ReadabilityFilters:
@@ -389,11 +408,10 @@ def check_fields(config) -> None:
         if interval and value is not None and not in_range(value, interval):
             raise R1labError(f"{where} must be in {interval}, got {short_repr(value)}")
         if f.name == "tools" and value:
-            from r1lab.tools import load_tools
-            try:
-                load_tools(value)
-            except R1labError as e:
-                raise R1labError(f"{where}: {e}") from None
+            for item in (part.strip() for part in value.split(",") if part.strip()):
+                if item not in BUILTIN_TOOLS and not USER_FUNCTION.fullmatch(item):
+                    raise R1labError(f"{where}: unknown tool {item!r}; valid built-ins: {', '.join(BUILTIN_TOOLS)}; "
+                                     "or a user tool as module:function")
 
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -470,7 +488,7 @@ def changed_settings(recorded: dict, config) -> list[str]:
 def read_yaml(path, what: str):
     """A YAML file's content ({} when empty); a missing file or bad YAML is an error naming the file."""
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise R1labError(f"{path}: {what} not found")
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8")) or {}

@@ -162,6 +162,12 @@ def sharding_from_launcher() -> bool:
     return True
 
 
+def is_sharded(model) -> bool:
+    """Whether the model's parameters are FSDP2 shards (DTensors)."""
+    from torch.distributed.tensor import DTensor
+    return model is not None and any(isinstance(p, DTensor) for p in model.parameters())
+
+
 def launch_command(num_processes: int, argv: list[str]) -> list[str]:
     """`accelerate launch --multi_gpu --num_processes N -m r1lab ARGV`: one process per GPU; on CPUs, N
     processes over gloo. Mixed precision is r1lab's own option, so accelerate's stays "no"."""

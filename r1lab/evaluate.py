@@ -25,19 +25,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from r1lab import R1labError
-from r1lab.data import resume_appending
-from r1lab.metrics import bootstrap_ci, cons_at_k, pass_at_1, pass_at_k
+from r1lab.data import resume_appending, write_atomic
+from r1lab.metrics import REFLECTION_MARKERS, bootstrap_ci, cons_at_k, pass_at_1, pass_at_k, reflects
 from r1lab.rewards import score
 from r1lab.rewards.accuracy import equivalent, is_correct
 from r1lab.rewards.language import language_share
-
-REFLECTION_MARKERS = ("wait", "let me check", "let me verify", "double-check", "double check", "re-evaluate",
-                      "reevaluate", "let's verify", "let me re-check")
-
-
-def reflects(text: str, markers=REFLECTION_MARKERS) -> bool:
-    return any(re.search(rf"\b{re.escape(m)}\b", text, re.IGNORECASE) for m in markers)
-
 
 def mixes_languages(reasoning: str | None) -> bool:
     return 0.0 < language_share(reasoning, "en") < 1.0 and language_share(reasoning, "zh") > 0.0
@@ -166,11 +158,16 @@ def evaluate(models: list[str], task_spec: str, samples: int = 8, problems: int 
     from r1lab.templates import get_template
     from r1lab.tools import load_tools
 
+    from r1lab.models import check_spec
+    from r1lab.runlock import lock_folder, release_folder
+
     template_obj, tool_list = get_template(template), load_tools(tools)
     test = get_task(task_spec, **(task_options or {})).problems("test", problems, seed)
     sampling = Sampling(temperature, top_p, max_new_tokens)
+    for model in models:
+        check_spec(model)            # every input checked before the output folder is made
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    lock_folder(out_dir)             # one writer: the per-model sample files are appended to (resumable)
     settings = {"task": task_spec, "task_options": task_options or {}, "template": template, "samples": samples,
                 "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed,
                 **({"tools": tools, "max_turns": max_turns} if tools else {})}
@@ -180,7 +177,8 @@ def evaluate(models: list[str], task_spec: str, samples: int = 8, problems: int 
                             batch_problems, {"model": model, **settings}, tools=tool_list, max_turns=max_turns)
         summary[model] = summarise(rows, samples, markers, seed)
     result = {**settings, "models": summary}
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    write_atomic(out_dir / "eval.json", json.dumps(result, indent=2))
+    release_folder(out_dir)
     return result
 
 

@@ -128,22 +128,13 @@ def _warn_slow_bf16(fields: str, why: str, device_type: str) -> None:
                   stacklevel=3)
 
 
-def doctor_report() -> str:
-    """What `r1lab doctor` prints: the hardware, what `auto` picks, the sandbox mode, measured speeds."""
-    from r1lab.sandbox import Sandbox
-    from r1lab.training import device
+def device() -> torch.device:
+    """This process's device, the one place that decides where models run: its GPU under `accelerate launch`
+    (cuda:LOCAL_RANK), else cuda, else cpu (accelerate's choice)."""
+    from accelerate import PartialState
+    return PartialState(cpu=not torch.cuda.is_available()).device
 
-    dev = device()
-    flags = cpu_flags() or set()
-    simd = sorted(f for f in flags if f.startswith(("avx", "amx")))
-    lines = [f"cpu: {cpu_name()}, {torch.get_num_threads()} torch threads, capability "
-             f"{torch.backends.cpu.get_cpu_capability()}",
-             f"cpu flags: {' '.join(simd) or 'unknown'}",
-             f"device: {dev}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
-             f"torch {torch.__version__}",
-             resolve_precision("auto", dev).describe()]
-    fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16, seconds=0.1)
-    lines += [f"cpu matmul 512x512: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.1f} GFLOP/s ({bf16 / fp32:.2f}x)",
-              f"cpu memory read: {memory_gbps():.1f} GB/s",
-              Sandbox().describe()]
-    return "\n".join(lines)
+
+def autocast(mixed_precision: str):
+    """bf16 autocast for training passes when asked; the loss math stays fp32 (logits are upcast)."""
+    return torch.autocast(device().type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")

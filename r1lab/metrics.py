@@ -6,6 +6,7 @@
 - cons@k: majority vote over the k parsed answers. Answers are grouped by the same equivalence the
   accuracy reward uses (math-verify), samples without an answer do not vote, and a tie goes to the
   answer that appeared first among the samples (a fixed, order-based rule; samples are in seed order).
+- reflection: whether a text holds one of REFLECTION_MARKERS (the "aha moment" rate's numerator).
 - bootstrap confidence intervals over problems (percentile method, seeded).
 - cluster bootstrap over (seed, problem) tables: resample the seeds, then the problems within each
   drawn seed (two-stage, as for clustered data), so the interval holds the between-seed variance
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import random
+import re
 from math import comb
 from typing import Callable, Sequence
 
@@ -88,3 +90,12 @@ def paired_cluster_bootstrap_ci(a: Sequence[Sequence[float]], b: Sequence[Sequen
     if [len(rows) for rows in a] != [len(rows) for rows in b]:
         raise ValueError("paired values need the same seeds and problems on both sides")
     return cluster_bootstrap_ci([[x - y for x, y in zip(ra, rb)] for ra, rb in zip(a, b)], resamples, level, seed)
+
+
+REFLECTION_MARKERS = ("wait", "let me check", "let me verify", "double-check", "double check", "re-evaluate",
+                      "reevaluate", "let's verify", "let me re-check")
+
+
+def reflects(text: str, markers=REFLECTION_MARKERS) -> bool:
+    """Whether a text reflects (the paper's "aha moment"): one of the markers as whole words, any case."""
+    return any(re.search(rf"\b{re.escape(m)}\b", text, re.IGNORECASE) for m in markers)

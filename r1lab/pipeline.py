@@ -40,7 +40,7 @@ from pathlib import Path
 
 import yaml
 
-from r1lab import R1labError
+from r1lab import R1labError, is_file
 from r1lab.config import (ColdStartConfig, CompeteConfig, DistillConfig, EvalConfig, GoalDirectedConfig, GRPOConfig,
                           RejectionConfig, SFTConfig, changed_settings, field_value, folder_name, load_config,
                           read_yaml, settings, short_repr)
@@ -95,7 +95,7 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> li
             raise R1labError(f"{path}: recipe key {key!r} must be a string, got {short_repr(recipe[key])}")
     runs = Path(recipe.get("runs_dir", "runs")) / folder_name(recipe.get("name", path.stem), f"{path}: recipe key 'name'")
     base = recipe.get("model", "smollm2-135m")
-    names = {raw.get("name", f"stage{number}") for number, raw in enumerate(recipe["stages"], 1) if isinstance(raw, dict)}
+    names = {str(raw.get("name", f"stage{number}")) for number, raw in enumerate(recipe["stages"], 1) if isinstance(raw, dict)}
     stages: list[Stage] = []
     produced: dict[str, str] = {}           # stage name -> what it produces
     for number, raw in enumerate(recipe["stages"], 1):
@@ -149,7 +149,7 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> li
                     raise R1labError(f"{where}, key 'data': stage {data!r} produces {produced[data]}, not data")
                 inputs.append(data)
                 data = str(runs / data / "data.jsonl")
-            elif not Path(data).is_file():
+            elif not is_file(data):
                 raise R1labError(f"{where}, key 'data': {data} is neither an earlier stage nor an existing file")
             values["data"] = data
         if kind == "eval":
@@ -186,12 +186,14 @@ def launch_stage(stage: Stage, num_processes: int) -> None:
     import torch
 
     from r1lab.distributed import launch_command
+    from r1lab.runlock import die_with_parent
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
     with tempfile.TemporaryDirectory(prefix="r1lab-stage-") as folder:
         path = Path(folder) / f"{stage.name}.yaml"
         path.write_text(yaml.safe_dump(dataclasses.asdict(stage.config), sort_keys=False), encoding="utf-8")
-        status = subprocess.call(launch_command(num_processes, ["train", stage.kind, "--config", str(path), "--resume"]))
+        status = subprocess.call(launch_command(num_processes, ["train", stage.kind, "--config", str(path), "--resume"]),
+                                 preexec_fn=die_with_parent)
     if status != 0:
         raise R1labError(f"stage {stage.name!r} failed in its {num_processes} processes (exit status {status}); "
                          "its output is above")
@@ -204,7 +206,7 @@ def run_stage(stage: Stage) -> None:
     from r1lab.algorithms.grpo import train_grpo
     from r1lab.algorithms.rejection import run_rejection
     from r1lab.algorithms.sft import train_sft
-    from r1lab.data import write_cold_start
+    from r1lab.cold_start import write_cold_start
     from r1lab.evaluate import run_eval
 
     c = stage.config
@@ -233,6 +235,7 @@ def run_recipe(path: str, overrides: dict[str, str] | None = None, allow_config_
     """Run every unfinished stage in order (a finished one with changed settings only when allowed), the
     training stages in `num_processes` processes if given; the report path."""
     from r1lab.report import write_report
+    from r1lab.runlock import lock_folder
     from r1lab.training import accept_settings
 
     stages = load_recipe(path, overrides)
@@ -242,6 +245,7 @@ def run_recipe(path: str, overrides: dict[str, str] | None = None, allow_config_
                 check_processes(stage.kind, stage.config, num_processes)
             except R1labError as e:
                 raise R1labError(f"{path}, stage {stage.name!r}: {e}") from None
+    lock_folder(stages[0].out.parent)        # one `r1lab run` per run folder (each stage's own writer locks its own)
     for stage in stages:
         done = stage.out / ".done"
         if done.exists():

@@ -26,8 +26,9 @@ the rlimits, the timeout, the clean environment and the temporary directory rema
 could read your files, use the network, outlive the run and, running as your user, even tamper with
 the results (a warning says so once): do not train on untrusted code there. CPU share and
 disk bandwidth are not throttled; memory is per process (RLIMIT_AS), not per run (no cgroups). If the
-host process itself is killed, the judge's own alarm (wall_s + 5 s) still ends the run, but its
-(emptied) temporary directory stays behind.
+host process itself is killed, the judge's own alarm (wall_s + 5 s) still ends the run; its temporary
+directory stays behind, holding no program or tests (they reach the judge as files no path names) and
+in the `none` mode only what the program wrote, until the next `Sandbox()` on that root removes it.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ import functools
 import itertools
 import json
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -55,6 +57,8 @@ from r1lab.sandbox_jail import asserts, test_statements
 
 JAIL = str(Path(__file__).with_name("sandbox_jail.py"))
 UID_BASE = 2_000_000_000           # per-run uids, far above any real user's (used only as root)
+MAX_WALL_S = 86_400                # a day: the judge's alarm takes whole seconds in a C unsigned int
+MAX_LIMIT = 2**31 - 1              # integer limits: rlimits, tmpfs sizes and byte counts all fit
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
        "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -69,9 +73,14 @@ class Limits:
     output_bytes: int = 65536    # stdout and stderr, each
 
     def __post_init__(self):
+        """Refuse, naming the field and its range, a limit the jail could not apply: NaN, an infinity,
+        zero or less, a bool, a fraction where an integer is needed, or a number too big for an rlimit."""
         for name in ("wall_s", "cpu_s", "memory_mb", "processes", "disk_mb", "output_bytes"):
-            if not getattr(self, name) > 0:
-                raise R1labError(f"sandbox limit {name} must be > 0, got {getattr(self, name)!r}")
+            value, seconds = getattr(self, name), name == "wall_s"
+            kinds, high = ((int, float), MAX_WALL_S) if seconds else ((int,), MAX_LIMIT)
+            if type(value) not in kinds or not 0 < value <= high:       # NaN and inf fail too
+                expected = f"a number of seconds in (0, {high}]" if seconds else f"an integer in [1, {high}]"
+                raise R1labError(f"sandbox limit {name} must be {expected}, got {value!r}")
 
 
 @dataclass
@@ -89,16 +98,35 @@ class Result:
         return self.passed / self.total if self.total else 0.0
 
 
+def read_program(path: str | Path) -> str:
+    """The text of a program file (`r1lab sandbox PROGRAM`); a missing, unreadable or binary file is an
+    R1labError naming it, not a traceback."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise R1labError(f"{path}: file not found; give the path of a Python source file") from None
+    except OSError as e:
+        raise R1labError(f"{path}: cannot be read ({e.strerror}); give the path of a Python source file") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise R1labError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); "
+                         "give a Python source file saved as UTF-8") from None
+
+
 def check_tests(tests: list[str], where: str) -> None:
     """Refuse, naming `where`, tests that do not parse or that never run an assertion: some statement
     that counts as a test (the judge's rule, `sandbox_jail.test_statements`) must assert, or use a
     function defined in the tests that asserts (HumanEval's `check(f)`)."""
+    statements = []
     for i, test in enumerate(tests):
         try:
-            ast.parse(test)
+            statements += [(ast.parse(source).body[0], counts) for source, counts in test_statements([test])]
         except SyntaxError as e:
             raise R1labError(f"{where}: tests[{i}] is not valid Python ({e.msg})") from None
-    statements = [(ast.parse(source).body[0], counts) for source, counts in test_statements(tests)]
+        except (RecursionError, MemoryError):          # e.g. 'assert ' + '-' * 1000 + '1'
+            raise R1labError(f"{where}: tests[{i}] is nested too deeply for Python to handle; "
+                             "expected ordinary test code") from None
     checkers = {s.name for s, _ in statements if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))
                 and any(map(asserts, ast.walk(s)))}
     if not any(asserts(n) or isinstance(n, ast.Name) and n.id in checkers
@@ -131,6 +159,7 @@ class Sandbox:
     def __init__(self, limits: Limits = Limits(), workers: int = 8, mode: str | None = None, tmp_root: str | None = None):
         self.limits, self.workers, self.tmp_root = limits, workers, tmp_root
         self._mode = mode
+        remove_stale(tmp_root or tempfile.gettempdir())
 
     @property
     def mode(self) -> str:
@@ -155,15 +184,17 @@ class Sandbox:
         """Run `program`, then each test statement (trusted code, in the judge) against its functions; a
         statement counts as a test when it can fail (`sandbox_jail.test_statements`: it asserts or calls).
         `setup` is trusted code run before the tests (helpers, imports); `entry_point` is also bound as
-        `candidate` (HumanEval's convention). The program runs as module `solution`, or as `__main__`
-        with `as_main` (a script: its `if __name__ == "__main__":` block runs). Never raises for anything
-        the program does."""
+        `candidate` (HumanEval's convention), and the tests must call it: a run whose tests passed
+        without calling it scores 0 (`def check(candidate): assert 1 == 1` judges nothing). The program
+        runs as module `solution`, or as `__main__` with `as_main` (a script: its `if __name__ ==
+        "__main__":` block runs). Never raises for anything the program does."""
         started = time.monotonic()
-        with self._slot() as slot, tempfile.TemporaryDirectory(prefix="r1lab-sandbox-", dir=self.tmp_root) as workdir:
+        with _slot() as (slot, lock_fd), \
+                tempfile.TemporaryDirectory(prefix=f"r1lab-sandbox-{slot}-", dir=self.tmp_root) as workdir:
             uid = UID_BASE + slot if os.geteuid() == 0 and self.mode != "userns" else None
             result_r, result_w = os.pipe()
             try:
-                process = self._start(workdir, uid, result_w, program, tests, setup, entry_point, as_main)
+                process = self._start(workdir, uid, result_w, lock_fd, program, tests, setup, entry_point, as_main)
             except OSError as e:            # the sandbox itself could not start: say so, never raise
                 os.close(result_r)
                 return Result(0, 0, "error", stderr=f"the sandbox could not start: {e}")
@@ -176,7 +207,10 @@ class Sandbox:
                 _kill(process, uid if self.mode == "none" else None)   # a pid namespace dies with its init
         return _result(streams, status, time.monotonic() - started)
 
-    def _start(self, workdir, uid, result_fd, program, tests, setup, entry_point, as_main=False) -> subprocess.Popen:
+    def _start(self, workdir, uid, result_fd, lock_fd, program, tests, setup, entry_point, as_main) -> subprocess.Popen:
+        """Start the judge. The job and the tests reach it as unnamed files (fds, `_unnamed`): no path
+        ever names them, so a killed host leaves no program text behind. The judge also inherits the
+        slot's lock and holds it until it exits, so a live run's folder is never taken for a stale one."""
         namespaces = self.mode != "none"
         if not namespaces and uid is not None:
             try:
@@ -185,21 +219,24 @@ class Sandbox:
             except OSError:                 # e.g. root in a user namespace that maps no such uid
                 uid = None
         prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
-        job = {"program": program, "name": "__main__" if as_main else "solution", "result_fd": result_fd, "uid": uid, "namespaces": namespaces, "wall_s": self.limits.wall_s,
-               "python_paths": sorted(prefixes, key=len), "cpu_s": self.limits.cpu_s,
-               "memory_mb": self.limits.memory_mb, "processes": self.limits.processes, "disk_mb": self.limits.disk_mb}
-        Path(workdir, "job.json").write_text(json.dumps(job))
-        Path(workdir, "tests.json").write_text(json.dumps({"tests": list(tests), "setup": setup, "entry_point": entry_point}))
         env = dict(ENV)
         if not namespaces:
             Path(workdir, "tmp").mkdir(exist_ok=True)
             env["HOME"] = env["TMPDIR"] = str(Path(workdir, "tmp"))
-        command = [sys.executable, "-I", JAIL, workdir]
-        if namespaces:
-            user = ["--user", "--map-root-user"] if self.mode == "userns" else []
-            command = ["unshare", *user, "--net", "--pid", "--mount", "--ipc", "--uts", "--fork", "--kill-child", *command]
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                pass_fds=(result_fd,), env=env, cwd=workdir, start_new_session=True)
+        with _unnamed(workdir, {"tests": list(tests), "setup": setup, "entry_point": entry_point}) as tests_fd:
+            job = {"program": program, "name": "__main__" if as_main else "solution", "result_fd": result_fd,
+                   "tests_fd": tests_fd, "uid": uid, "namespaces": namespaces, "wall_s": self.limits.wall_s,
+                   "python_paths": sorted(prefixes, key=len), "cpu_s": self.limits.cpu_s,
+                   "memory_mb": self.limits.memory_mb, "processes": self.limits.processes, "disk_mb": self.limits.disk_mb}
+            with _unnamed(workdir, job) as job_fd:
+                command = [sys.executable, "-I", JAIL, workdir, str(job_fd)]
+                if namespaces:
+                    user = ["--user", "--map-root-user"] if self.mode == "userns" else []
+                    command = ["unshare", *user, "--net", "--pid", "--mount", "--ipc", "--uts", "--fork",
+                               "--kill-child", *command]
+                return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, pass_fds=(result_fd, lock_fd, tests_fd, job_fd),
+                                        env=env, cwd=workdir, start_new_session=True)
 
     def _collect(self, process, result_fd, started) -> tuple[dict, str]:
         """Read results, stdout and stderr until all close, the deadline passes or output overflows."""
@@ -230,24 +267,63 @@ class Sandbox:
         selector.close()
         return streams, status
 
-    @contextlib.contextmanager
-    def _slot(self):
-        """The smallest slot number no run on this machine holds (an flock on a file per slot, so
-        threads and processes alike never share one); as root, the run's uid is UID_BASE + slot."""
-        folder = Path(tempfile.gettempdir(), "r1lab-uid-locks")
-        folder.mkdir(mode=0o700, exist_ok=True)
-        for slot in itertools.count():
-            fd = os.open(folder / str(slot), os.O_CREAT | os.O_RDWR, 0o600)
+
+@contextlib.contextmanager
+def _unnamed(folder: str, data: dict):
+    """An fd, at offset 0, of a file holding `data` as JSON that no path names (O_TMPFILE where the file
+    system has it, else created and unlinked at once); closed on leaving."""
+    with tempfile.TemporaryFile("w+", dir=folder, encoding="utf-8") as f:
+        json.dump(data, f)
+        f.flush()
+        f.seek(0)
+        yield f.fileno()
+
+
+def _lock_slot(slot: int) -> int | None:
+    """An fd holding slot `slot`'s flock, or None when a live run (its host or its judge) holds it."""
+    folder = Path(tempfile.gettempdir(), "r1lab-uid-locks")
+    folder.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(folder / str(slot), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except OSError:
+        os.close(fd)
+        return None
+
+
+@contextlib.contextmanager
+def _slot():
+    """(slot, lock fd): the smallest slot number no run on this machine holds (an flock on a file per slot,
+    so threads and processes alike never share one); as root, the run's uid is UID_BASE + slot."""
+    slot, fd = next((slot, fd) for slot in itertools.count() if (fd := _lock_slot(slot)) is not None)
+    try:
+        yield slot, fd
+    finally:
+        os.close(fd)            # releases the lock, unless the judge still holds it
+
+
+def remove_stale(root: str) -> None:
+    """Remove the run folders (`r1lab-sandbox-<slot>-*`, ours) in `root` that no live run holds: those of
+    hosts killed mid-run, once their judge has ended too (the slot's lock is free again)."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for entry in entries:
+        match = re.fullmatch(r"r1lab-sandbox-(\d+)-[a-z0-9_]+", entry.name)
+        try:
+            ours = match and entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.geteuid()
+        except OSError:
+            ours = False
+        if not ours:
+            continue
+        fd = _lock_slot(int(match[1]))
+        if fd is not None:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                continue
-            try:
-                yield slot
+                shutil.rmtree(entry.path, ignore_errors=True)
             finally:
-                os.close(fd)            # releases the lock
-            return
+                os.close(fd)
 
 
 def _kill(process: subprocess.Popen, uid: int | None) -> None:
@@ -270,19 +346,26 @@ def _kill(process: subprocess.Popen, uid: int | None) -> None:
 
 
 def _result(streams: dict, status: str, seconds: float) -> Result:
-    total, seen, passed, errors, done = 0, set(), 0, [], False
+    """The judge's reports -> Result. Tests that passed without the entry point ever being called (in
+    the reports that arrived) earn nothing: they judged no program."""
+    total, seen, passed, errors, done, entry, called = 0, set(), 0, [], False, None, False
     for line in streams["results"].decode(errors="replace").splitlines():
         try:
             message = json.loads(line)
         except json.JSONDecodeError:      # the last line, cut by a kill
             continue
         total = message.get("tests", total)
+        entry = message.get("entry_point", entry)
+        called = called or message.get("called") is True
         done = done or message.get("done", False)
         if "test" in message and message["test"] not in seen:   # only the judge writes here; be strict anyway
             seen.add(message["test"])
             passed += message["passed"] is True
             if not message["passed"]:
                 errors.append(f"test {message['test']}: {message['error']}")
+    if entry and not called and passed:
+        passed = 0
+        errors.append(f"the tests never called the entry point {entry!r}, so no test judged the program")
     if status == "ok" and not done:
         status = "error"
     stdout, stderr = (streams[k].decode(errors="replace") for k in ("stdout", "stderr"))

@@ -1,9 +1,10 @@
-"""The inside of r1lab's sandbox: started by `r1lab.sandbox` as `python -I sandbox_jail.py WORKDIR`.
+"""The inside of r1lab's sandbox: started by `r1lab.sandbox` as `python -I sandbox_jail.py WORKDIR JOB_FD`.
 
 Standard library only. This process (the *judge*) is trusted: it is the only one that reports
 results. It never runs untrusted code itself:
 
-1. opens the job (program, limits) and the tests, and unlinks the tests file;
+1. reads the job (program, limits) from JOB_FD and keeps the tests' fd for later: both are files no
+   path names, so nothing on disk holds the program or the tests, even if the host is killed;
 2. with namespaces (started under `unshare`): builds a minimal root - a read-only tmpfs holding the
    system and Python directories bound read-only and nosuid, /dev/{null,zero,random,urandom}, /proc
    of the new pid namespace, and a size-capped writable tmpfs at /tmp - then chroots into it;
@@ -16,7 +17,8 @@ results. It never runs untrusted code itself:
    the program cannot make a test pass by exiting early, by patching builtins or assertions (they
    live in this process), or by returning an object whose `__eq__` is always true.
 
-Results go to the result fd as JSON lines: {"tests": n}, then {"test": i, "passed": bool, "error": str}.
+Results go to the result fd as JSON lines: {"tests": n, "entry_point": name or null}, then
+{"test": i, "passed": bool, "error": str, "called": bool (the entry point has been called)}, then {"done": true}.
 """
 import ast
 import builtins
@@ -243,15 +245,24 @@ def start_program(job: dict):
 
 
 def judge(tests: dict, requests, replies, results) -> None:
+    """Run the tests against stubs of the program's functions. With an entry point, each report says
+    whether it has been called yet ("called"); the host zeroes the passes of a run that never called
+    it, since such tests (`def check(candidate): assert 1 == 1`) cannot tell one program from another.
+    A program that does not define the entry point fails every test."""
     statements = test_statements(tests["tests"])
-    send(results, {"tests": sum(counts for _, counts in statements)})
+    entry = tests.get("entry_point") or None
+    send(results, {"tests": sum(counts for _, counts in statements), "entry_point": entry})
     try:
         hello = receive(replies)
     except (EOFError, ValueError):
         hello = {"error": "the program exited before its functions could be called"}
+    if entry and "error" not in hello and entry not in hello.get("functions", []):
+        hello = {"error": f"the program defines no function {entry!r} (the entry point)"}
+    called = set()                          # names of the program's functions the tests called
 
     def stub(name):
         def call(*args, **kwargs):
+            called.add(name)
             send(requests, {"call": name, "args": encode(list(args)), "kwargs": encode(kwargs)})
             reply = receive(replies)
             if "value" in reply and "error" not in reply:
@@ -280,18 +291,15 @@ def judge(tests: dict, requests, replies, results) -> None:
         except BaseException as e:   # noqa: BLE001
             passed, error = False, f"{type(e).__name__}: {e}"[:1000]
         if counts:
-            send(results, {"test": index, "passed": passed, "error": error})
+            send(results, {"test": index, "passed": passed, "error": error, "called": entry in called})
             index += 1
     send(results, {"done": True})
 
 
-def main(workdir: str) -> None:
-    with open(os.path.join(workdir, "job.json")) as f:
+def main(workdir: str, job_fd: int) -> None:
+    with os.fdopen(job_fd, encoding="utf-8") as f:
         job = json.load(f)
-    tests_path = os.path.join(workdir, "tests.json")
-    with open(tests_path) as f:
-        tests_file = os.fdopen(os.dup(f.fileno()))
-    os.unlink(tests_path)
+    tests_file = os.fdopen(job["tests_fd"], encoding="utf-8")
     results = os.fdopen(job["result_fd"], "w")
     if job["namespaces"]:
         build_root(workdir, job)
@@ -308,4 +316,4 @@ def main(workdir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]))

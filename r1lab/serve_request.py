@@ -15,14 +15,25 @@ Tools follow OpenAI's API (the server never runs them; the client does):
   (read as ""); the chat template renders them (`r1lab.tools.chat_with_tools`).
 With tools, `TOOL_CALL_STOP` joins the stop strings (the sampler's, not the user's: it is not trimmed
 from the reply, whose call must be parsed).
+
+No field is silently ignored: `seed` is honoured (each sample its own random stream, `Engine.generate`'s
+seeds); `logprobs: true`, `top_logprobs` over 0 and a `response_format` other than {"type": "text"} are refused
+(400 naming the field): the engine keeps no top-k log-probs and constrains no output format.
+`sampling_fields` and `refuse` are shared with /v1/completions (r1lab/serve_completions.py).
+
+`read_body` bounds the body in bytes and in time: a body not complete within `body_timeout_s` is a 408
+(Connection: close); a client that goes away while sending it is a 499 (nginx's "client closed
+request"; nobody reads it, but the access log and /metrics count it apart from the server's failures).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from dataclasses import dataclass
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from r1lab.rollout import Sampling
 from r1lab.tools import TOOL_CALL_STOP
@@ -47,6 +58,10 @@ class Limits:
     max_n: int = 8                 # completions per request
     max_prompt_tokens: int | None = None   # prompt tokens per request (None: only the model's context bounds it)
     max_queue: int = 256           # requests waiting or running; past it, 429
+    max_prompts: int = 32          # prompts in one /v1/completions request
+    body_timeout_s: float = 30.0   # seconds from a request's headers to the end of its body; past it, 408
+    header_timeout_s: float = 10.0  # seconds from a connection's opening (or its last reply) to a request's
+                                    # complete headers; past it, the connection is closed (serve.uvicorn_config)
 
 
 @dataclass(frozen=True)
@@ -58,9 +73,10 @@ class ChatRequest:
     include_usage: bool        # stream_options.include_usage: a last chunk with the usage
     stop: tuple[str, ...] = ()     # the user's stop strings, trimmed from the reply (OpenAI semantics)
     tools: tuple[dict, ...] = ()   # the tools the model is shown and may call (none with tool_choice "none")
+    seed: int | None = None        # the samples' random streams (None: drawn afresh)
 
 
-def _string(value, where: str) -> str:
+def checked_string(value, where: str) -> str:
     """A string that encodes as UTF-8 (JSON may carry lone surrogates, which no tokenizer takes)."""
     if not isinstance(value, str):
         raise APIError(400, f"{where} must be a string", param=where)
@@ -83,9 +99,9 @@ def _message(m, where: str) -> dict:
             _tool_call(call, f"{where}.tool_calls[{k}]")
         if m.get("content") is None:
             return {**m, "content": ""}
-    _string(m.get("content"), f"{where}.content")
+    checked_string(m.get("content"), f"{where}.content")
     if m["role"] == "tool":
-        _string(m.get("tool_call_id"), f"{where}.tool_call_id")
+        checked_string(m.get("tool_call_id"), f"{where}.tool_call_id")
     return m
 
 
@@ -93,9 +109,9 @@ def _tool_call(call, where: str) -> None:
     shape = '{id, type: "function", function: {name, arguments}}'
     if not isinstance(call, dict) or call.get("type", "function") != "function" or not isinstance(call.get("function"), dict):
         raise APIError(400, f"{where} must be {shape}", param=where)
-    _string(call.get("id"), f"{where}.id")
-    _string(call["function"].get("name"), f"{where}.function.name")
-    arguments = _string(call["function"].get("arguments"), f"{where}.function.arguments")
+    checked_string(call.get("id"), f"{where}.id")
+    checked_string(call["function"].get("name"), f"{where}.function.name")
+    arguments = checked_string(call["function"].get("arguments"), f"{where}.function.arguments")
     try:
         parsed = json.loads(arguments)
     except (ValueError, RecursionError):
@@ -130,7 +146,7 @@ def _tools(body: dict) -> tuple[dict, ...]:
                            param=f"{where}.function.name")
         names.add(name)
         if function.get("description") is not None:
-            _string(function["description"], f"{where}.function.description")
+            checked_string(function["description"], f"{where}.function.description")
         if function.get("parameters") is not None and not isinstance(function["parameters"], dict):
             raise APIError(400, f"{where}.function.parameters must be a JSON Schema object", param=f"{where}.function.parameters")
     try:       # the schemas are written into the prompt
@@ -148,8 +164,8 @@ def _tools(body: dict) -> tuple[dict, ...]:
     raise APIError(400, f'\'tool_choice\' must be "auto" or "none", got {choice!r}', param="tool_choice")
 
 
-def parse_request(raw: bytes, served: str, limits: Limits) -> ChatRequest:
-    """The request in a body, or an APIError naming the field."""
+def json_body(raw: bytes, served: str) -> dict:
+    """The JSON object of a body, for the model this server serves, or an APIError."""
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -161,6 +177,12 @@ def parse_request(raw: bytes, served: str, limits: Limits) -> ChatRequest:
     if body.get("model") != served:
         raise APIError(404, f"model {body.get('model')!r} does not exist; this server serves {served!r}",
                        param="model", code="model_not_found")
+    return body
+
+
+def parse_request(raw: bytes, served: str, limits: Limits) -> ChatRequest:
+    """The request in a body, or an APIError naming the field."""
+    body = json_body(raw, served)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty list", param="messages")
@@ -169,58 +191,87 @@ def parse_request(raw: bytes, served: str, limits: Limits) -> ChatRequest:
     messages = [_message(m, f"messages[{i}]") for i, m in enumerate(messages)]
     tools = _tools(body)
 
-    def number(name, default, kind, low, high):
-        value = body.get(name, default)
-        if value is None:
-            value = default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()) \
-                or not low <= value <= high:
-            raise APIError(400, f"'{name}' must be {'an integer' if kind is int else 'a number'} in [{low}, {high}], "
-                                f"got {value!r}", param=name)
-        return kind(value)
-
-    max_tokens = number("max_tokens", body.get("max_completion_tokens", min(512, limits.max_tokens)), int, 1, limits.max_tokens)
-    n = number("n", 1, int, 1, limits.max_n)
-    temperature = number("temperature", 1.0, float, 0.0, 2.0)
-    top_p = number("top_p", 1.0, float, 1e-6, 1.0)
-    stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
-        raise APIError(400, "'stop' must be a string or a list of up to 4 non-empty strings", param="stop")
-    for i, s in enumerate(stop):
-        _string(s, f"stop[{i}]")
+    n, sampling, stop, seed = sampling_fields(body, limits, min(512, limits.max_tokens), tools)
+    refuse(body, logprobs=(None, False), top_logprobs=(None, 0), response_format=(None, {"type": "text"}))
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise APIError(400, "'stream' must be a boolean", param="stream")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
         raise APIError(400, "'stream_options' must be {include_usage: boolean}", param="stream_options")
+    return ChatRequest(messages, n, sampling, stream, options.get("include_usage", False), stop, tools, seed)
+
+
+def number(body: dict, name: str, default, kind, low, high):
+    """body[name] (default where missing or null) as `kind`, or a 400 naming the field and its range."""
+    value = body.get(name, default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()) \
+            or not low <= value <= high:
+        raise APIError(400, f"'{name}' must be {'an integer' if kind is int else 'a number'} in [{low}, {high}], "
+                            f"got {value!r}", param=name)
+    return kind(value)
+
+
+def sampling_fields(body: dict, limits: Limits, default_max_tokens: int, tools=()) -> tuple[int, Sampling, tuple, int | None]:
+    """(n, Sampling, the user's stop strings, seed) of a request body, each field checked."""
+    max_tokens = number(body, "max_tokens", body.get("max_completion_tokens", default_max_tokens), int, 1, limits.max_tokens)
+    n = number(body, "n", 1, int, 1, limits.max_n)
+    temperature = number(body, "temperature", 1.0, float, 0.0, 2.0)
+    top_p = number(body, "top_p", 1.0, float, 1e-6, 1.0)
+    seed = None if body.get("seed") is None else number(body, "seed", None, int, -2**63, 2**64 - 1)
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+        raise APIError(400, "'stop' must be a string or a list of up to 4 non-empty strings", param="stop")
+    for i, s in enumerate(stop):
+        checked_string(s, f"stop[{i}]")
     stops = tuple(dict.fromkeys([*stop, *[TOOL_CALL_STOP] * bool(tools)]))
-    return ChatRequest(messages, n, Sampling(temperature, top_p, max_tokens, stops), stream,
-                       options.get("include_usage", False), tuple(stop), tools)
+    return n, Sampling(temperature, top_p, max_tokens, stops), tuple(stop), seed
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, counted while it arrives (chunked or not): past `limit` bytes, a 413 at once."""
-    declared = request.headers.get("content-length", "")
+def refuse(body: dict, **accepted: tuple) -> None:
+    """A 400 naming the first field whose value is not one this server honours (never silently ignored)."""
+    for name, values in accepted.items():
+        if body.get(name) not in values:
+            shown = " or ".join("null" if v is None else json.dumps(v) for v in values)
+            raise APIError(400, f"'{name}' {json.dumps(body[name])[:80]} is not supported by this server; "
+                                f"leave it out or send {shown}", param=name)
+
+
+async def read_body(request: Request, limits: Limits) -> bytes:
+    """The request body, counted while it arrives (chunked or not): past `max_bytes`, a 413 at once; not
+    all there within `body_timeout_s`, a 408; the client gone before its end, a 499."""
+    declared, limit = request.headers.get("content-length", ""), limits.max_bytes
     if declared.isdigit() and int(declared) > limit:      # refuse before reading a byte
         raise APIError(413, f"request body is {declared} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise APIError(413, f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    try:
+        return await asyncio.wait_for(read(), limits.body_timeout_s)
+    except TimeoutError:
+        raise APIError(408, f"the request body did not arrive within {limits.body_timeout_s:g} s", code="request_timeout",
+                       headers={"Connection": "close"}) from None
+    except ClientDisconnect:
+        raise APIError(499, "the client closed the connection while sending the body",
+                       code="client_closed_request") from None
 
 
-def check_prompt(prompt_tokens: int, max_tokens: int, limits: Limits, context: int | None) -> None:
+def check_prompt(prompt_tokens: int, max_tokens: int, limits: Limits, context: int | None, param: str = "messages") -> None:
     """A 400 naming the limit, for a prompt over --max-prompt-tokens or (with max_tokens) the model's context."""
     if limits.max_prompt_tokens is not None and prompt_tokens > limits.max_prompt_tokens:
         raise APIError(400, f"the prompt is {prompt_tokens} tokens; this server takes at most {limits.max_prompt_tokens} "
-                            f"(--max-prompt-tokens)", param="messages", code="context_length_exceeded")
+                            f"(--max-prompt-tokens)", param=param, code="context_length_exceeded")
     if context is not None and prompt_tokens + max_tokens > context:
         raise APIError(400, f"this model's maximum context length is {context} tokens; the request asks for "
-                            f"{prompt_tokens + max_tokens} ({prompt_tokens} in the messages, {max_tokens} in the "
-                            f"completion): shorten the messages or lower max_tokens",
-                       param="messages", code="context_length_exceeded")
+                            f"{prompt_tokens + max_tokens} ({prompt_tokens} in the {param}, {max_tokens} in the "
+                            f"completion): shorten the {param} or lower max_tokens",
+                       param=param, code="context_length_exceeded")

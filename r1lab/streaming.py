@@ -14,7 +14,8 @@ each field joined are exactly the non-streamed message.
 
 Tool calls (`split_reply`, `reply_message`, where the request has tools): a reply whose text from its
 first `<tool_call>` to its last `</tool_call>` is nothing but well-formed `<tool_call>{json}</tool_call>`
-blocks (`r1lab.tools.parse_tool_calls`; whitespace between) calls them; its reasoning and answer are read
+blocks (`r1lab.tools.parse_tool_calls`; whitespace between; arguments strict JSON, without the NaN or
+Infinity that Python's json reads) calls them; its reasoning and answer are read
 from the text before the first call (a call inside an unclosed `<think>` ends the reasoning), and what
 follows the last call (a stop string's overshoot) is dropped. A malformed call is no call: the reply is
 plain text, as without tools. Streamed, the text from a `<tool_call>` on is held back until the reply is
@@ -26,19 +27,10 @@ import json
 import re
 import uuid
 
-from r1lab.templates import TAGS, parse_tags
+from r1lab.templates import TAGS, split_reasoning
 from r1lab.tools import TOOL_CALL_START, TOOL_CALL_STOP, ToolCall, parse_tool_calls
 
 _BLOCK = re.compile(re.escape(TOOL_CALL_START) + ".*?" + re.escape(TOOL_CALL_STOP), re.S)
-
-
-def split_reasoning(text: str) -> tuple[str | None, str]:
-    """(reasoning, answer) of a whole reply, the prompt's tail in front; rules in the module docstring."""
-    if not text.lstrip().startswith("<think>"):
-        return None, _answer(text)
-    reasoning, _ = parse_tags(text)
-    closed = text.find("</think>")
-    return reasoning, _answer(text[closed + len("</think>"):]) if closed >= 0 else ""
 
 
 def split_reply(text: str, tools: bool = False) -> tuple[str | None, str, list[ToolCall]]:
@@ -57,13 +49,18 @@ def _calls(blocks: str) -> list[ToolCall]:
     calls, bad = parse_tool_calls(blocks)
     if bad or len(calls) != blocks.count(TOOL_CALL_START) or _BLOCK.sub("", blocks).strip():
         return []
+    try:
+        json.dumps([c.arguments for c in calls], allow_nan=False)
+    except (ValueError, RecursionError):       # NaN / Infinity: not JSON
+        return []
     return calls
 
 
 def openai_tool_calls(calls: list[ToolCall]) -> list[dict]:
     """Calls in OpenAI's shape: a fresh id each (`call_` and 24 hex digits), the arguments a JSON string."""
     return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-             "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}} for c in calls]
+             "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False, allow_nan=False)}}
+            for c in calls]
 
 
 def reply_message(text: str, tools: bool = False) -> dict:
@@ -74,10 +71,6 @@ def reply_message(text: str, tools: bool = False) -> dict:
         return {"role": "assistant", "content": content, "reasoning_content": reasoning}
     return {"role": "assistant", "content": content or None, "reasoning_content": reasoning,
             "tool_calls": openai_tool_calls(calls)}
-
-
-def _answer(rest: str) -> str:
-    return rest.split("</answer>", 1)[0].replace("<answer>", "").strip()
 
 
 def trim_stop(text: str, stop: tuple[str, ...]) -> str:

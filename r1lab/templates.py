@@ -74,12 +74,20 @@ class Template:
     chat: bool = True                             # rendered through the model's chat template (r1_zero: plain text)
 
 
+def _bos(tokenizer) -> str:
+    """The BOS token's text where the tokenizer opens every text with it (Gemma, Llama 3), else ''. Prompts are
+    tokenized without special tokens everywhere, so a plain-text prompt carries it itself, as chat templates
+    do (without `<bos>` Gemma 3 270M answers the r1_zero prompt with repeated `<h2>`)."""
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    return tokenizer.bos_token if bos_id is not None and tokenizer("1")["input_ids"][:1] == [bos_id] else ""
+
+
 def _system_user(system: str, user: str, tokenizer) -> str:
     """The model's chat template; plain 'System/User/Assistant' text for models without one."""
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return f"{system}\n\nUser: {user}\nAssistant:"
+    return f"{_bos(tokenizer)}{system}\n\nUser: {user}\nAssistant:"
 
 
 def prompt_tail(prompt: str) -> str:
@@ -186,9 +194,21 @@ def agentjo_messages(question: str) -> tuple[str, str]:
                          f"(task 'agentjo'), got {question[:80]!r}") from None
 
 
+def split_reasoning(text: str) -> tuple[str | None, str]:
+    """(reasoning, answer) of a whole reply, the prompt's tail in front; rules in r1lab/streaming.py's docstring."""
+    if not text.lstrip().startswith("<think>"):
+        return None, _answer(text)
+    reasoning, _ = parse_tags(text)
+    closed = text.find("</think>")
+    return reasoning, _answer(text[closed + len("</think>"):]) if closed >= 0 else ""
+
+
+def _answer(rest: str) -> str:
+    return rest.split("</answer>", 1)[0].replace("<answer>", "").strip()
+
+
 def split_reply(text: str) -> tuple[str | None, str]:
     """(reasoning, reply) as r1lab.llm.make_llm splits a reply for AgentJo."""
-    from r1lab.streaming import split_reasoning
     return split_reasoning(text)
 
 
@@ -203,7 +223,7 @@ def agentjo_format_score(text: str, partial: bool = False) -> float:
 
 TEMPLATES = {
     "r1_zero": Template(
-        "r1_zero", lambda question, tokenizer: f"{R1_ZERO_INSTRUCTION} User: {question}. Assistant:",
+        "r1_zero", lambda question, tokenizer: f"{_bos(tokenizer)}{R1_ZERO_INSTRUCTION} User: {question}. Assistant:",
         parse_tags, tags_format_score, compose_tags, ("</answer>",), R1_ZERO_INSTRUCTION, chat=False),
     "chat": Template(
         "chat", lambda question, tokenizer: _system_user(R1_ZERO_INSTRUCTION, question, tokenizer),

@@ -16,27 +16,19 @@ from pathlib import Path
 import torch
 import yaml
 
-from r1lab import R1labError, models
+from r1lab import R1labError, is_file, models
 from r1lab.checkpoint import find_checkpoint, load_state, save_checkpoint
 from r1lab.config import changed_settings, read_yaml
 from r1lab.data import read_jsonl, write_atomic, write_jsonl
-
-
-def device() -> torch.device:
-    """This process's device: its GPU under `accelerate launch` (cuda:LOCAL_RANK), else cuda or cpu."""
-    from accelerate import PartialState
-    return PartialState(cpu=not torch.cuda.is_available()).device
+from r1lab.distributed import is_sharded
+from r1lab.hardware import autocast, device
+from r1lab.runlock import lock_folder
 
 
 def load_on_device(spec: str, dtype: str = "float32"):
     """(model, tokenizer) for a model spec, in eval mode on `device()`: for models that sample, never train."""
     model, tokenizer = models.load_model(spec, dtype)
     return model.to(device()).eval(), tokenizer
-
-
-def autocast(mixed_precision: str):
-    """bf16 autocast for training passes when asked; the loss math stays fp32 (logits are upcast)."""
-    return torch.autocast(device().type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
 
 
 def choose_precision(out: Path, mixed_precision: str, rollout_dtype: str | None = None, write: bool = True):
@@ -72,7 +64,7 @@ def check_inputs(config) -> None:
         if hasattr(config, "rewards"):
             check_rewards_fit(parse_rewards(config.rewards), task.problems("train", 1, getattr(config, "seed", 0))[0])
     data = getattr(config, "data", None)
-    if data is not None and not Path(data).is_file():
+    if data is not None and not is_file(data):
         raise R1labError(f"{data}: data file not found")
 
 
@@ -80,9 +72,12 @@ def prepare_run(out: str, config, resume: bool, write: bool = True) -> tuple[Pat
     """The run directory and the checkpoint to resume from, if resuming. Everything is checked before the
     directory is made: the stage's inputs (`check_inputs`) and, on the main process (`write`), that a
     resumed checkpoint was trained with these settings, naming each change (`accept_settings` is the
-    explicit way past). Then the main process writes config.yaml: the settings the checkpoints are trained with."""
+    explicit way past). Then the main process takes the folder's writer lock (r1lab/runlock.py) and writes
+    config.yaml: the settings the checkpoints are trained with."""
     out = Path(out)
     check_inputs(config)
+    if write:
+        lock_folder(out)             # one writer per run folder: a second one is refused, naming the holder
     checkpoint = find_checkpoint(out)
     if checkpoint is not None and not resume:
         raise R1labError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
@@ -209,12 +204,6 @@ def restore_state(checkpoint: Path | None, optimizer, scheduler, generator: torc
     if generator is not None and state["generator"] is not None:
         generator.set_state(state["generator"])
     return state["step"]
-
-
-def is_sharded(model) -> bool:
-    """Whether the model's parameters are FSDP2 shards (DTensors)."""
-    from torch.distributed.tensor import DTensor
-    return model is not None and any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def by_name(saved: dict, model) -> dict:

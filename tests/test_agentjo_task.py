@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from r1lab import R1labError
-from r1lab.data import cold_start_completion
+from r1lab.cold_start import cold_start_completion
 from r1lab.pipeline import load_recipe
 from r1lab.rewards import parse_rewards, score
 from r1lab.rewards.agentjo import agentjo_format, agentjo_score

@@ -127,7 +127,7 @@ def test_serve_options_reach_the_server(monkeypatch):
 def test_num_processes_relaunches_the_stage_with_its_options(monkeypatch, tmp_path):
     import subprocess
     commands = []
-    monkeypatch.setattr(subprocess, "call", lambda command: commands.append(command) or 0)
+    monkeypatch.setattr(subprocess, "call", lambda command, **options: commands.append(command) or 0)
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "grpo", "--model", "tiny-random", "--prompts_per_step", "4", "--beta=-0", "--num-processes", "2",
               "--out", str(tmp_path / "o")])

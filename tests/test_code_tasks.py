@@ -146,6 +146,39 @@ def test_a_jsonl_code_row_without_an_assertion_that_runs_is_refused(tmp_path, te
         get_task(f"jsonl:{tmp_path / 'rows_{split}.jsonl'}").problems("test")
 
 
+def test_a_check_that_never_calls_the_candidate_earns_nothing(tmp_path):
+    """Issue 29: `check(candidate)` asserting only `1 == 1` gave a program returning None reward 1.0."""
+    row = {"prompt": "Write add(a, b).", "entry_point": "add",
+           "tests": "def check(candidate):\n    assert 1 == 1\ncheck(candidate)"}
+    (tmp_path / "rows_test.jsonl").write_text(json.dumps(row) + "\n")
+    problem, = get_task(f"jsonl:{tmp_path / 'rows_{split}.jsonl'}").problems("test")
+    group = [reply("def add(a, b):\n    return None"), reply("def add(a, b):\n    return a + b")]
+    assert code_rewards.code_reward(group, problem) == [0.0, 0.0]
+    assert code_rewards.code_strict_reward(group, problem) == [0.0, 0.0]
+    assert "never called the entry point 'add'" in code_rewards.run_tests(problem, group[0].answer).errors[0]
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"tests": 5}, r"field 'tests' must be a list of strings \(assert statements\) or one string of test code, got a number"),
+    ({"tests": []}, r"field 'tests' must be a non-empty list of strings"),
+    ({"tests": ["assert f(1) == 1", 3]}, r"field 'tests' must be a non-empty list of strings"),
+    ({"entry_point": ["f"]}, r"field 'entry_point' must be a string \(a function name\) or absent, got a list"),
+    ({"entry_point": "my f"}, r"field 'entry_point' must be a Python function name, got 'my f'"),
+    ({"setup": 1}, r"field 'setup' must be a string \(Python code\) or absent, got a number"),
+    ({"setup": "def ("}, r"field 'setup' is not valid Python"),
+    ({"setup": "x = " + "-" * 100000 + "1"}, r"field 'setup' is nested too deeply"),
+    ({"prefix": {"a": 1}}, r"field 'prefix' must be a string \(Python code\) or absent, got an object"),
+    ({"answer": ["def f(x): return x"]}, r"field 'answer' must be a string \(a reference program\) or absent, got a list"),
+    ({"prompt": None}, r"field 'prompt' must be a string, got null"),
+])
+def test_jsonl_code_fields_of_the_wrong_type_name_file_line_and_field(tmp_path, fields, message):
+    rows = [{"prompt": "Write f(x).", "tests": ["assert f(1) == 1"]}, {"prompt": "Write f(x) again.", "tests": ["assert f(1) == 1"], **fields}]
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(R1labError, match=r"rows.jsonl, line 2: " + message) as error:
+        get_task(f"jsonl:{tmp_path / 'rows.jsonl'}").problems("train")
+    assert "\n" not in str(error.value)
+
+
 def test_cli_trains_grpo_on_humaneval_with_code_rewards(tmp_path, capsys):
     from r1lab.cli import main
     main(["train", "grpo", "--model", "tiny-random", "--task", "humaneval", "--rewards", "code,format",

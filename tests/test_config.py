@@ -59,7 +59,7 @@ def test_every_number_has_a_range(cls):
 
 
 @pytest.mark.parametrize("cls, values, message", [
-    (GRPOConfig, {"learning_rate": "-1"}, r"GRPOConfig.learning_rate must be in \(0, inf\), got -1.0"),
+    (GRPOConfig, {"learning_rate": "-1"}, r"GRPOConfig.learning_rate must be in \(0, 1\], got -1.0"),
     (GRPOConfig, {"beta": -1}, r"GRPOConfig.beta must be in \[0, inf\)"),
     (GRPOConfig, {"top_p": "0"}, r"GRPOConfig.top_p must be in \(0, 1\]"),
     (GRPOConfig, {"top_p": 1.5}, r"GRPOConfig.top_p must be in \(0, 1\]"),
@@ -105,3 +105,19 @@ def test_train_options_that_were_silently_accepted(tmp_path, monkeypatch, capsys
     with pytest.raises(SystemExit) as exit:
         main(["train", "sft", *argv, "--data", "x.jsonl", "--out", str(tmp_path / "o")])
     assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_names_config_writes_down_equal_the_registries_they_stand_for():
+    """config.py imports nothing from the domain (the layer rule), so it lists the registered names itself."""
+    from r1lab.algorithms.goal_directed import AUGMENTATIONS
+    from r1lab.algorithms.losses import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES, RATIO_LEVELS
+    from r1lab.rewards import GROUP_REWARDS, REWARDS
+    from r1lab.rollout.engines import ENGINES
+    from r1lab.templates import TEMPLATES
+    from r1lab.tools import BUILTINS
+    assert configs.CHOICES["loss_aggregation"] == AGGREGATIONS and configs.CHOICES["ratio_level"] == RATIO_LEVELS
+    assert set(configs.CHOICES["advantage"]) == set(ADVANTAGES)
+    assert set(configs.CHOICES["policy_loss"]) == set(POLICY_LOSSES)
+    assert configs.CHOICES["engine"] == ENGINES and set(configs.CHOICES["template"]) == set(TEMPLATES)
+    assert configs.AUGMENTATIONS == AUGMENTATIONS and set(configs.BUILTIN_TOOLS) == set(BUILTINS)
+    assert set(configs.BUILTIN_REWARDS) == {name for name in {**REWARDS, **GROUP_REWARDS} if ":" not in name}

@@ -85,7 +85,7 @@ def test_prompts_that_do_not_divide_among_processes_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_match_one_in_sft_and_compete(tmp_path):
-    from r1lab.data import write_cold_start
+    from r1lab.cold_start import write_cold_start
     data = tmp_path / "cold.jsonl"
     write_cold_start("arithmetic", 16, str(data), "r1_zero", 0)
     sft = ["train", "sft", "--model", "tiny-random", "--data", str(data), "--batch-size", "8", "--micro-batch-size", "2",

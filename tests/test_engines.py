@@ -13,7 +13,8 @@ from r1lab import R1labError
 from r1lab.algorithms.grpo import train_grpo
 from r1lab.config import GRPOConfig, load_config
 from r1lab.models import load_model
-from r1lab.rollout import Sampling, make_engine
+from r1lab.rollout import Sampling
+from r1lab.rollout.engines import make_engine
 from tests.learnable import low_ids  # noqa: F401 - importable reward for the config
 
 
@@ -205,7 +206,8 @@ def test_fast_decoding_matches_the_models_own_layers_and_follows_weight_updates(
             slow = HFEngine(model, tokenizer, max_batch=8, seed=0).generate(prompts, 3, sampling, seeds=seeds)
         return [s for g in fast for s in g], [s for g in slow for s in g]
 
-    if decoding._packs_correctly(8):
+    packing = decoding._packs_correctly(8)          # oneDNN packing verified on this CPU (else the model's own linears)
+    if packing:
         with torch.no_grad():
             probe = torch.randn(2, 64)
             linear = model.model.layers[0].mlp.up_proj
@@ -216,9 +218,11 @@ def test_fast_decoding_matches_the_models_own_layers_and_follows_weight_updates(
         fast, slow = both(Sampling(temperature=1.0, max_new_tokens=24), seeds=[5, 6])
         assert [s.token_ids for s in fast] == [s.token_ids for s in slow]
         assert max(abs(a - b) for f, s in zip(fast, slow) for a, b in zip(f.logprobs, s.logprobs)) < 1e-4
-        assert engine._packs or not decoding._packs_correctly(8)       # kept for the next call
         fused = [p for p in engine._packs.values() if isinstance(p, decoding.FusedPack)]
-        assert len(fused) == 2 * len(model.model.layers) or not decoding._packs_correctly(8)   # q/k/v, gate/up
+        if packing:                                              # kept for the next call: q/k/v and gate/up fused
+            assert engine._packs and len(fused) == 2 * len(model.model.layers)
+        else:                                                    # the fallback: no pack at all
+            assert not engine._packs
         with torch.no_grad():                                    # a training step: weights change in place
             for p in model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
@@ -248,3 +252,18 @@ def test_growing_cache_equals_the_dynamic_cache_through_repeat_and_select():
                 steps.append(out.logits[:, -1])
         outputs.append(steps)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*outputs))
+
+
+def test_where_packing_is_unavailable_decoding_falls_back_to_the_models_own_linears(monkeypatch):
+    """The other branch of the test above, forced on any CPU: no pack is made and the tokens are the same."""
+    from r1lab.rollout import decoding
+    from r1lab.rollout.hf import HFEngine
+    model, tokenizer = load_model("tiny-random")
+    model.eval()
+    greedy = Sampling(temperature=0, max_new_tokens=12)
+    expected = [s.token_ids for s in HFEngine(model, tokenizer, seed=0).generate(["Calculate 1 + 2"], 1, greedy)[0]]
+    monkeypatch.setattr(decoding, "_PROBED", {})
+    monkeypatch.setattr(decoding, "_packs_correctly", lambda rows: False)
+    engine = HFEngine(model, tokenizer, seed=0)
+    assert [s.token_ids for s in engine.generate(["Calculate 1 + 2"], 1, greedy)[0]] == expected
+    assert not engine._packs

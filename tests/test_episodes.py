@@ -146,7 +146,8 @@ def test_grpo_with_tools_from_the_cli(tmp_path):
 
 
 def test_cold_start_demonstrations_call_the_tool_and_sft_masks_its_result(tmp_path):
-    from r1lab.data import read_jsonl, write_cold_start
+    from r1lab.cold_start import write_cold_start
+    from r1lab.data import read_jsonl
     from r1lab.rollout.episodes import tokenize_episode
 
     out = tmp_path / "cold.jsonl"

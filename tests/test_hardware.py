@@ -68,7 +68,7 @@ def test_stages_resolve_auto_from_the_hardware_and_record_it(tmp_path, monkeypat
     import json
 
     from r1lab.cli import main
-    from r1lab.data import write_cold_start
+    from r1lab.cold_start import write_cold_start
     monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
     main(["train", "grpo", "--model", "tiny-random", "--steps", "1", "--prompts-per-step", "2", "--samples-per-prompt", "2",
           "--micro-batch-size", "4", "--max-new-tokens", "8", "--out", str(tmp_path / "grpo")])

@@ -54,7 +54,17 @@ def test_between_seed_variance_widens_the_interval_over_the_naive_one():
     low, high = cluster_bootstrap_ci(agreeing)
     naive_low, naive_high = bootstrap_ci([v for rows in agreeing for v in rows])
     assert low < 0.5 < high and abs((high - low) - (naive_high - naive_low)) < 0.1
-    assert cluster_bootstrap_ci(seeds, seed=3) == cluster_bootstrap_ci(seeds, seed=3)
+
+def test_the_cluster_bootstrap_is_its_seed_alone():
+    """Reproducible from its seed whatever the global RNG did in between, and the seed is really used."""
+    import random
+    tables = [[(i * 7 % 5) / 4 for i in range(10)], [(i * 3 % 4) / 3 for i in range(10)], [0.2] * 10]
+    random.seed(1)
+    first = cluster_bootstrap_ci(tables, seed=3)
+    random.seed(2)
+    random.random()
+    assert cluster_bootstrap_ci(tables, seed=3) == first
+    assert cluster_bootstrap_ci(tables, seed=4) != first
 
 
 def test_paired_cluster_bootstrap_cancels_what_the_problems_share():

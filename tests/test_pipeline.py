@@ -76,7 +76,7 @@ def test_a_killed_recipe_finishes_without_redoing_finished_stages(tmp_path, monk
     (("kind: sft,", "kind: sft, model: cold,"), r"key 'model': stage 'cold' produces data"),
     (("samples_per_prompt: 2,\n", "samples_per_prompt: 1,\n"), r"stage 'grpo': samples_per_prompt \(G\) must be >= 2"),
     (("kind: sft,", "kind: sft, model: grpo,"), r"stage 'sft', key 'model': stage 'grpo' comes later in the recipe"),
-    (("micro_batch_size: 8, learning_rate: 1.0e-3", "micro_batch_size: 8, learning_rate: -1"), r"stage 'sft': SFTConfig.learning_rate must be in \(0, inf\)"),
+    (("micro_batch_size: 8, learning_rate: 1.0e-3", "micro_batch_size: 8, learning_rate: -1"), r"stage 'sft': SFTConfig.learning_rate must be in \(0, 1\]"),
 ])
 def test_bad_recipes_fail_at_load_naming_file_stage_and_key(tmp_path, edit, message):
     path = write_recipe(tmp_path, RECIPE.replace(*edit))
@@ -166,7 +166,7 @@ def test_num_processes_launches_each_training_stage_with_its_config_and_runs_the
     from r1lab.cli import main
     launched = []
 
-    def call(command):
+    def call(command, **options):
         argv = command[command.index("r1lab") + 1:]
         config = argv[argv.index("--config") + 1]
         launched.append((command[command.index("--num_processes") + 1], argv[:2], "--resume" in argv,

@@ -3,15 +3,19 @@
 Every hostile program is given one test that it would pass if it were a correct solution, so
 "contained" means both: the host is unaffected AND the run scores what it earned.
 """
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from r1lab import R1labError
-from r1lab.sandbox import Limits, Sandbox, check_tests, isolation
+from r1lab.sandbox import Limits, Sandbox, check_tests, isolation, read_program
 
 ISOLATED = isolation() != "none"
 needs_namespaces = pytest.mark.skipif(not ISOLATED, reason="no namespaces here: only rlimits and the timeout apply")
@@ -200,9 +204,60 @@ def _cmdline(pid: str) -> str:
         return ""
 
 
-def test_bad_limits_are_named():
-    with pytest.raises(R1labError, match="wall_s"):
-        Limits(wall_s=0)
+@pytest.mark.parametrize("field, value, expected", [
+    ("wall_s", 0, r"wall_s must be a number of seconds in \(0, 86400\], got 0"),
+    ("wall_s", float("inf"), r"wall_s must be a number of seconds in \(0, 86400\], got inf"),   # r1lab sandbox --wall-s inf
+    ("wall_s", float("nan"), r"wall_s .* got nan"),
+    ("wall_s", -1.5, r"wall_s .* got -1.5"),
+    ("cpu_s", 2.5, r"cpu_s must be an integer in \[1, 2147483647\], got 2.5"),
+    ("memory_mb", True, r"memory_mb must be an integer .* got True"),
+    ("processes", 0, r"processes must be an integer .* got 0"),
+    ("output_bytes", 2**64, r"output_bytes must be an integer .* got 18446744073709551616"),
+])
+def test_bad_limits_are_named_with_their_range(field, value, expected):
+    with pytest.raises(R1labError, match=expected) as error:
+        Limits(**{field: value})
+    assert "\n" not in str(error.value)
+
+
+def test_read_program_refuses_binary_and_missing_files(tmp_path):
+    (tmp_path / "ok.py").write_text("def f():\n    return 'é'\n", encoding="utf-8")
+    assert read_program(tmp_path / "ok.py") == "def f():\n    return 'é'\n"
+    (tmp_path / "model.bin").write_bytes(b"\x7fELF\x02\x01\x01\x00\xff\xfe\x80")
+    with pytest.raises(R1labError, match=r"model.bin: not a UTF-8 text file \(invalid .* at byte 8\)"):
+        read_program(tmp_path / "model.bin")
+    with pytest.raises(R1labError, match=r"nope.py: file not found"):
+        read_program(tmp_path / "nope.py")
+    with pytest.raises(R1labError, match=r": cannot be read \(Is a directory\)"):
+        read_program(tmp_path)
+
+
+NEVER_CALLS = "def check(candidate):\n    assert 1 == 1\ncheck(candidate)"
+
+
+@pytest.mark.parametrize("program, tests, passed", [
+    ("def add(a, b):\n    return None", [NEVER_CALLS], 0),                       # the issue's example
+    ("def add(a, b):\n    return None", ["assert 1 == 1", "assert 2 == 2"], 0),
+    (ADD, [NEVER_CALLS.replace("1 == 1", "candidate(1, 2) == 3")], 1),           # a check that calls it
+    (ADD, ["assert 1 == 1", "assert add(1, 2) == 3"], 2),                        # one call is enough
+    ("def plus(a, b):\n    return a + b",                                       # no entry point at all
+     ["try:\n    candidate(1, None)\nexcept Exception:\n    pass\nelse:\n    assert False"], 0),
+], ids=["check-never-calls", "asserts-only", "check-calls", "one-call", "entry-point-missing"])
+def test_tests_that_never_call_the_entry_point_earn_nothing(box, program, tests, passed):
+    result = box.run(program, tests, entry_point="add")
+    assert result.passed == passed, result.errors
+    if passed == 0:
+        assert any("entry point" in e for e in result.errors), result.errors
+
+
+def test_passes_before_a_timeout_count_only_if_the_entry_point_was_called():
+    from r1lab.sandbox import _result
+    def streams(*lines):
+        return {"results": "\n".join(map(__import__("json").dumps, lines)).encode(), "stdout": b"", "stderr": b""}
+    start = {"tests": 2, "entry_point": "f"}
+    uncalled = _result(streams(start, {"test": 0, "passed": True, "error": None, "called": False}), "timeout", 1.0)
+    called = _result(streams(start, {"test": 0, "passed": True, "error": None, "called": True}), "timeout", 1.0)
+    assert (uncalled.passed, called.passed) == (0, 1)
 
 
 @needs_namespaces
@@ -263,6 +318,8 @@ def test_only_statements_that_can_fail_count(box, program, tests, passed, total)
     (["assert True", "x = double(1)"], "no test that runs an assertion"),
     (["print(double(1))"], "no test that runs an assertion"),       # runs the program, asserts nothing
     (["assert double(1) == 2", "assert ("], r"tests\[1\] is not valid Python"),
+    (["assert " + "-" * 1000 + "1 == -1"], r"tests\[0\] is nested too deeply"),      # a RecursionError before
+    (["assert " + "-" * 100000 + "1 == -1"], r"tests\[0\] is nested too deeply"),    # a MemoryError before
 ])
 def test_check_tests_refuses_tests_that_assert_nothing(tests, message):
     if message is None:
@@ -300,3 +357,55 @@ def test_runs_end_even_when_the_host_process_dies(tmp_path):
     while [p for p in os.listdir("/proc") if p.isdigit() and marker in _cmdline(p)] and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not [p for p in os.listdir("/proc") if p.isdigit() and marker in _cmdline(p)]
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    return [p for p in os.listdir("/proc") if p.isdigit() and text in _cmdline(p)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_host_leaves_no_program_text_and_its_folder_goes_at_the_next_start(tmp_path):
+    """The job reaches the judge as a file no path names, so SIGKILLing the host leaves the program's
+    text nowhere on disk; once the run has ended, the next Sandbox removes the run's folder."""
+    marker, secret = f"r1lab-killed-{os.getpid()}", f"secret-{os.getpid()}-{time.time_ns()}"
+    runs, host_dir = tmp_path / "runs", tmp_path / "host"
+    runs.mkdir()
+    host_dir.mkdir()
+    program = f"# {secret}\n" + spawner(marker, 300) + "import time\nspawn()\ntime.sleep(300)\n"
+    (host_dir / "host.py").write_text("from r1lab.sandbox import Sandbox, Limits\n"
+                                      f"Sandbox(Limits(wall_s=60), tmp_root={str(runs)!r}).run({program!r}, ['assert 1'])\n")
+    package_root = str(Path(sys.modules["r1lab"].__file__).parents[1])      # the host runs the r1lab under test
+    host = subprocess.Popen([sys.executable, str(host_dir / "host.py")], env={**os.environ, "PYTHONPATH": package_root})
+    deadline = time.monotonic() + 30
+    while not _processes_mentioning(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_mentioning(marker), "the program never started"
+    host.send_signal(signal.SIGKILL)
+    host.wait()
+    try:
+        left = [p for p in runs.rglob("*") if p.is_file() and not p.is_symlink()]
+        assert not [p for p in left if secret.encode() in p.read_bytes()], left
+        assert leftovers(runs)                               # the folder of the run, still going, is kept
+        Sandbox(Limits(wall_s=2), tmp_root=str(runs))        # a start while the judge lives removes nothing
+        assert leftovers(runs)
+    finally:
+        for pid in _processes_mentioning(str(runs)):         # end the orphaned run (its alarm would, in 65 s)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(int(pid)), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while (_processes_mentioning(str(runs)) or _processes_mentioning(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    Sandbox(Limits(wall_s=2), tmp_root=str(runs))
+    assert leftovers(runs) == []
+
+
+def test_stale_run_folders_go_and_live_ones_stay(tmp_path):
+    from r1lab.sandbox import _slot, remove_stale
+    with _slot() as (slot, _):
+        live, stale, other = (tmp_path / f"r1lab-sandbox-{slot}-live1234", tmp_path / "r1lab-sandbox-999999-dead5678",
+                              tmp_path / "r1lab-sandbox-notours")
+        for folder in (live, stale, other):
+            (folder / "tmp").mkdir(parents=True)
+            (folder / "tmp" / "data").write_text("x")
+        remove_stale(str(tmp_path))
+        assert (live.exists(), stale.exists(), other.exists()) == (True, False, True)

@@ -9,7 +9,8 @@ import openai
 import pytest
 
 from r1lab.models import tiny_tokenizer
-from r1lab.serve import APIError, Limits, parse_request, request_prompt
+from r1lab.serve import APIError, Limits, parse_request
+from r1lab.serve_prompt import request_prompt
 from r1lab.streaming import ReplyStream, split_reply
 from r1lab.tools import TOOL_CALL_STOP
 from serving import LIMITS, ScriptedEngine, start_server, think_tokenizer

@@ -7,7 +7,7 @@ import torch
 from r1lab import R1labError
 from r1lab.algorithms.sft import train_sft
 from r1lab.config import SFTConfig, load_config
-from r1lab.data import write_cold_start
+from r1lab.cold_start import write_cold_start
 from r1lab.models import load_model
 from r1lab.templates import get_template
 

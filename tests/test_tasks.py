@@ -126,6 +126,43 @@ def test_jsonl_errors_name_file_line_and_field(tmp_path, lines, message):
         get_task(f"jsonl:{path}").problems("train")
 
 
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "a", "answer": ["2", "3"]}, r"line 2: field 'answer' must be a string or number, got a list"),
+    ({"prompt": "a", "answer": {"x": 1}}, r"line 2: field 'answer' must be a string or number, got an object"),
+    ({"prompt": "a", "answer": None}, r"line 2: field 'answer' must be a string or number, got null"),
+    ({"prompt": "a", "answer": True}, r"line 2: field 'answer' must be a string or number, got true/false"),
+    ({"prompt": ["a"], "answer": "1"}, r"line 2: field 'prompt' must be a string, got a list"),
+    ({"prompt": 7, "answer": "1"}, r"line 2: field 'prompt' must be a string, got a number"),
+    ({"answer": "1"}, r"line 2: missing field 'prompt' \(a string; fields present: \['answer'\]\)"),
+    ({"prompt": "a", "answer": "1", "steps": {"s": 1}}, r"line 2: field 'steps' must be a list of strings or one string"),
+    ({"prompt": "a", "answer": "1", "steps": ["s1", 2]}, r"line 2: field 'steps' .* got a list holding a number"),
+])
+def test_jsonl_fields_of_the_wrong_type_name_file_line_field_and_type(tmp_path, row, message):
+    path = write(tmp_path / "d.jsonl", ['{"prompt": "fine", "answer": "1"}', json.dumps(row)])
+    for split in ("train", "test"):                          # every row is checked, whichever its split
+        with pytest.raises(R1labError, match=f"d.jsonl, {message}") as error:
+            get_task(f"jsonl:{path}").problems(split)
+        assert "\n" not in str(error.value)
+
+
+def test_jsonl_numbers_are_answers_as_text(tmp_path):
+    path = write(tmp_path / "d.jsonl", [json.dumps({"prompt": f"q{i}", "answer": a, "steps": None})
+                                        for i, a in enumerate([7, 2.5, -1, "x"])])
+    problems = get_task(f"jsonl:{path}", test_percent=1).problems("train")
+    assert [p.answer for p in problems] == ["7", "2.5", "-1", "x"] and problems[0].steps == ()
+
+
+@pytest.mark.parametrize("line, message", [
+    ("[" * 100000 + "]" * 100000, r"d.jsonl, line 2: JSON nested too deeply"),     # a RecursionError before
+    ('{"prompt": "a", "answer": ' + "1" * 5000 + "}", r"d.jsonl, line 2: JSON Python cannot read \(Exceeds the limit"),
+])
+def test_jsonl_rows_python_cannot_read_are_errors_naming_file_and_line(tmp_path, line, message):
+    path = write(tmp_path / "d.jsonl", ['{"prompt": "a", "answer": "1"}', line])
+    with pytest.raises(R1labError, match=message) as error:
+        get_task(f"jsonl:{path}").problems("train")
+    assert "\n" not in str(error.value)
+
+
 def test_jsonl_missing_file(tmp_path):
     with pytest.raises(R1labError, match="file not found"):
         get_task(f"jsonl:{tmp_path}/nope.jsonl").problems("train")

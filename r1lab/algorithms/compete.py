@@ -37,6 +37,7 @@ from r1lab.rollout.hf import HFEngine
 from r1lab.tasks import get_task
 from r1lab.templates import get_template
 from r1lab.tools import load_tools
+from r1lab.runlock import release_folder
 from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_on_device, load_policy, make_optimizer,
                             prepare_run, restore_state, save_step, seed_everything)
 
@@ -50,11 +51,11 @@ def _encoded(tokenizer, completion) -> tuple[list[int], list[int]]:
 
 def train_compete(cfg: CompeteConfig, resume: bool = False):
     par = Parallel(cfg.fsdp)
-    out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)
-    precision = choose_precision(out, cfg.mixed_precision, cfg.rollout_dtype, par.is_main)
-    seed_everything(cfg.seed)
     weights, tools = parse_rewards(cfg.rewards), load_tools(cfg.tools)
     problems = get_task(cfg.task, **cfg.task_options).problems("train", cfg.rounds * cfg.prompts_per_step, cfg.seed)
+    out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)       # every input read: now it writes
+    precision = choose_precision(out, cfg.mixed_precision, cfg.rollout_dtype, par.is_main)
+    seed_everything(cfg.seed)
     model, tokenizer = load_policy(cfg.model, checkpoint, "float32", 0, 0, False)
     disable_dropout(model)                                   # as in GRPO (TRL: disable_dropout)
     policy_engine = HFEngine(model, tokenizer, seed=cfg.seed, decode_dtype=precision.rollout_dtype, own_copy=par.sharded)
@@ -144,4 +145,5 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.rounds:
             save_step(par, out, model, tokenizer, step + 1, optimizer, scheduler, policy_engine.generator)
         par.barrier()
+    release_folder(out)
     return out / "checkpoint"

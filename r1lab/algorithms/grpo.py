@@ -81,19 +81,21 @@ import torch
 from tqdm import tqdm
 
 from r1lab import R1labError
-from r1lab.algorithms.losses import (constant_groups, group_advantages, grpo_loss, leave_one_out_advantages,
-                                     sampler_mismatch, truncated_importance_weights)
+from r1lab.algorithms.losses import (ADVANTAGES, POLICY_LOSSES, constant_groups, sampler_mismatch,
+                                     truncated_importance_weights)
 from r1lab.algorithms.sequences import CompletionLogits, pad_batch, token_logprobs
 from r1lab.config import GRPOConfig
 from r1lab.distributed import Parallel, prompt_seeds, state_gb
-from r1lab.evaluate import reflects
+from r1lab.metrics import reflects
 from r1lab.models import load_model
 from r1lab.rewards import parse_rewards, score
 from r1lab.rewards.accuracy import accuracy
-from r1lab.rollout import Sampling, make_engine, rollout
+from r1lab.rollout import Sampling, rollout
+from r1lab.rollout.engines import make_engine
 from r1lab.tasks import get_task
 from r1lab.templates import get_template
 from r1lab.tools import load_tools
+from r1lab.runlock import release_folder
 from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_policy, make_optimizer, prepare_run, restore_state,
                             save_step, seed_everything, zero_gradients)
 from r1lab.types import Problem
@@ -251,16 +253,16 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     if cfg.dynamic_sampling and par.world > 1:
         raise R1labError(f"dynamic_sampling runs in one process (got {par.world}): each process would stop drawing at "
                          "a different round; use --num-processes 1 or dynamic_sampling false")
-    out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)
+    template, weights, tools = get_template(cfg.template), parse_rewards(cfg.rewards), load_tools(cfg.tools)
+    draws = cfg.dynamic_sampling_max_draws if cfg.dynamic_sampling else 1       # rounds of prompts per step, at most
+    problems = get_task(cfg.task, **cfg.task_options).problems(
+        "train", cfg.steps * draws * cfg.prompts_per_step + cfg.validation_problems, cfg.seed)
+    out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)       # every input read: now it writes
     precision = choose_precision(out, cfg.mixed_precision, cfg.rollout_dtype, par.is_main)
     use_is, why = importance_sampling_on(cfg.importance_sampling, cfg.engine, cfg.dtype, precision)
     if par.is_main:
         print(f"importance sampling: {'on, cap ' + str(cfg.importance_sampling_cap) if use_is else 'off'} ({why})")
     seed_everything(cfg.seed)
-    template, weights, tools = get_template(cfg.template), parse_rewards(cfg.rewards), load_tools(cfg.tools)
-    draws = cfg.dynamic_sampling_max_draws if cfg.dynamic_sampling else 1       # rounds of prompts per step, at most
-    problems = get_task(cfg.task, **cfg.task_options).problems(
-        "train", cfg.steps * draws * cfg.prompts_per_step + cfg.validation_problems, cfg.seed)
     validation = problems[len(problems) - cfg.validation_problems:] if cfg.validation_problems else []
     problems = problems[:len(problems) - len(validation)]                      # what training draws from
     par.check_divides(cfg.prompts_per_step)
@@ -279,7 +281,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     optimizer, scheduler = make_optimizer(model, cfg.learning_rate, cfg.weight_decay,   # the scheduler counts updates
                                           cfg.warmup_steps * cfg.updates_per_batch, cfg.lr_schedule,   # mu per step
                                           cfg.steps * cfg.updates_per_batch)
-    generator = getattr(engine, "generator", None)           # the hf engine's sampler state, saved with checkpoints
+    generator = engine.generator                             # the sampler's RNG (None for vLLM), saved with checkpoints
     start = restore_state(checkpoint, optimizer, scheduler, generator, model)
     metrics_log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True) if par.is_main else None
     samples_log = JsonlLog(out / "samples.jsonl", start) if par.is_main else None
@@ -306,10 +308,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
         completions = [c for g in kept for c in g.completions]                      # b = N/W * G, groups contiguous
         # 2. advantages within groups (eq. 3, or RLOO)
         rewards = torch.tensor([t for g in kept for t in g.totals])                 # (b,)
-        if cfg.advantage == "rloo":
-            advantages, advantage_metrics = leave_one_out_advantages(rewards, G)
-        else:
-            advantages, advantage_metrics = group_advantages(rewards, G, cfg.scale_rewards)
+        advantages, advantage_metrics = ADVANTAGES[cfg.advantage](rewards, G, cfg.scale_rewards)   # (b,)
         prompt_ids = [tokenizer(g.prompt, add_special_tokens=False)["input_ids"] for g in kept for _ in range(G)]
         keep = [not (cfg.mask_truncated and c.finish_reason == "length") for c in completions]
         batch_tokens = par.total(sum(c.model_tokens for c, k in zip(completions, keep) if k))   # whole batch, only
@@ -364,7 +363,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
                             with torch.no_grad():
                                 score_micro_batch(i, logprobs.detach(), entropy)
                     old, ref, is_weights = scored[i]
-                    loss, loss_metrics = grpo_loss(
+                    loss, loss_metrics = POLICY_LOSSES[cfg.policy_loss](
                         logprobs, old, ref, advantages[rows].to(device()), loss_mask, eps_low=cfg.epsilon,
                         eps_high=cfg.epsilon_high, beta=cfg.beta, mode=cfg.loss_aggregation, ratio_level=cfg.ratio_level,
                         is_weights=is_weights, batch_sequences=batch_sequences, batch_tokens=batch_tokens,
@@ -415,4 +414,5 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
         accuracy_now = validate(engine, tokenizer, template, validation, cfg.max_new_tokens, tools, cfg.max_turns)
         validation_log.write({"step": cfg.steps, "val_accuracy": accuracy_now})
         print(f"validation accuracy after {cfg.steps} steps: {accuracy_now:.3f}")
+    release_folder(out)
     return out / "checkpoint"

@@ -43,12 +43,29 @@ Choices, each named and tested:
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 AGGREGATIONS = ("sample", "token", "constant")
 RATIO_LEVELS = ("token", "sequence")
 ADVANTAGE_EPS = 1e-4      # added to the group std (TRL's value; see the module docstring)
 LOG_RATIO_CLAMP = 20.0    # |log-ratio| bound before exp (verl's)
+
+
+AdvantageFn = Callable[..., tuple[torch.Tensor, dict]]   # (rewards (N*G,), group_size, scale) -> (advantages, metrics)
+PolicyLossFn = Callable[..., tuple[torch.Tensor, dict]]  # grpo_loss's arguments -> (loss, metrics)
+ADVANTAGES: dict[str, AdvantageFn] = {}    # GRPOConfig.advantage -> estimator
+POLICY_LOSSES: dict[str, PolicyLossFn] = {}   # GRPOConfig.policy_loss -> loss; all aggregate through `aggregate`
+
+
+def register(table: dict, name: str):
+    """A decorator that files a function in a registry under `name`: a new advantage estimator or policy
+    loss (CISPO, REINFORCE++, ...) is one registered function and its test."""
+    def add(fn):
+        table[name] = fn
+        return fn
+    return add
 
 
 def constant_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -58,6 +75,7 @@ def constant_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return grouped.amax(1) - grouped.amin(1) <= tolerance
 
 
+@register(ADVANTAGES, "grpo")
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True) -> tuple[torch.Tensor, dict]:
     """Eq. 3 on rewards (N*G,), groups contiguous. Returns advantages (N*G,) in the rewards' dtype, and metrics."""
     grouped = rewards.double().view(-1, group_size)                          # (N, G)
@@ -69,8 +87,10 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True)
     return advantages.reshape(-1).to(rewards.dtype), {"zero_std_groups": constant.double().mean().item()}
 
 
-def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, dict]:
-    """RLOO on rewards (N*G,), groups contiguous: r_i - mean of the group's other rewards, (N*G,), no std scaling."""
+@register(ADVANTAGES, "rloo")
+def leave_one_out_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True) -> tuple[torch.Tensor, dict]:
+    """RLOO on rewards (N*G,), groups contiguous: r_i - mean of the group's other rewards, (N*G,). RLOO has no std
+    scaling: `scale` (the registry's shared signature) is not read."""
     grouped = rewards.double().view(-1, group_size)                          # (N, G)
     constant = constant_groups(rewards, group_size)                          # (N,)
     others = (grouped.sum(1, keepdim=True) - grouped) / (group_size - 1)     # (N, G)
@@ -120,6 +140,7 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, batch_sequenc
     raise ValueError(f"unknown aggregation {mode!r}; valid: {', '.join(AGGREGATIONS)}")
 
 
+@register(POLICY_LOSSES, "grpo")
 def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, *, eps_low: float = 0.2,
               eps_high: float | None = None, beta: float = 0.04, mode: str = "sample", ratio_level: str = "token",
               is_weights: torch.Tensor | None = None, batch_sequences: int, batch_tokens: int,

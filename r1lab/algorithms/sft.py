@@ -25,6 +25,7 @@ from r1lab.config import SFTConfig
 from r1lab.distributed import Parallel, state_gb
 from r1lab.data import read_jsonl
 from r1lab.rollout.episodes import render_prompt, tokenize_episode
+from r1lab.runlock import release_folder
 from r1lab.templates import get_template
 from r1lab.tools import load_tools
 from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_policy, make_optimizer, prepare_run, restore_state,
@@ -46,21 +47,45 @@ def load_pairs(path: str) -> list[tuple[str, str, str]]:
     return pairs
 
 
+def context_length(model) -> int:
+    """The longest sequence the model was trained on (its position limit); 1M tokens when it names none."""
+    return int(getattr(model.config, "max_position_embeddings", None) or 2 ** 20)
+
+
+def tokenize_pairs(pairs, tokenizer, template, tools, max_length: int):
+    """([(prompt ids, completion ids + EOS, completion loss mask)], rows skipped as longer than `max_length`
+    tokens). A row whose text alone proves it too long (more characters than `max_length` tokens of the
+    vocabulary's longest could cover) is skipped before it is tokenized: a 50 MB row costs nothing."""
+    longest = max(len(token) for token in tokenizer.get_vocab())            # characters one token covers, at most
+    examples, skipped = [], 0
+    for prompt, prefix, completion in pairs:
+        if len(prompt) + len(prefix) + len(completion) > max_length * longest:
+            skipped += 1
+            continue
+        ids, mask = tokenize_episode(tokenizer, (" " if prefix else "") + completion)
+        prompt_ids = tokenizer(render_prompt(template, prompt, tokenizer, tools) + prefix,
+                               add_special_tokens=False)["input_ids"]
+        if len(prompt_ids) + len(ids) + 1 > max_length:
+            skipped += 1
+            continue
+        examples.append((prompt_ids, ids + [tokenizer.eos_token_id], mask + [1]))
+    return examples, skipped
+
+
 def train_sft(cfg: SFTConfig, resume: bool = False):
     par = Parallel(cfg.fsdp)
-    out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)
+    pairs, template, tools = load_pairs(cfg.data), get_template(cfg.template), load_tools(cfg.tools)
+    out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)       # every input read: now it writes
     precision = choose_precision(out, cfg.mixed_precision, None, par.is_main)
     seed_everything(cfg.seed)
-    pairs = load_pairs(cfg.data)
-    template = get_template(cfg.template)
     model, tokenizer = load_policy(cfg.model, checkpoint, cfg.dtype, cfg.lora_rank, cfg.lora_alpha,
                                    cfg.gradient_checkpointing)
-    tools = load_tools(cfg.tools)
-    examples = []                                        # (prompt ids, completion ids, completion loss mask)
-    for prompt, prefix, completion in pairs:
-        ids, mask = tokenize_episode(tokenizer, (" " if prefix else "") + completion)
-        examples.append((tokenizer(render_prompt(template, prompt, tokenizer, tools) + prefix,
-                                   add_special_tokens=False)["input_ids"], ids + [tokenizer.eos_token_id], mask + [1]))
+    max_length = cfg.max_length or context_length(model)
+    examples, too_long = tokenize_pairs(pairs, tokenizer, template, tools, max_length)
+    if too_long and par.is_main:
+        print(f"sft: skipped {too_long} of {len(pairs)} rows longer than max_length = {max_length} tokens")
+    if not examples:
+        raise R1labError(f"{cfg.data}: every row is longer than max_length = {max_length} tokens (prompt and completion)")
     order = [i for epoch in range(cfg.epochs) for i in random.Random(cfg.seed + epoch).sample(range(len(examples)), len(examples))]
     steps = len(order) // cfg.batch_size
     if steps == 0:
@@ -103,4 +128,5 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
         if (step + 1) % cfg.save_every == 0 or step + 1 == steps:
             save_step(par, out, model, tokenizer, step + 1, optimizer, scheduler, None)
         par.barrier()
+    release_folder(out)
     return out / "checkpoint"

@@ -14,6 +14,7 @@ import math
 from typing import Callable
 
 from r1lab import R1labError
+from r1lab.config import reward_weights
 from r1lab.rewards.accuracy import accuracy, accuracy_partial
 from r1lab.rewards.agentjo import agentjo_format
 from r1lab.rewards.code import code_reward, code_strict_reward
@@ -56,26 +57,14 @@ def import_reward(name: str) -> None:
 
 
 def parse_rewards(spec: str | dict) -> dict[str, float]:
-    """'accuracy,format=0.5' or {'accuracy': 1, 'format': 0.5} -> {name: weight}, names checked.
-    A name 'package.module:function' is your own reward, fn(completion, problem) -> float."""
-    if isinstance(spec, str):
-        pairs = [part.strip().partition("=") for part in spec.split(",") if part.strip()]
-        try:
-            spec = {name.strip(): float(weight) if weight else 1.0 for name, _, weight in pairs}
-        except ValueError:
-            raise R1labError(f"rewards {spec!r}: weights must be numbers, as in 'accuracy,format=0.5'") from None
-    if not isinstance(spec, dict) or not spec:
-        raise R1labError("rewards: at least one reward is needed, as in 'accuracy,format=0.5'; valid: " + ", ".join(REWARDS))
-    for name in spec:
+    """'accuracy,format=0.5' or {'accuracy': 1, 'format': 0.5} -> {name: weight}, checked by
+    r1lab.config.reward_weights (names, finite weights); a name 'package.module:function' is your own reward,
+    fn(completion, problem) -> float, imported and registered here."""
+    weights = reward_weights(spec)
+    for name in weights:
         if ":" in name and name not in REWARDS:
             import_reward(name)
-    unknown = [name for name in spec if not isinstance(name, str) or name not in REWARDS and name not in GROUP_REWARDS]
-    if unknown:
-        raise R1labError(f"unknown reward(s) {unknown}; valid rewards: {', '.join([*REWARDS, *GROUP_REWARDS])}")
-    for name, weight in spec.items():       # a NaN or infinite weight makes every advantage NaN, and so every weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-            raise R1labError(f"rewards: the weight of {name!r} must be a finite number, got {weight!r}")
-    return {name: float(weight) for name, weight in spec.items()}
+    return weights
 
 
 def check_rewards_fit(weights: dict[str, float], problem: Problem) -> None:
@@ -130,4 +119,9 @@ def score(weights: dict[str, float], completions: list[Completion], problems: li
                 parts[name] += values
                 failures += failed
     total = [sum(weights[name] * parts[name][i] for name in weights) for i in range(len(completions))]
+    for i, value in enumerate(total):           # finite parts can still sum past the largest float
+        if not math.isfinite(value):
+            terms = ", ".join(f"{name} {parts[name][i]} x {weights[name]}" for name in weights)
+            raise R1labError(f"rewards: the weighted total of a completion is {value} ({terms}); the rewards and their "
+                             "weighted sum must be finite numbers")
     return total, parts, failures

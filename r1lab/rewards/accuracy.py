@@ -15,13 +15,28 @@ from __future__ import annotations
 
 import re
 
-from r1lab.tasks import task_score
 from r1lab.types import Completion, Problem
 
 MAX_ANSWER_CHARS = 1000
 _NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+")
 _OPERATION = re.compile(r"\d\s*(?:[-+*/×÷^]|\\times|\\cdot|\\div)\s*[-+]?[\d(\\]")   # a number, an operator, a number
 _FRACTION = re.compile(r"[-+]?\d+\s*/\s*\d+")
+
+
+def task_score(problem: Problem, answer: str) -> float | None:
+    """A task's own score for this answer (reasoning-gym's `score_answer`, which can give partial credit; a
+    code problem's tests, all passing = 1; an AgentJo call's reply parsed complete, r1lab/rewards/agentjo.py),
+    or None to use math-verify."""
+    if "agentjo" in problem.meta:
+        from r1lab.rewards.agentjo import agentjo_score
+        return agentjo_score(problem, answer)
+    if "code" in problem.meta:
+        from r1lab.rewards.code import run_tests
+        return 1.0 if run_tests(problem, answer).fraction == 1.0 else 0.0
+    if "reasoning_gym" in problem.meta:
+        from r1lab.tasks.gym import score_gym
+        return score_gym(problem, answer)
+    return None
 
 
 def still_a_computation(answer: str) -> bool:

@@ -2,7 +2,8 @@
 
 - `code`: the fraction of the problem's tests passed (paper: "verify with compiler (code)");
 - `code_strict`: 1 only if every test passes, else 0.
-Both never raise: no program, a crash or a hang (stopped at the sandbox's wall clock) score 0. A
+Both never raise: no program, a crash or a hang (stopped at the sandbox's wall clock) score 0, and so
+do tests that never call the problem's entry point (they judged no program; see `Sandbox.run`). A
 group's programs run in parallel, up to the sandbox's worker count.
 """
 from __future__ import annotations

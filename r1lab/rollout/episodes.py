@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from r1lab.rollout import Engine, Sample, Sampling, to_completion
+from r1lab.rollout.base import Engine, Sample, Sampling, to_completion
 from r1lab.templates import R1_ZERO_INSTRUCTION, TAGS, Template, prompt_tail
 from r1lab.types import Completion, Problem
 

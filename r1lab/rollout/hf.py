@@ -26,7 +26,7 @@ import torch
 
 from r1lab.rollout import Sample, Sampling, check_context
 from r1lab.rollout.decoding import GrowingCache, packed_linears
-from r1lab.training import is_sharded
+from r1lab.distributed import is_sharded
 
 
 NUCLEUS_CANDIDATES = 1024      # the top-p nucleus is looked for among the k most likely tokens first

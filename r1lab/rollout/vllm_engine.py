@@ -42,7 +42,7 @@ import weakref
 from pathlib import Path
 
 from r1lab import R1labError
-from r1lab.rollout import Sample, Sampling
+from r1lab.rollout.base import Sample, Sampling
 
 
 class VLLMEngine:
@@ -54,6 +54,7 @@ class VLLMEngine:
         if hasattr(model, "peft_config"):
             raise R1labError("--engine vllm does not take LoRA policies yet; use --engine hf or lora_rank 0")
         self.vllm, self.policy, self.tokenizer = vllm, model, tokenizer
+        self.generator = None                                   # vLLM seeds each request; no RNG state to save
         folder = Path(getattr(model, "name_or_path", "") or ".")
         if not (folder / "config.json").is_file():            # e.g. tiny-random: give vLLM a folder to start from
             folder = Path(tempfile.mkdtemp(prefix="r1lab-vllm-"))
@@ -74,7 +75,7 @@ class VLLMEngine:
         if self.sleeps:
             self.llm.sleep(level=2)                             # the GPU is the trainer's until the first rollout
 
-    def push_weights(self) -> None:
+    def sync_weights(self) -> None:
         """Load the policy's current weights into vLLM's model with vLLM's own loader (HF names), in the worker."""
         weights = list(self.policy.state_dict().items())        # references, no copies
         self.llm.apply_model(lambda model: model.load_weights(weights))
@@ -98,7 +99,7 @@ class VLLMEngine:
                     stop=list(sampling.stop) or None, include_stop_str_in_output=True, logprobs=0, seed=seed))
         if self.sleeps:
             self.llm.wake_up(tags=["weights"])
-        self.push_weights()
+        self.sync_weights()
         if self.sleeps:
             self.llm.wake_up(tags=["kv_cache"])
         try:

@@ -11,18 +11,13 @@ A task from `get_task` never returns an empty split: that is an error naming the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
-from typing import Protocol
 
 from r1lab import R1labError
+from r1lab.tasks.base import Task, check_split, split_of
 from r1lab.types import Problem
 
-
-class Task(Protocol):
-    name: str
-
-    def problems(self, split: str, n: int, seed: int) -> list[Problem]: ...
+__all__ = ["Task", "get_task", "check_split", "split_of"]
 
 
 def get_task(spec: str, **options) -> Task:
@@ -70,30 +65,3 @@ class NonEmpty:
             raise R1labError(f"task {self.task.name!r} has no {split} problems; is its data empty, or does its "
                              "test_percent leave this split without rows?")
         return problems
-
-
-def split_of(text: str, test_percent: int) -> str:
-    """"test" for test_percent of all texts, by a hash of the text, else "train"."""
-    bucket = int(hashlib.sha256(text.encode()).hexdigest(), 16) % 100
-    return "test" if bucket < test_percent else "train"
-
-
-def check_split(split: str) -> None:
-    if split not in ("train", "test"):
-        raise R1labError(f"unknown split {split!r}; expected 'train' or 'test'")
-
-
-def task_score(problem: Problem, answer: str) -> float | None:
-    """A task's own score for this answer (reasoning-gym's `score_answer`, which can give partial credit; a
-    code problem's tests, all passing = 1; an AgentJo call's reply parsed complete, r1lab/rewards/agentjo.py),
-    or None to use math-verify."""
-    if "agentjo" in problem.meta:
-        from r1lab.rewards.agentjo import agentjo_score
-        return agentjo_score(problem, answer)
-    if "code" in problem.meta:
-        from r1lab.rewards.code import run_tests
-        return 1.0 if run_tests(problem, answer).fraction == 1.0 else 0.0
-    if "reasoning_gym" in problem.meta:
-        from r1lab.tasks.gym import score_gym
-        return score_gym(problem, answer)
-    return None

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import yaml
 
 from r1lab import R1labError
-from r1lab.tasks import check_split, split_of
+from r1lab.tasks.base import check_split, split_of
 from r1lab.types import Problem
 
 TOPICS = [  # (topic, its field, three related terms)

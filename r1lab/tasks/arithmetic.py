@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 
 from r1lab import R1labError
-from r1lab.tasks import check_split, split_of
+from r1lab.tasks.base import check_split, split_of
 from r1lab.types import Problem
 
 _APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}

@@ -8,7 +8,9 @@
   followed by `check(f)`), optional `entry_point`, `setup` (trusted helpers for the tests) and `prefix`
   (code placed before the model's program, e.g. imports and the signature). A test is a top-level
   statement that asserts or calls; definitions, imports and assignments only run (sandbox_jail.py).
-  A row whose tests never run an assertion is an error at load, naming the file and line.
+  A row whose tests never run an assertion is an error at load, naming the file and line. With an
+  `entry_point`, the tests must also call it when they run: tests that pass without calling it (a
+  `check(candidate)` whose body never uses `candidate`) score 0, since they judged no program.
 
 Every code problem carries meta["code"] = {tests, setup, prefix, entry_point}. The program that runs is
 `prefix + model's program`, so a reply may restate the whole function or give only its body.
@@ -23,7 +25,7 @@ from importlib import resources
 
 from r1lab import R1labError
 from r1lab.sandbox import check_tests
-from r1lab.tasks import check_split, split_of
+from r1lab.tasks.base import check_split, split_of
 from r1lab.types import Problem
 
 CODE_PROMPT = "Write the Python function `{entry}` below. Give the complete function.\n```python\n{code}```"
@@ -77,16 +79,22 @@ class HumanEval:
         return problems
 
 
-def jsonl_code_problem(path: str, number: int, row: dict, prompt_field: str) -> Problem:
-    """A code problem from a jsonl row with `tests`; errors name the file, line and field."""
-    where = f"{path}, line {number}"
-    tests = row["tests"]
-    if isinstance(tests, str):
-        tests = [tests]
-    if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
-        raise R1labError(f"{where}: field 'tests' must be a non-empty list of strings (assert statements)")
+def jsonl_code_problem(where: str, id: str, question: str, tests: str | list, entry_point: str, setup: str,
+                       prefix: str, reference: str | None) -> Problem:
+    """A code problem from a jsonl row's fields (their JSON types checked in tasks/jsonl.py); an error
+    names `where` (the file and line) and the field."""
+    tests = [tests] if isinstance(tests, str) else tests
+    if not tests or not all(isinstance(t, str) for t in tests):
+        raise R1labError(f"{where}: field 'tests' must be a non-empty list of strings (assert statements) "
+                         "or one string of test code")
     check_tests(tests, where)
-    prefix = str(row.get("prefix", ""))
-    return code_problem(f"{path}:{number}", prefix, str(row.get("entry_point") or ""), tests,
-                        setup=str(row.get("setup", "")), reference=row.get("answer"),
-                        question=str(row[prompt_field]))
+    if entry_point and not entry_point.isidentifier():
+        raise R1labError(f"{where}: field 'entry_point' must be a Python function name, got {entry_point[:80]!r}")
+    try:
+        ast.parse(setup)
+    except SyntaxError as e:
+        raise R1labError(f"{where}: field 'setup' is not valid Python ({e.msg}, line {e.lineno})") from None
+    except (RecursionError, MemoryError):
+        raise R1labError(f"{where}: field 'setup' is nested too deeply for Python to handle; "
+                         "expected ordinary Python code") from None
+    return code_problem(id, prefix, entry_point, tests, setup=setup, reference=reference, question=question)

@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from r1lab import R1labError
-from r1lab.tasks import check_split
-from r1lab.tasks import split_of
+from r1lab.tasks.base import check_split, split_of
 from r1lab.types import Problem
 
 
