@@ -162,6 +162,15 @@ def sharding_from_launcher() -> bool:
     return True
 
 
+def lockstep(par: Parallel, passes: list, as_padding) -> list:
+    """`passes` made as many as the process with the most has: every sharded forward gathers from all the
+    processes, and DDP is kept in the same lockstep. The extra passes are `as_padding(passes[0])`, which must
+    weigh 0 in the loss."""
+    if par.world == 1:
+        return passes
+    return passes + [as_padding(passes[0])] * (par.most(len(passes)) - len(passes))
+
+
 def is_sharded(model) -> bool:
     """Whether the model's parameters are FSDP2 shards (DTensors)."""
     from torch.distributed.tensor import DTensor

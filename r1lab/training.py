@@ -21,7 +21,7 @@ from r1lab.checkpoint import find_checkpoint, load_state, save_checkpoint
 from r1lab.config import changed_settings, read_yaml
 from r1lab.data import read_jsonl, write_atomic, write_jsonl
 from r1lab.distributed import is_sharded
-from r1lab.hardware import autocast, device
+from r1lab.hardware import device
 from r1lab.runlock import lock_folder
 
 
@@ -178,6 +178,15 @@ def save_step(par, out: Path, model, tokenizer, step: int, optimizer, scheduler,
     if par.is_main:
         save_checkpoint(out, model, tokenizer, training_state(step, optimizer, scheduler, generator, optimizer_state),
                         weights)
+
+
+def end_step(par, out: Path, step: int, steps: int, save_every: int, model, tokenizer, optimizer, scheduler,
+             generator: torch.Generator | None) -> None:
+    """Every training stage's step tail: the checkpoint every `save_every` steps and after the last (`step`
+    counts from 0), then every process waits for the others."""
+    if (step + 1) % save_every == 0 or step + 1 == steps:
+        save_step(par, out, model, tokenizer, step + 1, optimizer, scheduler, generator)
+    par.barrier()
 
 
 def restore_state(checkpoint: Path | None, optimizer, scheduler, generator: torch.Generator | None, model=None) -> int:

@@ -15,3 +15,13 @@ def half_constant(completion, problem):
 
 def odd(problem) -> bool:
     return zlib.crc32(problem.id.encode()) % 2 == 1
+
+
+def register(monkeypatch, *rewards) -> None:
+    """Rewards by their bare names for one test: in r1lab's registry, and among the names r1lab.config accepts
+    (config imports nothing from the domain, so it keeps its own list of the registered names)."""
+    from r1lab import config
+    from r1lab.rewards import REWARDS
+    for reward in rewards:
+        monkeypatch.setitem(REWARDS, reward.__name__, reward)
+    monkeypatch.setattr(config, "BUILTIN_REWARDS", (*config.BUILTIN_REWARDS, *(r.__name__ for r in rewards)))

@@ -6,8 +6,9 @@ from safetensors.torch import load_file
 from r1lab.algorithms.compete import train_compete
 from r1lab.config import CompeteConfig, GRPOConfig, load_config
 from r1lab.models import load_model
-from r1lab.rewards import REWARDS, score
+from r1lab.rewards import score
 from r1lab.rewards.majority import majority_reward
+from tests.learnable import register
 from r1lab.rollout import Sample, to_completion
 from r1lab.templates import get_template
 from r1lab.types import Problem
@@ -35,7 +36,7 @@ def low_ids(completion, problem):
 
 
 def test_compete_learns_and_only_the_policy_changes(tmp_path, monkeypatch):
-    monkeypatch.setitem(REWARDS, "low_ids", low_ids)
+    register(monkeypatch, low_ids)
     cfg = load_config(CompeteConfig, None, {
         "model": "tiny-random", "rewards": "low_ids", "rounds": 25, "prompts_per_step": 4, "samples_per_prompt": 6,
         "micro_batch_size": 16, "max_new_tokens": 12, "learning_rate": 1e-2, "save_every": 100,
@@ -62,7 +63,7 @@ def test_compete_trains_the_policy_without_dropout(tmp_path, monkeypatch):
     from tests.test_grpo import with_dropout
     loaded = []
     monkeypatch.setattr(compete, "load_policy", with_dropout(compete.load_policy, loaded))
-    monkeypatch.setitem(REWARDS, "low_ids", low_ids)
+    register(monkeypatch, low_ids)
     train_compete(load_config(CompeteConfig, None, {"model": "tiny-random", "rewards": "low_ids", "rounds": 1,
                                                     "prompts_per_step": 2, "max_new_tokens": 6, "out": str(tmp_path / "c")}))
     assert [m.attention_dropout for m in loaded[0].modules() if hasattr(m, "attention_dropout")] == [0.0, 0.0]

@@ -10,8 +10,7 @@ from r1lab.algorithms.grpo import disable_dropout, importance_sampling_on, train
 from r1lab.config import GRPOConfig, load_config
 from r1lab.hardware import Precision
 from r1lab.models import load_model
-from r1lab.rewards import REWARDS
-from tests.learnable import half_constant, low_ids, odd
+from tests.learnable import half_constant, low_ids, odd, register
 
 TINY = dict(model="tiny-random", prompts_per_step=2, samples_per_prompt=4, micro_batch_size=4,
             max_new_tokens=12, beta=0.04, learning_rate=1e-3)
@@ -32,8 +31,7 @@ def always_one(completion, problem):
 
 @pytest.fixture(autouse=True)
 def learnable_reward(monkeypatch):
-    for reward in (low_ids, always_one, half_constant):
-        monkeypatch.setitem(REWARDS, reward.__name__, reward)
+    register(monkeypatch, low_ids, always_one, half_constant)
 
 
 def test_smoke_parameters_change_and_files_appear(tmp_path):
@@ -73,16 +71,17 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch)
     straight = train_grpo(config(tmp_path / "a", **settings))
 
     import r1lab.algorithms.grpo as grpo
-    real_save, saves = grpo.save_step, []
+    real_end, saves = grpo.end_step, []
 
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        saves.append(1)
-        raise Killed
-    monkeypatch.setattr(grpo, "save_step", save_then_die)
+    def save_then_die(par, out, step, steps, save_every, *args):
+        real_end(par, out, step, steps, save_every, *args)
+        if (step + 1) % save_every == 0 or step + 1 == steps:           # it saved: the kill comes right after
+            saves.append(1)
+            raise Killed
+    monkeypatch.setattr(grpo, "end_step", save_then_die)
     with pytest.raises(Killed):
         train_grpo(config(tmp_path / "b", **settings))
-    monkeypatch.setattr(grpo, "save_step", real_save)
+    monkeypatch.setattr(grpo, "end_step", real_end)
     with pytest.raises(R1labError, match="--resume"):
         train_grpo(config(tmp_path / "b", **settings))
     resumed = train_grpo(config(tmp_path / "b", **settings), resume=True)
@@ -138,15 +137,15 @@ def shaped_rollouts(monkeypatch):
 
 def record_losses(monkeypatch) -> list[dict]:
     """Every grpo_loss call of a run: its loss, metrics, tokens in the loss, advantages and keyword arguments."""
-    import r1lab.algorithms.grpo as grpo
-    real_loss, calls = grpo.grpo_loss, []
+    from r1lab.algorithms import losses
+    real_loss, calls = losses.grpo_loss, []
 
     def grpo_loss(logprobs, old, ref, advantages, mask, **kwargs):
         loss, m = real_loss(logprobs, old, ref, advantages, mask, **kwargs)
         calls.append({"loss": loss.item(), "metrics": m, "tokens": int(mask.sum()), "advantages": advantages.tolist(),
                       "kept": mask.any(-1).tolist(), **kwargs})
         return loss, m
-    monkeypatch.setattr(grpo, "grpo_loss", grpo_loss)
+    monkeypatch.setitem(losses.POLICY_LOSSES, "grpo", grpo_loss)
     return calls
 
 

@@ -51,15 +51,16 @@ def test_a_killed_recipe_finishes_without_redoing_finished_stages(tmp_path, monk
     import r1lab.algorithms.grpo as grpo
     import r1lab.algorithms.sft as sft
     path = write_recipe(tmp_path)
-    real_save = grpo.save_step
+    real_end = grpo.end_step
 
-    def die_after_first_save(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise Killed
-    monkeypatch.setattr(grpo, "save_step", die_after_first_save)
+    def die_after_first_save(par, out, step, steps, save_every, *args):
+        real_end(par, out, step, steps, save_every, *args)
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            raise Killed
+    monkeypatch.setattr(grpo, "end_step", die_after_first_save)
     with pytest.raises(Killed):
         run_recipe(str(path))
-    monkeypatch.setattr(grpo, "save_step", real_save)
+    monkeypatch.setattr(grpo, "end_step", real_end)
     sft_calls = []
     monkeypatch.setattr(sft, "train_sft", lambda *a, **k: sft_calls.append(1))
     run_recipe(str(path))

@@ -29,17 +29,18 @@ from r1lab.algorithms.grpo import disable_dropout
 from r1lab.algorithms.losses import compete_weights, sft_loss, unlikelihood_loss
 from r1lab.algorithms.sequences import CompletionLogits, pad_batch, token_logprobs
 from r1lab.config import CompeteConfig
-from r1lab.distributed import Parallel, prompt_seeds, state_gb
+from r1lab.distributed import Parallel, lockstep, prompt_seeds, state_gb
+from r1lab.hardware import autocast, device
 from r1lab.rewards import parse_rewards, score
 from r1lab.rollout import Sampling, rollout
 from r1lab.rollout.episodes import render_prompt, tokenize_episode
 from r1lab.rollout.hf import HFEngine
+from r1lab.runlock import release_folder
 from r1lab.tasks import get_task
 from r1lab.templates import get_template
 from r1lab.tools import load_tools
-from r1lab.runlock import release_folder
-from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_on_device, load_policy, make_optimizer,
-                            prepare_run, restore_state, save_step, seed_everything)
+from r1lab.training import (JsonlLog, choose_precision, end_step, load_on_device, load_policy, make_optimizer,
+                            prepare_run, restore_state, seed_everything)
 
 
 def _encoded(tokenizer, completion) -> tuple[list[int], list[int]]:
@@ -105,11 +106,11 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
         batch_tokens = par.total(sum(sum(targets[i][1]) for i in active))            # the whole batch's
         learning = par.total(len(active)) > 0     # no member anywhere above or below its mean: no update at all
         active = (active or [0]) if learning else []   # a zero-weight row: every process joins the all-reduce
-        micro = [active[first:first + cfg.micro_batch_size] for first in range(0, len(active), cfg.micro_batch_size)]
-        real = len(micro)
-        if par.sharded and learning:                   # every sharded forward gathers from all processes: as many
-            micro += [[0]] * (par.most(real) - real)   # passes on each, the extra ones with weight 0
-        for index, rows in enumerate(micro):
+        micro = [(active[first:first + cfg.micro_batch_size], par.world)           # DDP averages: x world = the sum
+                 for first in range(0, len(active), cfg.micro_batch_size)]
+        if learning:                                   # as many passes on each process, the extra ones weight 0
+            micro = lockstep(par, micro, lambda first: (first[0], 0.0))
+        for index, (rows, weight) in enumerate(micro):
             batch = pad_batch([flat[i][1] for i in rows], [targets[i][0] for i in rows], tokenizer.pad_token_id, device(),
                               [targets[i][1] for i in rows])
             with par.sync_unless(policy, accumulating=index + 1 < len(micro)):
@@ -119,7 +120,6 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
                 loss = sft_loss(logprobs, mask, imitate[rows].to(device()), batch_tokens)
                 if cfg.unlikelihood_weight:
                     loss = loss + cfg.unlikelihood_weight * unlikelihood_loss(logprobs, mask, push_down[rows].to(device()), batch_tokens)
-                weight = par.world if index < real else 0.0     # DDP averages: x world gives the sum; padding: 0
                 par.accelerator.backward(loss * weight)
         grad_norm = par.clip_grad_norm(policy, cfg.max_grad_norm, step + 1) if learning else 0.0
         optimizer.step()
@@ -142,8 +142,6 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
             row["accuracy"] = row["reward/accuracy"]
         if par.is_main:
             log.write(row)
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.rounds:
-            save_step(par, out, model, tokenizer, step + 1, optimizer, scheduler, policy_engine.generator)
-        par.barrier()
+        end_step(par, out, step, cfg.rounds, cfg.save_every, model, tokenizer, optimizer, scheduler, policy_engine.generator)
     release_folder(out)
     return out / "checkpoint"

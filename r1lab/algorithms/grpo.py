@@ -74,40 +74,31 @@ the prompts; denominators are global, metrics gathered, files written by the mai
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from typing import NamedTuple
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from r1lab import R1labError
-from r1lab.algorithms.losses import (ADVANTAGES, POLICY_LOSSES, constant_groups, sampler_mismatch,
-                                     truncated_importance_weights)
-from r1lab.algorithms.sequences import CompletionLogits, pad_batch, token_logprobs
+from r1lab.algorithms.grpo_step import (Drawn, Run, StepStats, draw, micro_batches, score_passes, step_metrics,
+                                        update)
+from r1lab.algorithms.losses import constant_groups
+from r1lab.algorithms.sequences import CompletionLogits
 from r1lab.config import GRPOConfig
-from r1lab.distributed import Parallel, prompt_seeds, state_gb
-from r1lab.metrics import reflects
+from r1lab.distributed import Parallel, state_gb
+from r1lab.hardware import device
 from r1lab.models import load_model
 from r1lab.rewards import parse_rewards, score
 from r1lab.rewards.accuracy import accuracy
 from r1lab.rollout import Sampling, rollout
 from r1lab.rollout.engines import make_engine
+from r1lab.runlock import release_folder
 from r1lab.tasks import get_task
 from r1lab.templates import get_template
 from r1lab.tools import load_tools
-from r1lab.runlock import release_folder
-from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_policy, make_optimizer, prepare_run, restore_state,
-                            save_step, seed_everything, zero_gradients)
+from r1lab.training import (JsonlLog, choose_precision, end_step, load_policy, make_optimizer, prepare_run,
+                            restore_state, seed_everything)
 from r1lab.types import Problem
-
-
-class Drawn(NamedTuple):
-    """One problem's group: its G completions and their rewards (total and per named reward)."""
-    problem: Problem
-    prompt: str
-    completions: list
-    totals: list[float]
-    parts: dict[str, list[float]]
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -139,26 +130,6 @@ def importance_sampling_on(choice: str, engine: str, dtype: str, precision) -> t
     if differences:
         return True, "auto: the sampler differs from the trainer: " + ", ".join(differences)
     return False, f"auto: the sampler is the trainer's own {dtype} computation"
-
-
-def reference_logprobs(reference, model, policy, batch, temperature):
-    """Log-probs under pi_ref: the frozen copy (a CompletionLogits), or the LoRA policy (`model`, trained as
-    `policy`) with its adapters disabled."""
-    with torch.no_grad():
-        if reference is not None:
-            return reference(batch, temperature)[0]
-        with model.disable_adapter():
-            return policy(batch, temperature)[0]
-
-
-def sampler_logprobs(completions, width: int, dev) -> torch.Tensor:
-    """The sampler's log-probs of the completions' tokens, right-padded with 0: (b, width)."""
-    padded = torch.zeros(len(completions), width)
-    for i, c in enumerate(completions):
-        if len(c.logprobs) != len(c.token_ids):
-            raise R1labError(f"the engine returned {len(c.logprobs)} log-probs for {len(c.token_ids)} tokens")
-        padded[i, :len(c.logprobs)] = torch.tensor(c.logprobs)
-    return padded.to(dev)
 
 
 def draw_groups(engine, tokenizer, template, sampling, weights, G: int, rounds, quota: int, tools=(), max_turns: int = 1):
@@ -194,58 +165,9 @@ def validate(engine, tokenizer, template, problems: list[Problem], max_new_token
     return sum(accuracy(group[0], problem) >= 1.0 for group, problem in zip(groups, problems)) / len(problems)
 
 
-def accumulate(means: dict, metrics: dict, tokens: int) -> None:
-    """Add a micro-batch's token means to `means` (name -> [sum of value x tokens, tokens])."""
-    for key, value in metrics.items():
-        means[key][0] += value * tokens
-        means[key][1] += tokens
-
-
-def step_metrics(par, kept: list[Drawn], drawn: dict, advantage_metrics: dict, means: dict, extremes: dict,
-                 mismatch: tuple[list, list, list]) -> dict:
-    """The step's metrics over every process's samples: rewards, lengths, reflection, truncation, the
-    token means of the passes (`means`: name -> [sum of value x tokens, tokens]), the ratio's extremes and
-    the sampler mismatch (`mismatch`: per sequence, summed |log-prob difference|, summed k3, tokens)."""
-    completions = [c for g in kept for c in g.completions]
-    totals, lengths = par.gather([t for g in kept for t in g.totals]), par.gather([len(c.token_ids) for c in completions])
-    parts = {name: par.gather([v for g in kept for v in g.parts[name]]) for name in kept[0].parts}
-    texts, finished = par.gather([c.text for c in completions]), par.gather([c.finish_reason for c in completions])
-    absolute, k3, tokens = (par.gather(values) for values in mismatch)
-    row = {"processes": par.world, "reward": sum(totals) / len(totals), "reward_std": torch.tensor(totals).std().item(),
-           **{f"reward/{k}": sum(v) / len(v) for k, v in parts.items()},
-           **{f"reward/{k}_std": torch.tensor(v).std().item() for k, v in parts.items()},
-           "reward_failures": int(par.total(drawn["failures"])),
-           **{key: sum(par.gather([value])) / par.world for key, value in advantage_metrics.items()},
-           "completion_length": sum(lengths) / len(lengths), "completion_length_max": max(lengths),
-           "reflection": sum(map(reflects, texts)) / len(texts),
-           "truncated": sum(f == "length" for f in finished) / len(finished)}
-    for key in sorted(set(par.gather(list(means)))):     # a process that ran no row has none of its own
-        count = par.total(means[key][1])
-        if count:
-            row[key] = par.total(means[key][0]) / count
-    if k3:                                               # none when no row went through the passes
-        row.update(sampler_mismatch=sum(absolute) / max(sum(tokens), 1), sampler_kl=sum(k3) / len(k3))
-    for key, value in extremes.items():
-        values = [v for v in par.gather([value]) if abs(v) != float("inf")]   # inf: no token on that process
-        if values:
-            row[key] = min(values) if key.endswith("_min") else max(values)
-    if "accuracy" in parts:
-        row["accuracy"] = row["reward/accuracy"]
-    if any(c.loss_mask for c in completions):            # episodes with tools
-        row.update(episode_metrics(par, completions))
-    return row
-
-
-def episode_metrics(par, completions) -> dict:
-    """Per episode, over every process's: model turns, tool calls, failed calls, tokens by who wrote them."""
-    per_episode = {"turns": [c.turns for c in completions], "tool_calls": [len(c.tool_calls) for c in completions],
-                   "tool_errors": [c.failed_calls for c in completions],
-                   "tokens_model": [c.model_tokens for c in completions],
-                   "tokens_tool": [len(c.token_ids) - c.model_tokens for c in completions]}
-    return {key: sum(values) / len(values) for key, values in ((k, par.gather(v)) for k, v in per_episode.items())}
-
-
-def train_grpo(cfg: GRPOConfig, resume: bool = False):
+def setup(cfg: GRPOConfig, resume: bool) -> tuple[Run, Path, Path | None, list[Problem]]:
+    """Everything a step uses, checked and loaded: (run, output folder, checkpoint to resume, validation problems).
+    Every input is read before the output folder is written to."""
     par = Parallel(cfg.fsdp)
     if par.sharded and cfg.engine != "hf":
         raise R1labError(f"fsdp rolls out with the hf engine only (got engine {cfg.engine!r}): the vllm engine's "
@@ -257,7 +179,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     draws = cfg.dynamic_sampling_max_draws if cfg.dynamic_sampling else 1       # rounds of prompts per step, at most
     problems = get_task(cfg.task, **cfg.task_options).problems(
         "train", cfg.steps * draws * cfg.prompts_per_step + cfg.validation_problems, cfg.seed)
-    out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)       # every input read: now it writes
+    out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)
     precision = choose_precision(out, cfg.mixed_precision, cfg.rollout_dtype, par.is_main)
     use_is, why = importance_sampling_on(cfg.importance_sampling, cfg.engine, cfg.dtype, precision)
     if par.is_main:
@@ -281,138 +203,84 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     optimizer, scheduler = make_optimizer(model, cfg.learning_rate, cfg.weight_decay,   # the scheduler counts updates
                                           cfg.warmup_steps * cfg.updates_per_batch, cfg.lr_schedule,   # mu per step
                                           cfg.steps * cfg.updates_per_batch)
-    generator = engine.generator                             # the sampler's RNG (None for vLLM), saved with checkpoints
-    start = restore_state(checkpoint, optimizer, scheduler, generator, model)
-    metrics_log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True) if par.is_main else None
-    samples_log = JsonlLog(out / "samples.jsonl", start) if par.is_main else None
-    validation_log = JsonlLog(out / "validation.jsonl", start - 1) if par.is_main and validation else None
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
-    G, P = cfg.samples_per_prompt, cfg.prompts_per_step
-    model.train()
+    run = Run(cfg, par, model, tokenizer, policy, reference, engine, optimizer, scheduler, template, weights, tools,
+              problems, sampling, precision.mixed_precision, use_is, draws)
+    return run, out, checkpoint, validation
+
+
+def train_grpo(cfg: GRPOConfig, resume: bool = False):
+    """The RL stage's loop: per step draw -> micro-batches -> score -> update -> metrics, samples, checkpoint."""
+    run, out, checkpoint, validation = setup(cfg, resume)
+    par, engine = run.par, run.engine
+    start = restore_state(checkpoint, run.optimizer, run.scheduler, engine.generator, run.model)
+    logs = Logs(out, start, par.is_main, bool(validation))
+    run.model.train()
+
+    def validation_accuracy():
+        return validate(engine, run.tokenizer, run.template, validation, cfg.max_new_tokens, run.tools, cfg.max_turns)
 
     progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="grpo", unit="step", disable=not par.is_main)
     for step in progress:
         if par.sharded:
             engine.sync_weights()                           # every process at once: the rollout copy gets the new weights
-        if validation_log is not None and step % cfg.validate_every == 0:
-            validation_log.write({"step": step, "val_accuracy": validate(engine, tokenizer, template, validation,
-                                                                         cfg.max_new_tokens, tools, cfg.max_turns)})
+        if logs.validation is not None and step % cfg.validate_every == 0:
+            logs.validation.write({"step": step, "val_accuracy": validation_accuracy()})
         began = time.perf_counter()
-        # 1. sample G completions per problem (this process's share of the prompts, whole groups) and score them;
-        #    with dynamic sampling, more rounds of fresh problems until P groups have unequal rewards
-        rounds = [(par.share([problems[(index * P + i) % len(problems)] for i in range(P)]),
-                   par.share(prompt_seeds(cfg.seed, index, P))) for index in range(step * draws, (step + 1) * draws)]
-        kept, drawn = draw_groups(engine, tokenizer, template, sampling, weights, G, rounds, len(rounds[0][0]),
-                                  tools, cfg.max_turns)
+        batch = draw(run, step, draw_groups)                               # 1-2. sample, score, advantages
         sampled = time.perf_counter()
-        completions = [c for g in kept for c in g.completions]                      # b = N/W * G, groups contiguous
-        # 2. advantages within groups (eq. 3, or RLOO)
-        rewards = torch.tensor([t for g in kept for t in g.totals])                 # (b,)
-        advantages, advantage_metrics = ADVANTAGES[cfg.advantage](rewards, G, cfg.scale_rewards)   # (b,)
-        prompt_ids = [tokenizer(g.prompt, add_special_tokens=False)["input_ids"] for g in kept for _ in range(G)]
-        keep = [not (cfg.mask_truncated and c.finish_reason == "length") for c in completions]
-        batch_tokens = par.total(sum(c.model_tokens for c, k in zip(completions, keep) if k))   # whole batch, only
-        batch_sequences = par.total(sum(keep))                                       # what stays in the loss
-        # rows that move the gradient: with beta = 0, one whose advantage is 0 (every row of a group with equal
-        # rewards) adds exactly 0, as does one with no token in the loss; skip_zero_advantage runs no pass for them
-        moves = [k and (cfg.beta != 0 or a != 0) for k, a in zip(keep, advantages.tolist())]
-        run = [i for i, m in enumerate(moves) if m or not cfg.skip_zero_advantage]
-        learning = par.total(len(run)) > 0          # no row anywhere: no pass; the update sees zero gradients
-        run = (run or [0]) if learning else []      # a zero-weight row: every process joins the all-reduce
-        micro = []                                  # (rows, batch, loss mask (b, C), weight), built once
-        for first in range(0, len(run), cfg.micro_batch_size):
-            rows = run[first:first + cfg.micro_batch_size]
-            batch = pad_batch([prompt_ids[i] for i in rows], [completions[i].token_ids for i in rows], tokenizer.pad_token_id,
-                              device(), [completions[i].loss_mask for i in rows])   # tool outputs: attended, not trained
-            weight = par.world if any(moves[i] for i in rows) or not cfg.skip_zero_advantage else 0.0
-            micro.append((rows, batch, batch["loss_mask"] * torch.tensor([keep[i] for i in rows], device=device())[:, None],
-                          weight))                  # DDP averages: x world gives the global sum; padding: 0
-        if par.world > 1 and learning:              # a sharded forward gathers from every process: as many
-            micro += [micro[0][:3] + (0.0,)] * (par.most(len(micro)) - len(micro))   # passes on each, extras weight 0
-        # 3. scoring, no grad: pi_old, pi_ref, entropy, the sampler's mismatch with pi_old, the importance weights.
-        #    A pass of its own before the updates; with mu = 1 it rides on the update pass instead (see the docstring)
-        means = defaultdict(lambda: [0.0, 0])        # metric -> [sum of value x tokens, tokens]
-        mismatch, scored, fused = ([], [], []), {}, cfg.updates_per_batch == 1
-
-        def score_micro_batch(i: int, logprobs: torch.Tensor, entropy: float) -> None:
-            rows, batch, loss_mask, weight = micro[i]
-            ref = reference_logprobs(reference, model, policy, batch, cfg.temperature) if cfg.beta else None
-            sampler = sampler_logprobs([completions[r] for r in rows], logprobs.shape[1], device())              # (b, C)
-            w, is_metrics = (truncated_importance_weights(logprobs, sampler, loss_mask, cfg.importance_sampling_cap)
-                             if use_is else (None, {}))                                                   # (b, C)
-            scored[i] = (logprobs, ref, w)
-            if weight:                                   # padding passes are in no metric
-                for values, new in zip(mismatch, (*sampler_mismatch(sampler, logprobs, batch["loss_mask"]),   # (b,)
-                                                  batch["loss_mask"].sum(-1))):
-                    values += new.tolist()
-                accumulate(means, {"entropy": entropy}, int(batch["loss_mask"].sum()))
-                accumulate(means, is_metrics, int(loss_mask.sum()))
-
-        if not fused:
-            with torch.no_grad(), autocast(precision.mixed_precision):
-                for i, (rows, batch, loss_mask, weight) in enumerate(micro):
-                    score_micro_batch(i, *token_logprobs(policy, batch, cfg.temperature, True))
-        # 4. mu update passes over the micro-batches
-        extremes = {"ratio_min": float("inf"), "ratio_max": float("-inf")} if cfg.updates_per_batch > 1 else {}
-        for update in range(cfg.updates_per_batch):
-            for i, (rows, batch, loss_mask, weight) in enumerate(micro):
-                with par.sync_unless(policy, accumulating=i + 1 < len(micro)):
-                    with autocast(precision.mixed_precision):
-                        logprobs, entropy = token_logprobs(policy, batch, cfg.temperature, with_entropy=fused)       # (b, C)
-                        if fused:
-                            with torch.no_grad():
-                                score_micro_batch(i, logprobs.detach(), entropy)
-                    old, ref, is_weights = scored[i]
-                    loss, loss_metrics = POLICY_LOSSES[cfg.policy_loss](
-                        logprobs, old, ref, advantages[rows].to(device()), loss_mask, eps_low=cfg.epsilon,
-                        eps_high=cfg.epsilon_high, beta=cfg.beta, mode=cfg.loss_aggregation, ratio_level=cfg.ratio_level,
-                        is_weights=is_weights, batch_sequences=batch_sequences, batch_tokens=batch_tokens,
-                        max_length=cfg.max_new_tokens)
-                    par.accelerator.backward(loss * weight)
-                if not weight:                                  # padding passes are in no metric
-                    continue
-                tokens = int(loss_mask.sum())
-                accumulate(means, {k: v for k, v in loss_metrics.items() if k == "kl"}, tokens)
-                if update > 0:                                  # in the first pass the ratio is 1: nothing to see
-                    accumulate(means, {k: loss_metrics[k] for k in ("clip_fraction", "ratio_mean")}, tokens)
-                    extremes["ratio_min"] = min(extremes["ratio_min"], loss_metrics.get("ratio_min", float("inf")))
-                    extremes["ratio_max"] = max(extremes["ratio_max"], loss_metrics.get("ratio_max", float("-inf")))
-            if not learning:                                    # what every pass would have left: zero gradients,
-                zero_gradients(model)                           # with which AdamW still moves (momentum, decay)
-            grad_norm = par.clip_grad_norm(policy, cfg.max_grad_norm, step + 1)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+        passes = micro_batches(run, batch)                                 # the rows that move the gradient
+        stats = StepStats()
+        scores = score_passes(run, batch, passes, stats)                   # 3. pi_old, pi_ref, weights (mu > 1)
+        grad_norm = update(run, batch, passes, scores, stats, step)        # 4. mu AdamW steps
         trained = time.perf_counter()
-        # 5. metrics (over every process's samples), samples, checkpoint (main process)
-        row = {"step": step + 1, **step_metrics(par, kept, drawn, advantage_metrics, means, extremes, mismatch)}
-        if cfg.dynamic_sampling:
-            row.update(dynamic_draws=drawn["rounds"], dynamic_filtered=1 - len(kept) / drawn["groups"],
-                       reward_drawn=drawn["reward"] / (drawn["groups"] * G))
-        ran = [i for rows, _, _, weight in micro if weight for i in rows]        # the rows that went through the passes
-        trained_tokens = par.total(sum(len(prompt_ids[i]) + len(completions[i].token_ids) for i in ran))
-        row["rows_trained"] = par.total(len(ran)) / par.total(len(completions))
-        row.update({"learning_rate": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "state_gb": state_gb(model, optimizer),
-                    "sample_tokens_per_s": par.total(drawn["tokens"]) / (sampled - began),
-                    "train_tokens_per_s": cfg.updates_per_batch * trained_tokens / (trained - sampled),
-                    "sample_seconds": sampled - began, "train_seconds": trained - sampled, "step_seconds": trained - began})
-        if par.is_main:
-            metrics_log.write(row)
-            if step % cfg.sample_every == 0:
-                first = kept[0]
-                for c, total in zip(first.completions, first.totals):
-                    samples_log.write({"step": step + 1, "prompt": first.problem.prompt, "truth": first.problem.answer,
-                                       "completion": c.text, "answer": c.answer, "reward": total})
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            save_step(par, out, model, tokenizer, step + 1, optimizer, scheduler, generator)
-        par.barrier()
+        row = {"step": step + 1, **step_metrics(par, batch, stats),        # 5. metrics, samples, checkpoint
+               **timing_metrics(run, batch, passes, grad_norm, began, sampled, trained)}
+        logs.write(step, row, batch.kept[0], cfg.sample_every)
+        end_step(par, out, step, cfg.steps, cfg.save_every, run.model, run.tokenizer, run.optimizer, run.scheduler,
+                 engine.generator)
         progress.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row.get('accuracy', 0):.2f}",
                              len=f"{row['completion_length']:.0f}", s=f"{row['step_seconds']:.1f}")
     if par.sharded and validation and start < cfg.steps:
         engine.sync_weights()
-    if validation_log is not None and start < cfg.steps:
-        accuracy_now = validate(engine, tokenizer, template, validation, cfg.max_new_tokens, tools, cfg.max_turns)
-        validation_log.write({"step": cfg.steps, "val_accuracy": accuracy_now})
+    if logs.validation is not None and start < cfg.steps:
+        accuracy_now = validation_accuracy()
+        logs.validation.write({"step": cfg.steps, "val_accuracy": accuracy_now})
         print(f"validation accuracy after {cfg.steps} steps: {accuracy_now:.3f}")
     release_folder(out)
     return out / "checkpoint"
+
+
+def timing_metrics(run: Run, batch, passes, grad_norm: float, began: float, sampled: float, trained: float) -> dict:
+    """The step's optimiser figures, the share of rows that went through the passes, speeds and seconds."""
+    par, cfg = run.par, run.cfg
+    ran = [i for p in passes if p.weight for i in p.rows]            # the rows that went through the passes
+    trained_tokens = par.total(sum(len(batch.prompt_ids[i]) + len(batch.completions[i].token_ids) for i in ran))
+    row = {"rows_trained": par.total(len(ran)) / par.total(len(batch.completions))}
+    if cfg.dynamic_sampling:
+        drawn, G = batch.drawn, cfg.samples_per_prompt
+        row.update(dynamic_draws=drawn["rounds"], dynamic_filtered=1 - len(batch.kept) / drawn["groups"],
+                   reward_drawn=drawn["reward"] / (drawn["groups"] * G))
+    return {**row, "learning_rate": run.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+            "state_gb": state_gb(run.model, run.optimizer),
+            "sample_tokens_per_s": par.total(batch.drawn["tokens"]) / (sampled - began),
+            "train_tokens_per_s": cfg.updates_per_batch * trained_tokens / (trained - sampled),
+            "sample_seconds": sampled - began, "train_seconds": trained - sampled, "step_seconds": trained - began}
+
+
+class Logs:
+    """The main process's metrics.jsonl, samples.jsonl and validation.jsonl (None elsewhere), resumed at `start`."""
+
+    def __init__(self, out: Path, start: int, main: bool, validating: bool):
+        self.metrics = JsonlLog(out / "metrics.jsonl", start, tensorboard=True) if main else None
+        self.samples = JsonlLog(out / "samples.jsonl", start) if main else None
+        self.validation = JsonlLog(out / "validation.jsonl", start - 1) if main and validating else None
+
+    def write(self, step: int, row: dict, first: Drawn, sample_every: int) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.write(row)
+        if step % sample_every == 0:
+            for c, total in zip(first.completions, first.totals):
+                self.samples.write({"step": step + 1, "prompt": first.problem.prompt, "truth": first.problem.answer,
+                                    "completion": c.text, "answer": c.answer, "reward": total})

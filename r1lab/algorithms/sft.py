@@ -22,14 +22,15 @@ from r1lab import R1labError
 from r1lab.algorithms.losses import sft_loss
 from r1lab.algorithms.sequences import CompletionLogits, pad_batch, token_logprobs
 from r1lab.config import SFTConfig
-from r1lab.distributed import Parallel, state_gb
 from r1lab.data import read_jsonl
+from r1lab.distributed import Parallel, state_gb
+from r1lab.hardware import autocast, device
 from r1lab.rollout.episodes import render_prompt, tokenize_episode
 from r1lab.runlock import release_folder
 from r1lab.templates import get_template
 from r1lab.tools import load_tools
-from r1lab.training import (JsonlLog, autocast, choose_precision, device, load_policy, make_optimizer, prepare_run, restore_state,
-                            save_step, seed_everything)
+from r1lab.training import (JsonlLog, choose_precision, end_step, load_policy, make_optimizer, prepare_run,
+                            restore_state, seed_everything)
 
 
 def load_pairs(path: str) -> list[tuple[str, str, str]]:
@@ -125,8 +126,6 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
                        "state_gb": state_gb(model, optimizer),
                        "learning_rate": scheduler.get_last_lr()[0], "step_seconds": seconds,
                        "tokens_per_s": tokens / seconds})
-        if (step + 1) % cfg.save_every == 0 or step + 1 == steps:
-            save_step(par, out, model, tokenizer, step + 1, optimizer, scheduler, None)
-        par.barrier()
+        end_step(par, out, step, steps, cfg.save_every, model, tokenizer, optimizer, scheduler, None)
     release_folder(out)
     return out / "checkpoint"

@@ -7,11 +7,14 @@ trained on. `to_completion` parses a sample with a template.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from r1lab import R1labError
 from r1lab.templates import Template
 from r1lab.types import Completion
+
+if TYPE_CHECKING:
+    import torch
 
 @dataclass(frozen=True)
 class Sampling:
@@ -43,7 +46,7 @@ class Engine(Protocol):
     into the sampler (the trainer calls it after each update it needs seen: vLLM's copy, a sharded policy's
     full copy); `generator`, the sampler's RNG, saved with checkpoints so a resumed run draws the same
     samples (None where the engine seeds per request, as vLLM)."""
-    generator: "torch.Generator | None"
+    generator: torch.Generator | None
 
     def sync_weights(self) -> None: ...
 
