@@ -214,7 +214,7 @@ def number(kind, interval: str):
     """An argparse type: `kind` (int or float) in `interval` (as config.RANGES writes them, e.g. '(0, 1]');
     NaN and infinities are refused unless the interval allows inf."""
     def parse(text: str):
-        from r1lab.config import in_range
+        from r1lab.schema import in_range
         try:
             value = kind(text)
         except ValueError:
@@ -281,7 +281,7 @@ def _shown(value) -> str:
 
 def add_stage_parser(stages, kind: str, cls, output: str) -> None:
     """`r1lab train KIND`: its options are the config fields, grouped and explained as in config.py."""
-    from r1lab.config import CHOICES, allowed_types
+    from r1lab.schema import CHOICES, allowed_types
     docstring, rows = config_fields(cls)
     defaults, hints = cls(), typing.get_type_hints(cls)
     metavars = {int: "N", float: "X", str: "TEXT", bool: "BOOL", dict: "YAML", list: "LIST", type(None): "none"}

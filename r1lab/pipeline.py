@@ -42,9 +42,9 @@ import yaml
 
 from r1lab import R1labError, is_file
 from r1lab.config import (ColdStartConfig, CompeteConfig, DistillConfig, EvalConfig, GoalDirectedConfig, GRPOConfig,
-                          RejectionConfig, SFTConfig, changed_settings, field_value, folder_name, load_config,
-                          read_yaml, settings, short_repr)
+                          RejectionConfig, SFTConfig, changed_settings, load_config, settings)
 from r1lab.data import write_atomic
+from r1lab.schema import field_value, folder_name, read_yaml, short_repr
 
 KINDS = {  # kind -> (config class, what the stage produces)
     "cold_start": (ColdStartConfig, "data"), "sft": (SFTConfig, "checkpoint"), "grpo": (GRPOConfig, "checkpoint"),

@@ -18,7 +18,8 @@ import yaml
 
 from r1lab import R1labError, is_file, models
 from r1lab.checkpoint import find_checkpoint, load_state, save_checkpoint
-from r1lab.config import changed_settings, read_yaml
+from r1lab.config import changed_settings
+from r1lab.schema import read_yaml
 from r1lab.data import read_jsonl, write_atomic, write_jsonl
 from r1lab.distributed import is_sharded
 from r1lab.hardware import device

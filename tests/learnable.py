@@ -20,7 +20,7 @@ def odd(problem) -> bool:
 def register(monkeypatch, *rewards) -> None:
     """Rewards by their bare names for one test: in r1lab's registry, and among the names r1lab.config accepts
     (config imports nothing from the domain, so it keeps its own list of the registered names)."""
-    from r1lab import config
+    from r1lab import schema as config
     from r1lab.rewards import REWARDS
     for reward in rewards:
         monkeypatch.setitem(REWARDS, reward.__name__, reward)

@@ -6,7 +6,7 @@ import typing
 import pytest
 
 from r1lab import R1labError
-from r1lab import config as configs
+from r1lab import schema
 from r1lab.cli import main
 from r1lab.config import (ColdStartConfig, CompeteConfig, DistillConfig, EvalConfig, GoalDirectedConfig, GRPOConfig,
                           ReadabilityFilters, RejectionConfig, SFTConfig, load_config, readability)
@@ -42,11 +42,11 @@ def test_every_field_rejects_a_wrong_type_and_an_out_of_range_value_naming_class
         for value in WRONG[kind]:
             with pytest.raises(R1labError, match=rf"{cls.__name__}\.{name} must be "):
                 build(cls, **{name: value})
-        interval = configs.RANGES.get(f"{cls.__name__}.{name}", configs.RANGES.get(name))
+        interval = schema.RANGES.get(f"{cls.__name__}.{name}", schema.RANGES.get(name))
         for value in outside(interval, kind is int) if interval else []:
             with pytest.raises(R1labError, match=rf"{cls.__name__}\.{name} must be in {re.escape(interval)}"):
                 build(cls, **{name: value})
-        for value in [f"not-a-{name}"] if name in configs.CHOICES else []:
+        for value in [f"not-a-{name}"] if name in schema.CHOICES else []:
             with pytest.raises(R1labError, match=rf"{cls.__name__}\.{name} must be one of"):
                 build(cls, **{name: value})
 
@@ -55,7 +55,7 @@ def test_every_field_rejects_a_wrong_type_and_an_out_of_range_value_naming_class
 def test_every_number_has_a_range(cls):
     for name, kind in fields(cls):
         if kind in (int, float, float | None):
-            assert f"{cls.__name__}.{name}" in configs.RANGES or name in configs.RANGES, name
+            assert f"{cls.__name__}.{name}" in schema.RANGES or name in schema.RANGES, name
 
 
 @pytest.mark.parametrize("cls, values, message", [
@@ -115,9 +115,9 @@ def test_the_names_config_writes_down_equal_the_registries_they_stand_for():
     from r1lab.rollout.engines import ENGINES
     from r1lab.templates import TEMPLATES
     from r1lab.tools import BUILTINS
-    assert configs.CHOICES["loss_aggregation"] == AGGREGATIONS and configs.CHOICES["ratio_level"] == RATIO_LEVELS
-    assert set(configs.CHOICES["advantage"]) == set(ADVANTAGES)
-    assert set(configs.CHOICES["policy_loss"]) == set(POLICY_LOSSES)
-    assert configs.CHOICES["engine"] == ENGINES and set(configs.CHOICES["template"]) == set(TEMPLATES)
-    assert configs.AUGMENTATIONS == AUGMENTATIONS and set(configs.BUILTIN_TOOLS) == set(BUILTINS)
-    assert set(configs.BUILTIN_REWARDS) == {name for name in {**REWARDS, **GROUP_REWARDS} if ":" not in name}
+    assert schema.CHOICES["loss_aggregation"] == AGGREGATIONS and schema.CHOICES["ratio_level"] == RATIO_LEVELS
+    assert set(schema.CHOICES["advantage"]) == set(ADVANTAGES)
+    assert set(schema.CHOICES["policy_loss"]) == set(POLICY_LOSSES)
+    assert schema.CHOICES["engine"] == ENGINES and set(schema.CHOICES["template"]) == set(TEMPLATES)
+    assert schema.AUGMENTATIONS == AUGMENTATIONS and set(schema.BUILTIN_TOOLS) == set(BUILTINS)
+    assert set(schema.BUILTIN_REWARDS) == {name for name in {**REWARDS, **GROUP_REWARDS} if ":" not in name}

@@ -121,9 +121,10 @@ def test_models_given_as_a_string_is_one_model_not_its_letters(tmp_path):
     ("name: ok", "{name: a, kind: goal_directed, data: x.jsonl, augment: [[start]]}",
      "GoalDirectedConfig.augment must be a list of strings"),
 ])
-def test_a_recipe_field_of_the_wrong_type_or_an_unsafe_name_is_a_one_line_error(header, stage, message, tmp_path):
+def test_a_recipe_field_of_the_wrong_type_or_an_unsafe_name_is_a_one_line_error(header, stage, message, tmp_path,
+                                                                               monkeypatch):
     (tmp_path / "x.jsonl").write_text('{"prompt": "p", "answer": "1", "completion": "c"}\n')
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     path = recipe(tmp_path, f"{header}\nmodel: tiny-random\nstages: [{stage}]\n".replace("{", "{{").replace("}", "}}"))
     with pytest.raises(R1labError) as error:
         load_recipe(path)
@@ -143,9 +144,9 @@ def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path):
 WRONG_VALUES = [[], ["x"], [[1]], {"a": 1}, {"a": [1]}, None, math.nan, math.inf, -1, 10 ** 30, True, "x" * 500, 1.5]
 
 
-def test_random_wrong_values_in_every_field_of_every_stage_kind_give_a_message_never_a_traceback(tmp_path):
+def test_random_wrong_values_in_every_field_of_every_stage_kind_give_a_message_never_a_traceback(tmp_path, monkeypatch):
     """The fuzz: each field of each stage kind, through a recipe, with values of every wrong shape."""
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "x.jsonl").write_text('{"prompt": "p", "answer": "1", "completion": "c"}\n')
     rng = random.Random(0)
     tried = 0

@@ -14,7 +14,7 @@ import math
 from typing import Callable
 
 from r1lab import R1labError
-from r1lab.config import reward_weights
+from r1lab.schema import reward_weights
 from r1lab.rewards.accuracy import accuracy, accuracy_partial
 from r1lab.rewards.agentjo import agentjo_format
 from r1lab.rewards.code import code_reward, code_strict_reward
