@@ -93,21 +93,33 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> li
     for key in ("name", "runs_dir", "model", "task", "template"):
         if key in recipe and not isinstance(recipe[key], str):
             raise R1labError(f"{path}: recipe key {key!r} must be a string, got {short_repr(recipe[key])}")
-    runs = Path(recipe.get("runs_dir", "runs")) / folder_name(recipe.get("name", path.stem), f"{path}: recipe key 'name'")
-    base = recipe.get("model", "smollm2-135m")
-    names = {str(raw.get("name", f"stage{number}")) for number, raw in enumerate(recipe["stages"], 1) if isinstance(raw, dict)}
-    stages: list[Stage] = []
-    produced: dict[str, str] = {}           # stage name -> what it produces
-    for number, raw in enumerate(recipe["stages"], 1):
+    wiring = Wiring(path, recipe)
+    return [wiring.stage(number, raw) for number, raw in enumerate(recipe["stages"], 1)]
+
+
+class Wiring:
+    """Reads a recipe's stages in order, resolving each input named by a stage to the path of what that
+    earlier stage writes (`produced`), and recording which stages each one reads."""
+
+    def __init__(self, path: Path, recipe: dict):
+        self.path, self.recipe = path, recipe
+        self.runs = Path(recipe.get("runs_dir", "runs")) / folder_name(recipe.get("name", path.stem),
+                                                                      f"{path}: recipe key 'name'")
+        self.base = recipe.get("model", "smollm2-135m")
+        self.names = {str(raw.get("name", f"stage{number}")) for number, raw in enumerate(recipe["stages"], 1)
+                      if isinstance(raw, dict)}
+        self.produced: dict[str, str] = {}            # stage name -> what it produces
+
+    def stage(self, number: int, raw) -> Stage:
         if not isinstance(raw, dict):
-            raise R1labError(f"{path}, stage {number}: expected a mapping with 'name' and 'kind'")
+            raise R1labError(f"{self.path}, stage {number}: expected a mapping with 'name' and 'kind'")
         values = dict(raw)
-        name = folder_name(values.pop("name", f"stage{number}"), f"{path}, stage {number}: key 'name'")
+        name = folder_name(values.pop("name", f"stage{number}"), f"{self.path}, stage {number}: key 'name'")
         kind = values.pop("kind", None)
-        where = f"{path}, stage {name!r}"
+        where = f"{self.path}, stage {name!r}"
         if not isinstance(kind, str) or kind not in KINDS:
             raise R1labError(f"{where}: unknown kind {short_repr(kind)}; valid kinds: {', '.join(KINDS)}")
-        if name in produced or name == "base":
+        if name in self.produced or name == "base":
             raise R1labError(f"{where}: the stage name is used twice (or is the reserved name 'base')")
         cls, output = KINDS[kind]
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -117,52 +129,57 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> li
                     values[key] = field_value(cls, key, values[key])
                 except R1labError as e:
                     raise R1labError(f"{where}: {e}") from None
-        inputs = []
-
-        def checkpoint_of(ref, key):
-            if ref == "base":
-                return base
-            if ref in produced:
-                if produced[ref] != "checkpoint":
-                    raise R1labError(f"{where}, key {key!r}: stage {ref!r} produces {produced[ref]}, not a checkpoint")
-                inputs.append(ref)
-                return str(runs / ref / "checkpoint")
-            if ref in names:
-                raise R1labError(f"{where}, key {key!r}: stage {ref!r} comes later in the recipe (or is this one); "
-                                 f"a stage reads only earlier stages' outputs")
-            return ref                       # a model spec
-
-        latest = lambda what: next((n for n in reversed(list(produced)) if produced[n] == what), None)  # noqa: E731
         for key in SHARED:
-            if key in fields and key not in values and key in recipe and key != "model":
-                values[key] = recipe[key]
+            if key in fields and key not in values and key in self.recipe and key != "model":
+                values[key] = self.recipe[key]
+        inputs: list[str] = []
         if "model" in fields and kind != "eval":
-            values["model"] = checkpoint_of(values.get("model", latest("checkpoint") or "base"), "model")
+            values["model"] = self.checkpoint_of(values.get("model", self.latest("checkpoint") or "base"), "model", where, inputs)
         if kind == "distill" and "teacher" in values:
-            values["teacher"] = checkpoint_of(values["teacher"], "teacher")
+            values["teacher"] = self.checkpoint_of(values["teacher"], "teacher", where, inputs)
         if kind in ("sft", "goal_directed"):
-            data = values.get("data", latest("data"))
-            if data is None:
-                raise R1labError(f"{where}, key 'data': no earlier stage produces data; name a jsonl file")
-            if data in produced:
-                if produced[data] != "data":
-                    raise R1labError(f"{where}, key 'data': stage {data!r} produces {produced[data]}, not data")
-                inputs.append(data)
-                data = str(runs / data / "data.jsonl")
-            elif not is_file(data):
-                raise R1labError(f"{where}, key 'data': {data} is neither an earlier stage nor an existing file")
-            values["data"] = data
+            values["data"] = self.data_of(values.get("data", self.latest("data")), where, inputs)
         if kind == "eval":
-            models = values.get("models") or ["base"] + [n for n in produced if produced[n] == "checkpoint"]
-            values["models"] = [checkpoint_of(m, "models") for m in models]
-        values["out"] = str(runs / name)
+            models = values.get("models") or ["base"] + [n for n in self.produced if self.produced[n] == "checkpoint"]
+            values["models"] = [self.checkpoint_of(m, "models", where, inputs) for m in models]
+        values["out"] = str(self.runs / name)
         try:
             config = load_config(cls, None, values)
         except R1labError as e:
             raise R1labError(f"{where}: {e}") from None
-        stages.append(Stage(name, kind, config, runs / name, tuple(inputs)))
-        produced[name] = output
-    return stages
+        self.produced[name] = output
+        return Stage(name, kind, config, self.runs / name, tuple(inputs))
+
+    def latest(self, what: str) -> str | None:
+        """The last stage so far that produces `what`."""
+        return next((n for n in reversed(list(self.produced)) if self.produced[n] == what), None)
+
+    def checkpoint_of(self, ref: str, key: str, where: str, inputs: list[str]) -> str:
+        """A model reference: 'base', an earlier stage's checkpoint (recorded in `inputs`), or a model spec."""
+        if ref == "base":
+            return self.base
+        if ref in self.produced:
+            if self.produced[ref] != "checkpoint":
+                raise R1labError(f"{where}, key {key!r}: stage {ref!r} produces {self.produced[ref]}, not a checkpoint")
+            inputs.append(ref)
+            return str(self.runs / ref / "checkpoint")
+        if ref in self.names:
+            raise R1labError(f"{where}, key {key!r}: stage {ref!r} comes later in the recipe (or is this one); "
+                             f"a stage reads only earlier stages' outputs")
+        return ref
+
+    def data_of(self, data: str | None, where: str, inputs: list[str]) -> str:
+        """A data reference: an earlier stage's data.jsonl (recorded in `inputs`) or an existing file."""
+        if data is None:
+            raise R1labError(f"{where}, key 'data': no earlier stage produces data; name a jsonl file")
+        if data in self.produced:
+            if self.produced[data] != "data":
+                raise R1labError(f"{where}, key 'data': stage {data!r} produces {self.produced[data]}, not data")
+            inputs.append(data)
+            return str(self.runs / data / "data.jsonl")
+        if not is_file(data):
+            raise R1labError(f"{where}, key 'data': {data} is neither an earlier stage nor an existing file")
+        return data
 
 
 def check_processes(kind: str, config, num_processes: int) -> None:

@@ -130,13 +130,9 @@ def access_log(app, metrics: Metrics):
     return wrapped
 
 
-def build_app(engine, tokenizer, served: str, api_key: str | None = None, limits: Limits = Limits(),
-              batch_wait_s: float = 0.02, context: int | None = None):
-    """The ASGI app: `context` is the model's context length in tokens (None: not checked)."""
-    app = FastAPI(title="r1lab", docs_url=None, redoc_url=None, openapi_url=None)
-    batcher, encoder = Batcher(engine, wait_s=batch_wait_s), PromptEncoder(tokenizer)
-    metrics = Metrics(batcher)
-
+def add_error_handlers(app: FastAPI) -> None:
+    """OpenAI's error shape for every failure; anything unexpected is a 500 naming only a request id (the
+    traceback goes to the log)."""
     @app.exception_handler(APIError)
     async def api_error(request, error: APIError):
         return StrictJSON(error.body, status_code=error.status, headers=error.headers)
@@ -157,59 +153,71 @@ def build_app(engine, tokenizer, served: str, api_key: str | None = None, limits
         return JSONResponse(APIError(500, f"internal error; the server log has the details (request id {ident})",
                                      "server_error").body, status_code=500)
 
+
+async def chat_stream(batcher, tokenizer, served: str, prompt: str, ids: list[int], chat: ChatRequest, ident: str,
+                      created: int, usage: dict):
+    """Server-sent events: a delta per new token, reasoning and answer apart; a disconnect (Starlette
+    cancels this generator) drops the request, queued or running."""
+    loop, updates, gone = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
+
+    def watch(j, tokens):
+        loop.call_soon_threadsafe(updates.put_nowait, (j, list(tokens)))
+        return not gone.is_set()
+    future = batcher.submit(ids, chat.n, chat.sampling, watch, chat.seed)
+    future.add_done_callback(lambda _: loop.call_soon_threadsafe(updates.put_nowait, None))
+    replies = [ReplyStream(tokenizer, prompt_tail(prompt), chat.stop, bool(chat.tools)) for _ in range(chat.n)]
+
+    def event(body: dict) -> str:
+        return "data: " + dumps({"id": ident, "object": "chat.completion.chunk", "created": created,
+                                 "model": served, **body}) + "\n\n"
+
+    def chunk(index, delta, finish=None):
+        return event({"choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
+    try:
+        for j in range(chat.n):
+            yield chunk(j, {"role": "assistant", "content": ""})
+        while (update := await updates.get()) is not None:
+            j, tokens = update
+            for delta in replies[j].add(tokens):
+                yield chunk(j, delta)
+        try:
+            samples = future.result()
+        except Exception as e:
+            if isinstance(e, R1labError):
+                message = str(e)
+            else:
+                message = f"generation failed; the server log has the details (request id {ident})"
+                log.error("request %s failed", ident, exc_info=e)
+            yield "data: " + dumps(APIError(500, message, "server_error").body) + "\n\n"
+            return
+        for j, sample in enumerate(samples):
+            for delta in replies[j].finish(sample.text):
+                yield chunk(j, delta)
+            yield chunk(j, {}, "tool_calls" if replies[j].calls else sample.finish_reason)
+        usage["completion_tokens"] = sum(len(s.token_ids) for s in samples)
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if chat.include_usage:
+            yield event({"choices": [], "usage": usage})
+        yield "data: [DONE]\n\n"
+    finally:
+        gone.set()         # a client that went away: its rows leave the batch at the next token,
+        future.cancel()    # or, still queued, it is skipped
+
+
+def build_app(engine, tokenizer, served: str, api_key: str | None = None, limits: Limits = Limits(),
+              batch_wait_s: float = 0.02, context: int | None = None):
+    """The ASGI app: `context` is the model's context length in tokens (None: not checked)."""
+    app = FastAPI(title="r1lab", docs_url=None, redoc_url=None, openapi_url=None)
+    batcher, encoder = Batcher(engine, wait_s=batch_wait_s), PromptEncoder(tokenizer)
+    metrics = Metrics(batcher)
+
+    add_error_handlers(app)
+
     def authorise(request: Request) -> None:
         given = request.headers.get("authorization", "").encode("latin-1")
         if api_key and not hmac.compare_digest(given, f"Bearer {api_key}".encode()):
             raise APIError(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error",
                            code="invalid_api_key")
-
-    async def stream_events(prompt: str, ids: list[int], chat: ChatRequest, ident: str, created: int, usage: dict):
-        """Server-sent events: a delta per new token, reasoning and answer apart; a disconnect (Starlette
-        cancels this generator) drops the request, queued or running."""
-        loop, updates, gone = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
-
-        def watch(j, tokens):
-            loop.call_soon_threadsafe(updates.put_nowait, (j, list(tokens)))
-            return not gone.is_set()
-        future = batcher.submit(ids, chat.n, chat.sampling, watch, chat.seed)
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(updates.put_nowait, None))
-        replies = [ReplyStream(tokenizer, prompt_tail(prompt), chat.stop, bool(chat.tools)) for _ in range(chat.n)]
-
-        def event(body: dict) -> str:
-            return "data: " + dumps({"id": ident, "object": "chat.completion.chunk", "created": created,
-                                     "model": served, **body}) + "\n\n"
-
-        def chunk(index, delta, finish=None):
-            return event({"choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
-        try:
-            for j in range(chat.n):
-                yield chunk(j, {"role": "assistant", "content": ""})
-            while (update := await updates.get()) is not None:
-                j, tokens = update
-                for delta in replies[j].add(tokens):
-                    yield chunk(j, delta)
-            try:
-                samples = future.result()
-            except Exception as e:
-                if isinstance(e, R1labError):
-                    message = str(e)
-                else:
-                    message = f"generation failed; the server log has the details (request id {ident})"
-                    log.error("request %s failed", ident, exc_info=e)
-                yield "data: " + dumps(APIError(500, message, "server_error").body) + "\n\n"
-                return
-            for j, sample in enumerate(samples):
-                for delta in replies[j].finish(sample.text):
-                    yield chunk(j, delta)
-                yield chunk(j, {}, "tool_calls" if replies[j].calls else sample.finish_reason)
-            usage["completion_tokens"] = sum(len(s.token_ids) for s in samples)
-            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-            if chat.include_usage:
-                yield event({"choices": [], "usage": usage})
-            yield "data: [DONE]\n\n"
-        finally:
-            gone.set()         # a client that went away: its rows leave the batch at the next token,
-            future.cancel()    # or, still queued, it is skipped
 
     @app.get("/", response_class=HTMLResponse)
     async def chat_page():
@@ -243,7 +251,8 @@ def build_app(engine, tokenizer, served: str, api_key: str | None = None, limits
         batcher.check_room(1, limits.max_queue)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if chat.stream:
-            return StreamingResponse(stream_events(prompt, ids, chat, ident, created, usage), media_type="text/event-stream")
+            return StreamingResponse(chat_stream(batcher, tokenizer, served, prompt, ids, chat, ident, created, usage),
+                                     media_type="text/event-stream")
         samples: list[Sample] = (await answer(request.receive, batcher, [ids], chat.n, chat.sampling, chat.seed))[0]
         tail = prompt_tail(prompt)
         messages = [reply_message(tail + trim_stop(s.text, chat.stop), bool(chat.tools)) for s in samples]

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from r1lab.cli import config_fields, main
+from r1lab.cli import main
+from r1lab.cli_parser import config_fields
 from r1lab.pipeline import KINDS
 
 

@@ -17,7 +17,7 @@ LAYERS = [  # (layer, module prefixes); a module belongs to the first layer with
     ("train", ["r1lab.training", "r1lab.algorithms.losses", "r1lab.algorithms.sequences", "r1lab.algorithms.grpo",
                "r1lab.algorithms.sft", "r1lab.algorithms.compete", "r1lab.algorithms.phases"]),
     ("stages", ["r1lab.algorithms", "r1lab.evaluate", "r1lab.cold_start"]),
-    ("app", ["r1lab.cli", "r1lab.__main__", "r1lab.pipeline", "r1lab.experiment", "r1lab.report", "r1lab.serve",
+    ("app", ["r1lab.cli", "r1lab.cli_parser", "r1lab.__main__", "r1lab.pipeline", "r1lab.experiment", "r1lab.report", "r1lab.serve",
              "r1lab.llm", "r1lab.doctor"]),
 ]
 ROOT = Path(r1lab.__file__).parent

@@ -85,63 +85,83 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
         batch_problems = par.share(step_problems)                # whole groups on each process
         seeds = par.share(prompt_seeds(cfg.seed, step, cfg.prompts_per_step))
         # 1. every agent answers every problem; members of a problem's group stay contiguous
-        members = [[] for _ in batch_problems]                  # per problem: (source, prompt ids, completion)
-        for agent, (name, engine, agent_tokenizer, template, n) in enumerate(agents):
-            _, groups = rollout(engine, batch_problems, template, agent_tokenizer, n, sampling, [s + agent for s in seeds],
-                                tools, cfg.max_turns)
-            for slot, (problem, group) in enumerate(zip(batch_problems, groups)):
-                prompt_ids = tokenizer(render_prompt(template, problem.prompt, tokenizer, tools),
-                                       add_special_tokens=False)["input_ids"]
-                members[slot] += [(name, prompt_ids, c) for c in group]
-        flat = [m for group in members for m in group]
+        flat = sample_members(agents, batch_problems, seeds, sampling, tokenizer, tools, cfg.max_turns)
         completions = [c for _, _, c in flat]
         # 2. score; above the group mean -> imitate, below -> push down
         totals, parts, failures = score(weights, completions, [p for p in batch_problems for _ in range(group_size)], group_size)
         imitate, push_down = compete_weights(torch.tensor(totals), group_size, cfg.weight_by_advantage)
-        # the policy's own samples train on their sampled ids; other agents' text is re-encoded (vocabularies differ);
-        # (ids, loss mask): a tool's results in an episode are read, not learned
-        targets = [(c.token_ids, c.loss_mask or [1] * len(c.token_ids)) if name == "policy" else
-                   _encoded(tokenizer, c) for name, _, c in flat]
-        active = [i for i in range(len(flat)) if imitate[i] > 0 or push_down[i] > 0]
-        batch_tokens = par.total(sum(sum(targets[i][1]) for i in active))            # the whole batch's
-        learning = par.total(len(active)) > 0     # no member anywhere above or below its mean: no update at all
-        active = (active or [0]) if learning else []   # a zero-weight row: every process joins the all-reduce
-        micro = [(active[first:first + cfg.micro_batch_size], par.world)           # DDP averages: x world = the sum
-                 for first in range(0, len(active), cfg.micro_batch_size)]
-        if learning:                                   # as many passes on each process, the extra ones weight 0
-            micro = lockstep(par, micro, lambda first: (first[0], 0.0))
-        for index, (rows, weight) in enumerate(micro):
-            batch = pad_batch([flat[i][1] for i in rows], [targets[i][0] for i in rows], tokenizer.pad_token_id, device(),
-                              [targets[i][1] for i in rows])
-            with par.sync_unless(policy, accumulating=index + 1 < len(micro)):
-                with autocast(precision.mixed_precision):
-                    logprobs, _ = token_logprobs(policy, batch)                                # (b, C)
-                mask = batch["loss_mask"]
-                loss = sft_loss(logprobs, mask, imitate[rows].to(device()), batch_tokens)
-                if cfg.unlikelihood_weight:
-                    loss = loss + cfg.unlikelihood_weight * unlikelihood_loss(logprobs, mask, push_down[rows].to(device()), batch_tokens)
-                par.accelerator.backward(loss * weight)
-        grad_norm = par.clip_grad_norm(policy, cfg.max_grad_norm, step + 1) if learning else 0.0
+        grad_norm = train_round(cfg, par, policy, tokenizer, flat, imitate, push_down, precision.mixed_precision, step)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         # 3. metrics per source (over every process's members), checkpoint
-        totals, names = par.gather(totals), par.gather([name for name, _, _ in flat])
-        parts = {name: par.gather(values) for name, values in parts.items()}
-        lengths = par.gather([c.model_tokens for c in completions])
-        by_source = defaultdict(list)
-        for name, total in zip(names, totals):
-            by_source[name].append(total)
-        row = {"step": step + 1, "processes": par.world, "reward": sum(totals) / len(totals),
-               **{f"reward/{k}": sum(v) / len(v) for k, v in parts.items()},
-               **{f"source/{k}/reward": sum(v) / len(v) for k, v in by_source.items()},
-               "imitated": int(par.total((imitate > 0).sum().item())), "pushed_down": int(par.total((push_down > 0).sum().item())),
-               "reward_failures": int(par.total(failures)), "grad_norm": grad_norm, "state_gb": state_gb(model, optimizer),
-               "completion_length": sum(lengths) / len(lengths), "step_seconds": time.perf_counter() - began}
-        if "accuracy" in parts:
-            row["accuracy"] = row["reward/accuracy"]
+        row = {"step": step + 1, **round_metrics(par, flat, totals, parts, failures, imitate, push_down),
+               "grad_norm": grad_norm, "state_gb": state_gb(model, optimizer), "step_seconds": time.perf_counter() - began}
         if par.is_main:
             log.write(row)
         end_step(par, out, step, cfg.rounds, cfg.save_every, model, tokenizer, optimizer, scheduler, policy_engine.generator)
     release_folder(out)
     return out / "checkpoint"
+
+
+def sample_members(agents, problems, seeds, sampling, tokenizer, tools, max_turns: int) -> list[tuple]:
+    """Every agent's members for every problem, (source name, prompt ids in the policy's vocabulary, completion),
+    the members of a problem's group contiguous."""
+    members = [[] for _ in problems]
+    for agent, (name, engine, agent_tokenizer, template, n) in enumerate(agents):
+        _, groups = rollout(engine, problems, template, agent_tokenizer, n, sampling, [s + agent for s in seeds],
+                            tools, max_turns)
+        for slot, (problem, group) in enumerate(zip(problems, groups)):
+            prompt_ids = tokenizer(render_prompt(template, problem.prompt, tokenizer, tools),
+                                   add_special_tokens=False)["input_ids"]
+            members[slot] += [(name, prompt_ids, c) for c in group]
+    return [m for group in members for m in group]
+
+
+def train_round(cfg, par, policy, tokenizer, flat, imitate, push_down, mixed_precision: str, step: int) -> float:
+    """Accumulate the round's gradient: imitate the members above their group's mean, push down those below;
+    the gradient norm before clipping (0 when no member anywhere is above or below: no update at all)."""
+    # the policy's own samples train on their sampled ids; other agents' text is re-encoded (vocabularies differ);
+    # (ids, loss mask): a tool's results in an episode are read, not learned
+    targets = [(c.token_ids, c.loss_mask or [1] * len(c.token_ids)) if name == "policy" else
+               _encoded(tokenizer, c) for name, _, c in flat]
+    active = [i for i in range(len(flat)) if imitate[i] > 0 or push_down[i] > 0]
+    batch_tokens = par.total(sum(sum(targets[i][1]) for i in active))            # the whole batch's
+    learning = par.total(len(active)) > 0     # no member anywhere above or below its mean: no update at all
+    active = (active or [0]) if learning else []   # a zero-weight row: every process joins the all-reduce
+    micro = [(active[first:first + cfg.micro_batch_size], par.world)           # DDP averages: x world = the sum
+             for first in range(0, len(active), cfg.micro_batch_size)]
+    if learning:                                   # as many passes on each process, the extra ones weight 0
+        micro = lockstep(par, micro, lambda first: (first[0], 0.0))
+    for index, (rows, weight) in enumerate(micro):
+        batch = pad_batch([flat[i][1] for i in rows], [targets[i][0] for i in rows], tokenizer.pad_token_id, device(),
+                          [targets[i][1] for i in rows])
+        with par.sync_unless(policy, accumulating=index + 1 < len(micro)):
+            with autocast(mixed_precision):
+                logprobs, _ = token_logprobs(policy, batch)                                # (b, C)
+            mask = batch["loss_mask"]
+            loss = sft_loss(logprobs, mask, imitate[rows].to(device()), batch_tokens)
+            if cfg.unlikelihood_weight:
+                loss = loss + cfg.unlikelihood_weight * unlikelihood_loss(logprobs, mask, push_down[rows].to(device()),
+                                                                          batch_tokens)
+            par.accelerator.backward(loss * weight)
+    return par.clip_grad_norm(policy, cfg.max_grad_norm, step + 1) if learning else 0.0
+
+
+def round_metrics(par, flat, totals, parts, failures, imitate, push_down) -> dict:
+    """Rewards overall, per named reward and per source, over every process's members."""
+    completions = [c for _, _, c in flat]
+    totals, names = par.gather(totals), par.gather([name for name, _, _ in flat])
+    parts = {name: par.gather(values) for name, values in parts.items()}
+    lengths = par.gather([c.model_tokens for c in completions])
+    by_source = defaultdict(list)
+    for name, total in zip(names, totals):
+        by_source[name].append(total)
+    row = {"processes": par.world, "reward": sum(totals) / len(totals),
+           **{f"reward/{k}": sum(v) / len(v) for k, v in parts.items()},
+           **{f"source/{k}/reward": sum(v) / len(v) for k, v in by_source.items()},
+           "imitated": int(par.total((imitate > 0).sum().item())), "pushed_down": int(par.total((push_down > 0).sum().item())),
+           "reward_failures": int(par.total(failures)), "completion_length": sum(lengths) / len(lengths)}
+    if "accuracy" in parts:
+        row["accuracy"] = row["reward/accuracy"]
+    return row
