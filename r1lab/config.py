@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 from r1lab import R1labError
@@ -28,6 +29,7 @@ NOT_SETTINGS = ("out", "save_every", "sample_every",   # where and how often a s
 
 @dataclass(frozen=True)
 class GRPOConfig:
+    INPUTS: ClassVar[tuple] = ("model", "task", "rewards", "tools")   # what check_inputs reads (r1lab/training.py)
     # what to train
     model: str = "smollm2-135m"        # model spec (alias, HF folder, .gguf, hub id)
     task: str = "arithmetic"           # task spec (see r1lab.tasks)
@@ -102,6 +104,7 @@ class GRPOConfig:
 
 @dataclass(frozen=True)
 class SFTConfig:
+    INPUTS: ClassVar[tuple] = ("model", "data", "tools")
     model: str = "smollm2-135m"        # model spec to fine-tune
     data: str = "cold.jsonl"           # jsonl with "prompt" (the question) and "completion" (the reply in the template's format)
     template: str = "r1_zero"          # renders each prompt, as it will be at RL time
@@ -134,6 +137,7 @@ class SFTConfig:
 @dataclass(frozen=True)
 class CompeteConfig:
     """Learning from competition without RL (the talk's proposal); sampling as GRPO, training by SFT."""
+    INPUTS: ClassVar[tuple] = ("model", "sources", "task", "rewards", "tools")
     model: str = "smollm2-135m"        # the trained policy
     task: str = "arithmetic"
     task_options: dict = field(default_factory=dict)
@@ -189,6 +193,7 @@ class ReadabilityFilters:
 
 @dataclass(frozen=True)
 class RejectionConfig:
+    INPUTS: ClassVar[tuple] = ("model", "task")
     model: str = "smollm2-135m"        # the checkpoint to sample from (in recipes: the previous stage's)
     task: str = "arithmetic"           # task spec; its train split is sampled
     task_options: dict = field(default_factory=dict)
@@ -209,6 +214,7 @@ class RejectionConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
+    INPUTS: ClassVar[tuple] = ("teacher", "task")
     teacher: str = "smollm2-135m"      # a model spec, or an OpenAI-compatible base URL (http...; key from api_key_env)
     teacher_model: str = "deepseek-reasoner"   # model name sent to an endpoint
     api_key_env: str = "OPENAI_API_KEY"        # environment variable holding the endpoint's key
@@ -232,6 +238,7 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    INPUTS: ClassVar[tuple] = ("models", "task", "tools")
     models: list[str] = field(default_factory=list)   # model specs or, in recipes, stage names / "base"
     task: str = "arithmetic"           # task spec; its test split is used
     task_options: dict = field(default_factory=dict)
@@ -252,6 +259,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class ColdStartConfig:
+    INPUTS: ClassVar[tuple] = ("task", "tools")
     task: str = "arithmetic"           # task whose reference steps become chains of thought
     task_options: dict = field(default_factory=dict)
     template: str = "r1_zero"          # format of the written completions
@@ -266,6 +274,7 @@ class ColdStartConfig:
 
 @dataclass(frozen=True)
 class GoalDirectedConfig:
+    INPUTS: ClassVar[tuple] = ("data", "task")
     data: str = "trajectories.jsonl"   # trajectories: rows with prompt, answer, completion (in recipes: a data stage)
     task: str = "arithmetic"           # the task that rewrites problems (goal, hindsight)
     template: str = "r1_zero"          # format of the trajectories and of the written rows

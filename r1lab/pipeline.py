@@ -45,6 +45,7 @@ from r1lab.config import (ColdStartConfig, CompeteConfig, DistillConfig, EvalCon
                           RejectionConfig, SFTConfig, changed_settings, load_config, settings)
 from r1lab.data import write_atomic
 from r1lab.schema import field_value, folder_name, read_yaml, short_repr
+from r1lab.training import check_world
 
 KINDS = {  # kind -> (config class, what the stage produces)
     "cold_start": (ColdStartConfig, "data"), "sft": (SFTConfig, "checkpoint"), "grpo": (GRPOConfig, "checkpoint"),
@@ -183,17 +184,13 @@ class Wiring:
 
 
 def check_processes(kind: str, config, num_processes: int) -> None:
-    """A training stage can run in `num_processes` data-parallel processes: its batch divides among them
-    (whole groups for grpo and compete, examples for sft) and, for grpo, dynamic sampling is off."""
+    """A training stage can be launched in `num_processes` data-parallel processes (training.check_world),
+    and this process is not itself one of a launch."""
     if num_processes < 1:
         raise R1labError(f"--num-processes must be >= 1, got {num_processes}")
     if os.environ.get("WORLD_SIZE"):
         raise R1labError("--num-processes inside an accelerate/torchrun launch: give the process count to one of them only")
-    share = "batch_size" if kind == "sft" else "prompts_per_step"
-    if getattr(config, share) % num_processes:
-        raise R1labError(f"{share} = {getattr(config, share)} must divide by --num-processes {num_processes}")
-    if kind == "grpo" and config.dynamic_sampling and num_processes > 1:
-        raise R1labError("dynamic_sampling runs in one process: use --num-processes 1 or dynamic_sampling false")
+    check_world(config, num_processes)
 
 
 def launch_stage(stage: Stage, num_processes: int) -> None:

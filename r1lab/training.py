@@ -18,7 +18,7 @@ import yaml
 
 from r1lab import R1labError, is_file, models
 from r1lab.checkpoint import find_checkpoint, load_state, save_checkpoint
-from r1lab.config import changed_settings
+from r1lab.config import GRPOConfig, SFTConfig, changed_settings
 from r1lab.schema import read_yaml
 from r1lab.data import read_jsonl, write_atomic, write_jsonl
 from r1lab.distributed import is_sharded
@@ -51,22 +51,46 @@ def seed_everything(seed: int) -> None:
 
 def check_inputs(config) -> None:
     """What a stage reads, checked before it writes anything (a stage that cannot start leaves no output
-    folder behind): its model specs (`check_spec`: nothing loaded, no hub), its task with its options and
-    one problem (which the rewards must fit), its data file."""
+    folder behind). Each config class names its inputs (`INPUTS`); each kind of input has one check here:
+    model specs (`check_spec`: nothing loaded, no hub; an endpoint URL for a teacher), the task with its
+    options and one problem (which the rewards must fit), user tools importable, a data file present."""
     from r1lab.models import check_spec
     from r1lab.rewards import check_rewards_fit, parse_rewards
     from r1lab.tasks import get_task
+    from r1lab.tools import load_tools
 
-    for spec in (getattr(config, "model", None), getattr(config, "teacher", None)):
-        if spec and not spec.startswith(("http://", "https://")):
+    def model(spec: str) -> None:
+        if not spec.startswith(("http://", "https://")):
             check_spec(spec)
-    if hasattr(config, "task"):
-        task = get_task(config.task, **getattr(config, "task_options", {}))
-        if hasattr(config, "rewards"):
-            check_rewards_fit(parse_rewards(config.rewards), task.problems("train", 1, getattr(config, "seed", 0))[0])
-    data = getattr(config, "data", None)
-    if data is not None and not is_file(data):
-        raise R1labError(f"{data}: data file not found")
+
+    def task():                         # goal_directed names a task without options
+        return get_task(config.task, **getattr(config, "task_options", {}))
+    checks = {
+        "model": lambda: model(config.model), "teacher": lambda: model(config.teacher),
+        "models": lambda: [model(spec) for spec in config.models],
+        "sources": lambda: [model(source["model"]) for source in config.sources],
+        "task": task,
+        "rewards": lambda: check_rewards_fit(parse_rewards(config.rewards), task().problems("train", 1, config.seed)[0]),
+        "tools": lambda: load_tools(config.tools),
+        "data": lambda: is_file(config.data) or _missing(config.data)}
+    for name in type(config).INPUTS:
+        checks[name]()
+
+
+def _missing(path: str):
+    raise R1labError(f"{path}: data file not found")
+
+
+def check_world(config, processes: int) -> None:
+    """A training stage's batch divides among `processes` data-parallel processes (whole groups for grpo and
+    compete, examples for sft), and grpo's dynamic sampling runs in one process only (each process would stop
+    drawing at a different round). Checked before a launch and again in each launched process."""
+    share = "batch_size" if isinstance(config, SFTConfig) else "prompts_per_step"
+    if getattr(config, share) % processes:
+        raise R1labError(f"{share} = {getattr(config, share)} must divide by --num-processes {processes}")
+    if isinstance(config, GRPOConfig) and config.dynamic_sampling and processes > 1:
+        raise R1labError(f"dynamic_sampling runs in one process (got {processes}): use --num-processes 1 or "
+                         "dynamic_sampling false")
 
 
 def prepare_run(out: str, config, resume: bool, write: bool = True) -> tuple[Path, Path | None]:

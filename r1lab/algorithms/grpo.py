@@ -96,8 +96,8 @@ from r1lab.runlock import release_folder
 from r1lab.tasks import get_task
 from r1lab.templates import get_template
 from r1lab.tools import load_tools
-from r1lab.training import (JsonlLog, choose_precision, end_step, load_policy, make_optimizer, prepare_run,
-                            restore_state, seed_everything)
+from r1lab.training import (JsonlLog, check_world, choose_precision, end_step, load_policy, make_optimizer,
+                            prepare_run, restore_state, seed_everything)
 from r1lab.types import Problem
 
 
@@ -172,9 +172,7 @@ def setup(cfg: GRPOConfig, resume: bool) -> tuple[Run, Path, Path | None, list[P
     if par.sharded and cfg.engine != "hf":
         raise R1labError(f"fsdp rolls out with the hf engine only (got engine {cfg.engine!r}): the vllm engine's "
                          "weight push is not gathered from the shards yet")
-    if cfg.dynamic_sampling and par.world > 1:
-        raise R1labError(f"dynamic_sampling runs in one process (got {par.world}): each process would stop drawing at "
-                         "a different round; use --num-processes 1 or dynamic_sampling false")
+    check_world(cfg, par.world)
     template, weights, tools = get_template(cfg.template), parse_rewards(cfg.rewards), load_tools(cfg.tools)
     draws = cfg.dynamic_sampling_max_draws if cfg.dynamic_sampling else 1       # rounds of prompts per step, at most
     problems = get_task(cfg.task, **cfg.task_options).problems(
@@ -187,7 +185,6 @@ def setup(cfg: GRPOConfig, resume: bool) -> tuple[Run, Path, Path | None, list[P
     seed_everything(cfg.seed)
     validation = problems[len(problems) - cfg.validation_problems:] if cfg.validation_problems else []
     problems = problems[:len(problems) - len(validation)]                      # what training draws from
-    par.check_divides(cfg.prompts_per_step)
     model, tokenizer = load_policy(cfg.model, checkpoint, cfg.dtype, cfg.lora_rank, cfg.lora_alpha,
                                    cfg.gradient_checkpointing)
     disable_dropout(model)
