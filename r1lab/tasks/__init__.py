@@ -1,4 +1,5 @@
-"""Tasks give Problems. A spec names one: `arithmetic`, `reasoning-gym:<dataset>`, `jsonl:<path>`, `humaneval`, `agentjo`.
+"""Tasks give Problems. A spec names one: `arithmetic`, `reasoning-gym:<dataset>`, `jsonl:<path>`, `humaneval`, `agentjo`,
+`hf:<hub id or path>[:<config>]` (Hugging Face datasets, tasks/hf.py).
 
     from r1lab.tasks import get_task
     task = get_task("arithmetic", operands=3, high=30)
@@ -25,6 +26,7 @@ def get_task(spec: str, **options) -> Task:
     from r1lab.tasks.arithmetic import Arithmetic
     from r1lab.tasks.code import HumanEval
     from r1lab.tasks.gym import ReasoningGym
+    from r1lab.tasks.hf import HFDataset
     from r1lab.tasks.jsonl import JsonlTask
 
     kind, _, argument = spec.partition(":")
@@ -38,8 +40,11 @@ def get_task(spec: str, **options) -> Task:
         cls, positional = ReasoningGym, {"dataset": argument}
     elif kind == "jsonl" and argument:
         cls, positional = JsonlTask, {"path": argument}
+    elif kind == "hf" and argument:
+        cls, positional = HFDataset, {"dataset": argument}
     else:
-        raise R1labError(f"unknown task {spec!r}; expected 'arithmetic', 'humaneval', 'agentjo', 'reasoning-gym:<dataset>' or 'jsonl:<path>'")
+        raise R1labError(f"unknown task {spec!r}; expected 'arithmetic', 'humaneval', 'agentjo', 'reasoning-gym:<dataset>', "
+                         "'jsonl:<path>' or 'hf:<hub id or path>[:<config>]'")
     valid = [f.name for f in dataclasses.fields(cls) if f.name not in positional]
     unknown = sorted(set(options) - set(valid))
     if unknown:

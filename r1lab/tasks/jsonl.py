@@ -8,7 +8,8 @@ A row with a `tests` field is a code problem (see tasks/code.py); it needs no an
 Field types (JSON): the prompt is a string; the answer a string or a number (kept as its text, e.g.
 "2.5"), never a list or object (whose Python text, "['2', '3']", no reply would match); steps a list of
 strings or one string; a code row's tests, entry_point, setup, prefix and answer (a reference program)
-strings. Any other type is an error naming the file, the line, the field and the type expected.
+strings. Any other type is an error naming the file, the line, the field and the type expected; a
+missing prompt or answer field also names the option that points at yours (`--task-options '{prompt_field: question}'`).
 """
 from __future__ import annotations
 
@@ -29,13 +30,27 @@ def json_kind(value) -> str:
     return names.get(type(value), "null")
 
 
-def row_field(row: dict, key: str, where: str, kinds: tuple, expected: str, default=None):
-    """row[key] if its JSON type is one of `kinds`; absent or null gives `default` (None: required)."""
+PROMPT_NAMES, ANSWER_NAMES = ("prompt", "question", "problem"), ("answer", "solution")   # usual field names
+
+
+def naming_hint(option: str, present) -> str:
+    """How to name the field a task reads: e.g. "name yours with --task-options '{prompt_field: question}'",
+    with a present field of a usual name where there is one."""
+    usual = {"prompt_field": PROMPT_NAMES, "answer_field": ANSWER_NAMES}.get(option, ())
+    guess = next((name for name in usual if name in present), "<field>")
+    return f"name yours with --task-options '{{{option}: {guess}}}'" + \
+        (", or '{answer_field: null}' for rows without one" if option == "answer_field" else "")
+
+
+def row_field(row: dict, key: str, where: str, kinds: tuple, expected: str, default=None, option: str = ""):
+    """row[key] if its JSON type is one of `kinds`; absent or null gives `default` (None: required). A missing
+    field that a task option names (`option`, e.g. prompt_field) is an error that says how to set it."""
     value = row.get(key)
     if value is None and default is not None:
         return default
     if value is None and key not in row:
-        raise R1labError(f"{where}: missing field {key!r} ({expected}; fields present: {sorted(row)})")
+        hint = f"; {naming_hint(option, row)}" if option else ""
+        raise R1labError(f"{where}: missing field {key!r} ({expected}; fields present: {sorted(row)}){hint}")
     if type(value) not in kinds:
         raise R1labError(f"{where}: field {key!r} must be {expected}, got {json_kind(value)}")
     return value
@@ -80,11 +95,11 @@ class JsonlTask:
         return problems
 
     def problem(self, where: str, id: str, row: dict) -> Problem:
-        prompt = row_field(row, self.prompt_field, where, TEXT, "a string")
+        prompt = row_field(row, self.prompt_field, where, TEXT, "a string", option="prompt_field")
         if "tests" in row:
             return self.code_problem(where, id, prompt, row)
         answer = None if self.answer_field is None else \
-            str(row_field(row, self.answer_field, where, TEXT + NUMBER, "a string or number"))
+            str(row_field(row, self.answer_field, where, TEXT + NUMBER, "a string or number", option="answer_field"))
         meta = {k: v for k, v in row.items() if k not in (self.prompt_field, self.answer_field, self.steps_field)}
         return Problem(id=id, prompt=prompt, answer=answer, meta=meta, steps=steps_of(row, self.steps_field, where))
 
