@@ -43,6 +43,7 @@ def test_folder_without_config_and_missing_gguf(tmp_path):
 @pytest.mark.parametrize("spec, error", [
     ("smollm2", "unknown model 'smollm2'; did you mean smollm2-135m?"),
     ("tiny_random", "did you mean tiny-random?"),
+    ("gemma3", "unknown model 'gemma3'; did you mean gemma3-270m?"),
     ("runs/nope/checkpoint", "runs/nope/checkpoint: no such folder"),
     ("./checkpoint", "no such folder"),
     ("tests/nope", "tests/nope: no such folder"),              # tests/ is a folder here: a path, not owner/name
@@ -55,6 +56,7 @@ def test_a_spec_that_is_no_alias_and_no_folder_fails_at_once_without_the_hub(spe
 
 def test_only_owner_name_ids_go_to_the_hub(tmp_path):
     assert check_spec("HuggingFaceTB/SmolLM2-135M-Instruct") == "hub" and check_spec("tiny-random") == "alias"
+    assert check_spec("gemma3-270m") == check_spec("tiny-random-gemma3") == "alias"
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
     assert check_spec(str(tmp_path / "model")) == "folder"

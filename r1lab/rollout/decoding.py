@@ -7,6 +7,9 @@ share in `torch.cat` of the whole KV cache at every token. So:
 - `GrowingCache`: a DynamicCache whose layers write each new key/value into preallocated room
   (doubling when full) and hand attention a view, instead of concatenating the cache every token.
   Same values, same interface (batch_repeat_interleave / batch_select_indices for the engine).
+  Sliding-window layers (Gemma 3's local layers) keep their whole history too: the model's own mask
+  applies the window, so the values are the same (tests/test_gemma3.py against generate, whose
+  cache drops what the window leaves), at the memory cost of the history past the window.
 - `packed_linears(model, rows)`: for the duration of a rollout, every `nn.Linear` of the model is
   replaced by a `PackedLinear` (siblings that read the same input, q/k/v and gate/up, by one `FusedPack`)
   whose weight oneDNN has reordered for `rows`-row inputs
@@ -122,7 +125,7 @@ class FusedSlice(torch.nn.Module):
         return self.pack.output(x)[..., self.start:self.end]
 
 
-FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))   # siblings that read the same input (Llama, Qwen, Mistral)
+FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))   # siblings that read the same input (Llama, Qwen, Mistral, Gemma 3)
 
 
 @torch.no_grad()
