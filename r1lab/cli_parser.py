@@ -15,7 +15,8 @@ import typing
 import yaml
 
 EXPERIMENTS = {"is-rl-needed": "recipes/is_rl_needed.yaml",   # the talk's table
-               "rl-gain": "recipes/rl_gain.yaml"}              # GRPO's paired gain over its cold start
+               "rl-gain": "recipes/rl_gain.yaml",              # GRPO's paired gain over its cold start
+               "r1-zero": "recipes/r1_zero.yaml"}              # RL from a base model alone, paired against it
 
 
 def number(kind, interval: str):
@@ -35,6 +36,21 @@ def number(kind, interval: str):
 
 
 COUNT, SEED, UNIT, NONNEG = number(int, "[1, inf)"), number(int, "[0, inf)"), number(float, "(0, 1]"), number(float, "[0, 1e6]")
+
+
+def find_parser(parser: argparse.ArgumentParser, path: list[str]) -> argparse.ArgumentParser | None:
+    """The parser of a command path (['train', 'grpo'], ['eval']), or None where a name is no command."""
+    for name in path:
+        commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not commands or name not in commands[0].choices:
+            return None
+        parser = commands[0].choices[name]
+    return parser
+
+
+def long_options(parser: argparse.ArgumentParser) -> list[str]:
+    """A parser's options spelt with two dashes ('--samples-per-prompt', ...)."""
+    return [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
 
 
 def yaml_mapping(text: str) -> dict:
@@ -166,7 +182,8 @@ def add_eval_parser(e: argparse.ArgumentParser, model_help: str) -> None:
                    help="task spec (`r1lab tasks`); its test split is used (default: %(default)s)")
     e.add_argument("--samples", type=COUNT, default=8, help="k samples per problem (default: %(default)s)")
     e.add_argument("--problems", type=COUNT, default=50, help="held-out problems (default: %(default)s)")
-    e.add_argument("--template", help="prompt template (default: code for humaneval, else r1_zero)")
+    e.add_argument("--template", help="prompt template (default: the one the checkpoint's run was trained with, from "
+                   "its config.yaml; else code for humaneval, r1_zero otherwise)")
     e.add_argument("--temperature", type=NONNEG, default=0.6,
                    help="sampling temperature (the paper's evaluation: 0.6) (default: %(default)s)")
     e.add_argument("--top-p", type=UNIT, default=0.95,

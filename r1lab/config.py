@@ -24,7 +24,8 @@ from r1lab.schema import (AUGMENTATIONS, CHOICES, TYPE_NAMES, as_field_type, has
 NOT_SETTINGS = ("out", "save_every", "sample_every",   # where and how often a stage writes, and what it
                 "validation_problems", "validate_every",   # measures on the side: never change its checkpoints;
                 "fsdp",                                    # how the processes hold the parameters: the same training
-                "skip_zero_advantage")                     # which rows with a zero gradient get a pass: the same
+                "skip_zero_advantage",                     # which rows with a zero gradient get a pass: the same
+                "save_total_limit", "report_to")           # which checkpoints are kept, where metrics are also sent
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class GRPOConfig:
     task_options: dict = field(default_factory=dict)   # options of the task, e.g. {operands: 2}
     template: str = "r1_zero"          # prompt template: r1_zero (paper Table 1), chat, json_cot
     rewards: str = "accuracy,format"   # weighted sum of named rewards, 'name=weight,...' (R1-Zero: accuracy + format)
+    max_reward_failure_share: float = 0.5   # share of a step's samples, 0-1: stop the run when rewards fail (raise,
+                                            # NaN, no number) on more of them; 1 = never stop
     # batch
     steps: int = 20                    # optimisation batches (each: sample, score, mu updates)
     prompts_per_step: int = 2          # problems per step
@@ -87,6 +90,10 @@ class GRPOConfig:
     # bookkeeping
     seed: int = 0                      # problems, sampling and initialisation
     save_every: int = 10               # steps between checkpoints (the last step always saves)
+    save_total_limit: int = 0          # checkpoint-<step>/ folders kept, the newest, beside checkpoint/ (the latest, which
+                                       # resume reads); 0 = none: each holds the optimiser state too (r1lab/checkpoint.py)
+    report_to: str = "none"            # trackers the metrics also go to: tensorboard, wandb, trackio, mlflow, or a comma
+                                       # list (accelerate's tracker classes; pip install 'r1lab[trackers]')
     sample_every: int = 5              # steps between writing example completions to samples.jsonl
     validation_problems: int = 0       # train-split problems kept out of training, scored greedily (validation.jsonl)
     validate_every: int = 5            # steps between validations (also before the first step and after the last)
@@ -127,6 +134,10 @@ class SFTConfig:
     mixed_precision: str = "auto"      # "bf16" autocasts forward/backward; auto: bf16 where the device runs it natively
     seed: int = 0                      # data order
     save_every: int = 50               # optimiser steps between checkpoints (the last always saves)
+    save_total_limit: int = 0          # checkpoint-<step>/ folders kept, the newest, beside checkpoint/ (the latest, which
+                                       # resume reads); 0 = none: each holds the optimiser state too (r1lab/checkpoint.py)
+    report_to: str = "none"            # trackers the metrics also go to: tensorboard, wandb, trackio, mlflow, or a comma
+                                       # list (accelerate's tracker classes; pip install 'r1lab[trackers]')
     out: str = "runs/sft"              # output directory
 
     def check(self) -> None:
@@ -155,6 +166,8 @@ class CompeteConfig:
     top_p: float = 1.0
     weight_by_advantage: bool = False  # weight imitated / pushed-down members by |eq. 3 advantage| instead of 1
     unlikelihood_weight: float = 1.0   # weight of pushing below-average members down; 0 switches it off
+    unlikelihood_scope: str = "departure"   # departure: push down only the tokens after the longest prefix a member
+                                            # shares with an above-average member of its group; all: every token
     learning_rate: float = 1e-5        # AdamW lr
     max_grad_norm: float = 1.0
     mixed_precision: str = "auto"      # "bf16" autocasts training passes; auto: bf16 where the device runs it natively
@@ -162,6 +175,10 @@ class CompeteConfig:
     fsdp: bool = False                 # shard parameters, gradients and optimiser state over the processes (FSDP2)
     seed: int = 0
     save_every: int = 10               # rounds between checkpoints (the last always saves)
+    save_total_limit: int = 0          # checkpoint-<step>/ folders kept, the newest, beside checkpoint/ (the latest, which
+                                       # resume reads); 0 = none: each holds the optimiser state too (r1lab/checkpoint.py)
+    report_to: str = "none"            # trackers the metrics also go to: tensorboard, wandb, trackio, mlflow, or a comma
+                                       # list (accelerate's tracker classes; pip install 'r1lab[trackers]')
     out: str = "runs/compete"
 
     def check(self) -> None:

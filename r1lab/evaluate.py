@@ -13,6 +13,8 @@ on batching or on where an interrupted eval resumed. Each problem's samples are 
 interrupted eval resumes by problem, and resuming with other settings is refused, naming them.
 `<out>/eval.json` holds the summary table. With `tools` (r1lab/tools.py) each sample is an episode in which
 the model may call them (r1lab/rollout/episodes.py); tool calls and failed calls per sample are reported.
+A model that is an r1lab checkpoint folder gets its figures in its model card too (a section per task), and
+without a template given, `default_template` takes the one its run was trained with (its config.yaml).
 """
 from __future__ import annotations
 
@@ -25,14 +27,51 @@ from pathlib import Path
 from tqdm import tqdm
 
 from r1lab import R1labError
+from r1lab.checkpoint import set_card_section
 from r1lab.data import resume_appending, write_atomic
 from r1lab.metrics import REFLECTION_MARKERS, bootstrap_ci, cons_at_k, pass_at_1, pass_at_k, reflects
 from r1lab.rewards import score
 from r1lab.rewards.accuracy import equivalent, is_correct
 from r1lab.rewards.language import language_share
+from r1lab.schema import read_yaml
 
 def mixes_languages(reasoning: str | None) -> bool:
     return 0.0 < language_share(reasoning, "en") < 1.0 and language_share(reasoning, "zh") > 0.0
+
+
+def default_template(models: list[str], task: str) -> str:
+    """The template to evaluate `models` with when none is given: the one their runs were trained with (the
+    settings record config.yaml beside a checkpoint folder: checkpoint/, checkpoint-N/, best/), else code for
+    humaneval and r1_zero for the rest. Checkpoints trained with different templates are an error: give one."""
+    found = {}
+    for model in models:
+        record = Path(model).parent / "config.yaml"
+        if Path(model).is_dir() and record.is_file():
+            settings = read_yaml(record, "settings record")
+            if isinstance(settings, dict) and isinstance(settings.get("template"), str):
+                found[model] = settings["template"]
+    if len(set(found.values())) > 1:
+        raise R1labError(f"--template: the models were trained with different templates "
+                         f"({', '.join(f'{m}: {t}' for m, t in found.items())}); choose one with --template")
+    if found:
+        return next(iter(found.values()))
+    return "code" if task == "humaneval" else "r1_zero"
+
+
+def card_figures(model: str, result: dict, summary: dict) -> None:
+    """An r1lab checkpoint's model card gets this eval's figures, a section per task (nothing for other models;
+    a folder that cannot be written keeps its card: eval.json holds the figures)."""
+    samples, task = result["samples"], result["task"]
+    text = (f"## Evaluation: {task}\n\npass@1 **{summary['pass@1']:.4f}** (95% CI {summary['pass@1_ci'][0]:.4f}-"
+            f"{summary['pass@1_ci'][1]:.4f}), cons@{samples} {summary[f'cons@{samples}']:.4f}, pass@{samples} "
+            f"{summary[f'pass@{samples}']:.4f}, format {summary['format']:.4f}, mean length {summary['length_mean']:.1f} "
+            f"tokens; {summary['problems']} held-out problems, {samples} samples each, template {result['template']}, "
+            f"T={result['temperature']}, top-p={result['top_p']} (r1lab eval).")
+    if Path(model).is_dir():
+        try:
+            set_card_section(Path(model), f"eval:{slug(task)}", text)
+        except OSError:
+            pass
 
 
 def model_label(model: str) -> str:
@@ -178,6 +217,8 @@ def evaluate(models: list[str], task_spec: str, samples: int = 8, problems: int 
         summary[model] = summarise(rows, samples, markers, seed)
     result = {**settings, "models": summary}
     write_atomic(out_dir / "eval.json", json.dumps(result, indent=2))
+    for model in models:
+        card_figures(model, result, summary[model])
     release_folder(out_dir)
     return result
 

@@ -27,9 +27,10 @@ RANGES = {  # field -> the interval its value must lie in; "Class.field" where o
     "learning_rate": "(0, 1]", "weight_decay": "[0, inf)", "warmup_steps": "[0, inf)", "max_grad_norm": "(0, inf)",
     "lora_rank": "[0, inf)", "lora_alpha": "[1, inf)",
     "importance_sampling_cap": "[1, inf)", "dynamic_sampling_max_draws": "[1, inf)",
-    "seed": "[0, inf)", "save_every": "[1, inf)", "sample_every": "[1, inf)",
+    "seed": "[0, inf)", "save_every": "[1, inf)", "sample_every": "[1, inf)", "save_total_limit": "[0, inf)",
     "validation_problems": "[0, inf)", "validate_every": "[1, inf)", "max_turns": "[1, inf)",
     "min_language_share": "[0, 1]", "max_paragraph_chars": "[1, inf)",
+    "max_reward_failure_share": "[0, 1]",
 }
 CHOICES = {  # field -> its allowed values
     "lr_schedule": ("constant", "linear", "cosine"),
@@ -43,12 +44,14 @@ CHOICES = {  # field -> its allowed values
     "importance_sampling": ("auto", "on", "off"),      # auto: on when the sampler is not the trainer's computation
     "engine": ("hf", "vllm"),                               # r1lab/rollout/engines.py ENGINES
     "language": ("en", "zh"),
+    "unlikelihood_scope": ("departure", "all"),
     "template": ("r1_zero", "chat", "code", "json_cot", "agentjo"),   # r1lab/templates.py TEMPLATES
 }
 # The names the domain registers, written here so that this module imports nothing from the domain (the
 # layer rule); tests/test_config.py checks that each list equals its registry.
 AUGMENTATIONS = ("start", "goal", "hindsight")                          # r1lab/algorithms/goal_directed.py
 BUILTIN_TOOLS = ("python", "calculator")                                # r1lab/tools.py BUILTINS
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")   # report_to: accelerate's tracker names (r1lab/training.py)
 BUILTIN_REWARDS = ("accuracy", "accuracy_partial", "format", "format_partial", "language", "language_zh",
                    "agentjo_format", "majority", "code", "code_strict")   # r1lab/rewards REWARDS, GROUP_REWARDS
 USER_FUNCTION = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")            # package.module:function
@@ -137,6 +140,19 @@ def check_fields(config) -> None:
                 if item not in BUILTIN_TOOLS and not USER_FUNCTION.fullmatch(item):
                     raise R1labError(f"{where}: unknown tool {item!r}; valid built-ins: {', '.join(BUILTIN_TOOLS)}; "
                                      "or a user tool as module:function")
+        if f.name == "report_to":
+            report_targets(value, where)
+
+
+def report_targets(spec: str, where: str = "report_to") -> list[str]:
+    """'tensorboard,wandb' -> ['tensorboard', 'wandb']; 'none' -> []: the trackers a training stage reports to."""
+    names = list(dict.fromkeys(part.strip() for part in spec.split(",") if part.strip()))
+    if names == ["none"]:
+        return []
+    if not names or [name for name in names if name not in TRACKERS]:
+        raise R1labError(f"{where} must be none, or one or more of {', '.join(TRACKERS)} separated by commas, "
+                         f"got {short_repr(spec)}")
+    return names
 
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -1,15 +1,27 @@
-"""What every stage shares: the device, LoRA, optimiser and schedule, metrics files, resume.
+"""What every stage shares: the device, LoRA, optimiser and schedule, metrics files, trackers, resume.
 
 `device()` is the one place that decides where models run (accelerate's choice: this process's GPU under
 `accelerate launch`, else the GPU, else the CPU). Training stages move the policy there in
 `load_policy`; every command that only samples from a model (eval, rejection, distill's local teacher,
-compete's other sources, serve, llm, generate) loads it with `load_on_device`.
+compete's other sources, serve, llm, generate) loads it with `load_on_device`. Both load, and `save_step`
+saves, with transformers' own progress bars off (`quiet_transformers`): the stage's bar is the one shown.
+
+Metrics go to `<out>/metrics.jsonl` always, and to the trackers `report_to` names (TRL's option): TensorBoard
+(`<out>/tensorboard/`), Weights & Biases (`<out>/wandb/`; WANDB_MODE=offline works without a network),
+Trackio and MLflow (where their own settings put them: TRACKIO_DIR, MLFLOW_TRACKING_URI), through
+accelerate's tracker classes, main process only, the run's settings as hyperparameters. None by default:
+TensorBoard is written only when asked for, whether or not it is installed. A tracker that is not
+installed stops the stage before it writes anything, with the pip command (`check_trackers`). Project:
+`r1lab` (wandb: $WANDB_PROJECT; mlflow: $MLFLOW_EXPERIMENT_NAME); run name: the output folder's last two
+parts (runs/NAME/STAGE: NAME/STAGE). A resumed stage is a new tracker run, its steps continuing the checkpoint's.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,9 +29,9 @@ import torch
 import yaml
 
 from r1lab import R1labError, is_file, models
-from r1lab.checkpoint import find_checkpoint, load_state, save_checkpoint
+from r1lab.checkpoint import find_checkpoint, last_row, load_state, model_card, numbered_checkpoints, save_checkpoint
 from r1lab.config import GRPOConfig, SFTConfig, changed_settings
-from r1lab.schema import read_yaml
+from r1lab.schema import read_yaml, report_targets
 from r1lab.data import read_jsonl, write_atomic, write_jsonl
 from r1lab.distributed import is_sharded
 from r1lab.hardware import device
@@ -28,8 +40,23 @@ from r1lab.runlock import lock_folder
 
 def load_on_device(spec: str, dtype: str = "float32"):
     """(model, tokenizer) for a model spec, in eval mode on `device()`: for models that sample, never train."""
-    model, tokenizer = models.load_model(spec, dtype)
+    with quiet_transformers():
+        model, tokenizer = models.load_model(spec, dtype)
     return model.to(device()).eval(), tokenizer
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers' own progress bars (loading weights, writing shards) off while a model loads or saves: the
+    stage's bar is the one shown. As they were after."""
+    from transformers.utils import logging
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()
 
 
 def choose_precision(out: Path, mixed_precision: str, rollout_dtype: str | None = None, write: bool = True):
@@ -101,6 +128,7 @@ def prepare_run(out: str, config, resume: bool, write: bool = True) -> tuple[Pat
     config.yaml: the settings the checkpoints are trained with."""
     out = Path(out)
     check_inputs(config)
+    check_trackers(config.report_to)
     if write:
         lock_folder(out)             # one writer per run folder: a second one is refused, naming the holder
     checkpoint = find_checkpoint(out)
@@ -142,13 +170,15 @@ def load_policy(spec: str, checkpoint: Path | None, dtype: str, lora_rank: int, 
     if lora_rank > 0:
         from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
         from peft.utils import load_peft_weights
-        model, tokenizer = models.load_model(spec, dtype)
+        with quiet_transformers():
+            model, tokenizer = models.load_model(spec, dtype)
         model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules="all-linear",
                                                  task_type="CAUSAL_LM"))
         if checkpoint is not None:
             set_peft_model_state_dict(model, load_peft_weights(str(checkpoint / "adapter")))
     else:
-        model, tokenizer = models.load_model(str(checkpoint) if checkpoint else spec, dtype)
+        with quiet_transformers():
+            model, tokenizer = models.load_model(str(checkpoint) if checkpoint else spec, dtype)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -186,8 +216,10 @@ def training_state(step: int, optimizer, scheduler, generator: torch.Generator |
             "generator": generator.get_state() if generator is not None else None}
 
 
-def save_step(par, out: Path, model, tokenizer, step: int, optimizer, scheduler, generator: torch.Generator | None) -> None:
-    """The checkpoint after `step`; every process calls it. Sharded (FSDP2), every process first joins in
+def save_step(par, out: Path, model, tokenizer, step: int, optimizer, scheduler, generator: torch.Generator | None,
+              keep: int = 0, total: int | None = None) -> None:
+    """The checkpoint after `step` of `total`, with its model card, and with `keep` (save_total_limit) its
+    numbered copy (r1lab/checkpoint.py); every process calls it. Sharded (FSDP2), every process first joins in
     gathering the full weights and the optimiser state (keyed by parameter name); the main process writes."""
     weights = optimizer_state = None
     if par.sharded:
@@ -201,16 +233,17 @@ def save_step(par, out: Path, model, tokenizer, step: int, optimizer, scheduler,
                 weights.pop(name, None)
         optimizer_state = get_optimizer_state_dict(model, optimizer, options=whole)
     if par.is_main:
-        save_checkpoint(out, model, tokenizer, training_state(step, optimizer, scheduler, generator, optimizer_state),
-                        weights)
+        with quiet_transformers():
+            save_checkpoint(out, model, tokenizer, training_state(step, optimizer, scheduler, generator, optimizer_state),
+                            weights, keep, model_card(out, step, total))
 
 
 def end_step(par, out: Path, step: int, steps: int, save_every: int, model, tokenizer, optimizer, scheduler,
-             generator: torch.Generator | None) -> None:
+             generator: torch.Generator | None, keep: int = 0) -> None:
     """Every training stage's step tail: the checkpoint every `save_every` steps and after the last (`step`
-    counts from 0), then every process waits for the others."""
+    counts from 0), keeping `keep` numbered ones (save_total_limit), then every process waits for the others."""
     if (step + 1) % save_every == 0 or step + 1 == steps:
-        save_step(par, out, model, tokenizer, step + 1, optimizer, scheduler, generator)
+        save_step(par, out, model, tokenizer, step + 1, optimizer, scheduler, generator, keep, steps)
     par.barrier()
 
 
@@ -252,18 +285,11 @@ def by_name(saved: dict, model) -> dict:
 
 class JsonlLog:
     """Append-only jsonl; on resume, rows from steps after the checkpoint (lost work) and a line cut short
-    by a kill are dropped, and the file is rewritten atomically.
-    With `tensorboard`, numeric values also go to TensorBoard (`<dir>/tensorboard/`) when it is installed."""
+    by a kill are dropped, and the file is rewritten atomically. Each row's numbers also go to `trackers`
+    (`start_trackers`; none by default: TensorBoard only with report_to tensorboard), at the row's step."""
 
-    def __init__(self, path: Path, resume_step: int, tensorboard: bool = False):
-        self.path = Path(path)
-        self.board = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.board = SummaryWriter(str(self.path.parent / "tensorboard"))
-            except ImportError:
-                pass
+    def __init__(self, path: Path, resume_step: int, trackers: list = ()):
+        self.path, self.trackers = Path(path), list(trackers)
         if self.path.exists():
             rows = [row for _, row in read_jsonl(self.path, torn_tail=True)]
             write_jsonl(self.path, [r for r in rows if r.get("step", 0) <= resume_step] if resume_step else [])
@@ -271,8 +297,76 @@ class JsonlLog:
     def write(self, row: dict) -> None:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        if self.board is not None:
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.board.add_scalar(key, value, row.get("step", 0))
-            self.board.flush()
+        numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        for tracker in self.trackers:
+            tracker.log(numbers, step=row.get("step", 0))
+
+    def close(self) -> None:
+        """End the trackers' runs (their files complete, their uploads done)."""
+        for tracker in self.trackers:
+            tracker.finish()
+        self.trackers = []
+
+
+PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}   # pip names
+
+
+def check_trackers(report_to: str) -> None:
+    """Every tracker `report_to` names is installed, as accelerate finds them; else one error with the pip
+    command. Called before the stage writes anything."""
+    from accelerate.tracking import get_available_trackers
+    available = {str(tracker) for tracker in get_available_trackers()}
+    missing = [name for name in report_targets(report_to) if name not in available]
+    if missing:
+        raise R1labError(f"report_to {report_to}: {', '.join(missing)} not installed; run: pip install "
+                         f"{' '.join(PACKAGES[name] for name in missing)}   (or pip install 'r1lab[trackers]' for all)")
+
+
+def start_trackers(out: Path, config) -> list:
+    """accelerate's trackers for `config.report_to`, started, with the run's settings logged as hyperparameters
+    (lists and mappings as JSON text); [] for none. On the main process only, as the metrics files."""
+    from accelerate import PartialState
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+    PartialState()                                   # accelerate's trackers log through its state
+    run, project = "/".join(Path(out).resolve().parts[-2:]), "r1lab"     # run name: e.g. r1/grpo
+    make = {"tensorboard": lambda cls: cls("tensorboard", str(out)),
+            "wandb": lambda cls: cls(os.environ.get("WANDB_PROJECT", project), name=run, dir=str(out)),
+            "trackio": lambda cls: cls(project, name=run),
+            "mlflow": lambda cls: cls(experiment_name=project, run_name=run)}
+    settings = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in asdict(config).items()}
+    trackers = []
+    for name in report_targets(config.report_to):
+        tracker = make[name](LOGGER_TYPE_TO_CLASS[name])
+        tracker.start()
+        tracker.store_init_configuration(settings)
+        trackers.append(tracker)
+    return trackers
+
+
+def finish_run(out: Path, log: JsonlLog | None) -> None:
+    """A stage's last lines (main process; `log` is None elsewhere): its key figures, the last step's loss,
+    reward and accuracy and the validation accuracy, and where its files are; its trackers are closed."""
+    if log is None:
+        return
+    trackers = [tracker.name for tracker in log.trackers]
+    log.close()
+    last = last_row(out / "metrics.jsonl")
+    figures = ", ".join(f"{key} {last[key]:.4g}" for key in ("loss", "reward", "accuracy")
+                        if isinstance(last.get(key), (int, float)))
+    lines = [f"{out}: finished at step {last.get('step', 0)}" + (f": {figures}" if figures else "")]
+    validation = last_row(out / "validation.jsonl")
+    if "val_accuracy" in validation:
+        best = json.loads((out / "best" / "best.json").read_text()) if (out / "best" / "best.json").is_file() else None
+        lines.append(f"  validation accuracy {validation['val_accuracy']:.4g} at step {validation['step']}"
+                     + (f" (best {best['val_accuracy']:.4g} at step {best['step']}, in best/)" if best else ""))
+    files = [("metrics", out / "metrics.jsonl"), ("samples", out / "samples.jsonl"), ("validation", out / "validation.jsonl"),
+             ("checkpoint", out / "checkpoint"), ("best", out / "best"), ("tensorboard", out / "tensorboard"),
+             ("wandb", out / "wandb")]
+    lines += [f"  {name:11} {path}" for name, path in files if path.exists()]
+    numbered = numbered_checkpoints(out)
+    if numbered:
+        lines.append(f"  {'kept':11} {', '.join(p.name for p in numbered)}")
+    if trackers:
+        lines.append(f"  {'trackers':11} {', '.join(trackers)}")
+    lines.append(f"  {'report':11} r1lab report {out}   (writes {out / 'report.md'})")
+    print("\n".join(lines))

@@ -67,3 +67,14 @@ def test_compete_trains_the_policy_without_dropout(tmp_path, monkeypatch):
     train_compete(load_config(CompeteConfig, None, {"model": "tiny-random", "rewards": "low_ids", "rounds": 1,
                                                     "prompts_per_step": 2, "max_new_tokens": 6, "out": str(tmp_path / "c")}))
     assert [m.attention_dropout for m in loaded[0].modules() if hasattr(m, "attention_dropout")] == [0.0, 0.0]
+
+
+def test_unlikelihood_starts_where_a_bad_member_departs_from_every_good_one():
+    """Hand-computed: in group 1 the good member is [1, 2, 3, 4]; [1, 2, 5, 6] shares 2 tokens with it and
+    [7, 8] none; group 2 has no member imitated, so nothing is shared there."""
+    from r1lab.algorithms.compete import shared_prefixes
+    ids = [[1, 2, 3, 4], [1, 2, 5, 6], [7, 8], [1, 2, 3], [1, 9], [1, 2]]
+    imitate = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    assert shared_prefixes(ids, imitate, 3) == [0, 2, 0, 0, 0, 0]
+    imitate = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0])        # two good members: the longer match counts
+    assert shared_prefixes([[1, 2, 3, 4], [7, 8, 1], [7, 8, 9]], imitate[:3], 3) == [0, 2, 0]

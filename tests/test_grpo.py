@@ -113,9 +113,9 @@ def test_yaml_config_and_cli_overrides(tmp_path):
         load_config(GRPOConfig, path)
 
 
-def test_metrics_also_go_to_tensorboard_when_installed(tmp_path):
+def test_metrics_also_go_to_tensorboard_when_asked(tmp_path):
     pytest.importorskip("tensorboard")
-    out = train_grpo(config(tmp_path, steps=1, rewards="low_ids")).parent
+    out = train_grpo(config(tmp_path, steps=1, rewards="low_ids", report_to="tensorboard")).parent
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 

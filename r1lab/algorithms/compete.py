@@ -39,8 +39,8 @@ from r1lab.runlock import release_folder
 from r1lab.tasks import get_task
 from r1lab.templates import get_template
 from r1lab.tools import load_tools
-from r1lab.training import (JsonlLog, choose_precision, end_step, load_on_device, load_policy, make_optimizer,
-                            prepare_run, restore_state, seed_everything)
+from r1lab.training import (JsonlLog, choose_precision, end_step, finish_run, load_on_device, load_policy,
+                            make_optimizer, prepare_run, restore_state, seed_everything, start_trackers)
 
 
 def _encoded(tokenizer, completion) -> tuple[list[int], list[int]]:
@@ -72,7 +72,7 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
     policy = par.prepare(CompletionLogits(model))                           # DDP-wrapped, FSDP2-sharded or as it is
     optimizer, scheduler = make_optimizer(model, cfg.learning_rate, 0.0, 0, "constant", cfg.rounds)
     start = restore_state(checkpoint, optimizer, scheduler, policy_engine.generator, model)
-    log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True) if par.is_main else None
+    log = JsonlLog(out / "metrics.jsonl", start, start_trackers(out, cfg)) if par.is_main else None
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     model.train()
 
@@ -90,7 +90,8 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
         # 2. score; above the group mean -> imitate, below -> push down
         totals, parts, failures = score(weights, completions, [p for p in batch_problems for _ in range(group_size)], group_size)
         imitate, push_down = compete_weights(torch.tensor(totals), group_size, cfg.weight_by_advantage)
-        grad_norm = train_round(cfg, par, policy, tokenizer, flat, imitate, push_down, precision.mixed_precision, step)
+        grad_norm = train_round(cfg, par, policy, tokenizer, flat, imitate, push_down, group_size,
+                                precision.mixed_precision, step)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -99,7 +100,9 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
                "grad_norm": grad_norm, "state_gb": state_gb(model, optimizer), "step_seconds": time.perf_counter() - began}
         if par.is_main:
             log.write(row)
-        end_step(par, out, step, cfg.rounds, cfg.save_every, model, tokenizer, optimizer, scheduler, policy_engine.generator)
+        end_step(par, out, step, cfg.rounds, cfg.save_every, model, tokenizer, optimizer, scheduler, policy_engine.generator,
+                 cfg.save_total_limit)
+    finish_run(out, log)
     release_folder(out)
     return out / "checkpoint"
 
@@ -118,13 +121,16 @@ def sample_members(agents, problems, seeds, sampling, tokenizer, tools, max_turn
     return [m for group in members for m in group]
 
 
-def train_round(cfg, par, policy, tokenizer, flat, imitate, push_down, mixed_precision: str, step: int) -> float:
+def train_round(cfg, par, policy, tokenizer, flat, imitate, push_down, group_size: int, mixed_precision: str,
+                step: int) -> float:
     """Accumulate the round's gradient: imitate the members above their group's mean, push down those below;
     the gradient norm before clipping (0 when no member anywhere is above or below: no update at all)."""
     # the policy's own samples train on their sampled ids; other agents' text is re-encoded (vocabularies differ);
     # (ids, loss mask): a tool's results in an episode are read, not learned
     targets = [(c.token_ids, c.loss_mask or [1] * len(c.token_ids)) if name == "policy" else
                _encoded(tokenizer, c) for name, _, c in flat]
+    shared = (shared_prefixes([ids for ids, _ in targets], imitate, group_size) if cfg.unlikelihood_scope == "departure"
+              else [0] * len(flat))                # per member: the tokens it shares with a member imitated
     active = [i for i in range(len(flat)) if imitate[i] > 0 or push_down[i] > 0]
     batch_tokens = par.total(sum(sum(targets[i][1]) for i in active))            # the whole batch's
     learning = par.total(len(active)) > 0     # no member anywhere above or below its mean: no update at all
@@ -142,7 +148,9 @@ def train_round(cfg, par, policy, tokenizer, flat, imitate, push_down, mixed_pre
             mask = batch["loss_mask"]
             loss = sft_loss(logprobs, mask, imitate[rows].to(device()), batch_tokens)
             if cfg.unlikelihood_weight:
-                loss = loss + cfg.unlikelihood_weight * unlikelihood_loss(logprobs, mask, push_down[rows].to(device()),
+                departed = mask * (torch.arange(mask.shape[1], device=device())[None, :]
+                                   >= torch.tensor([shared[i] for i in rows], device=device())[:, None])   # (b, C)
+                loss = loss + cfg.unlikelihood_weight * unlikelihood_loss(logprobs, departed, push_down[rows].to(device()),
                                                                           batch_tokens)
             par.accelerator.backward(loss * weight)
     return par.clip_grad_norm(policy, cfg.max_grad_norm, step + 1) if learning else 0.0
@@ -165,3 +173,16 @@ def round_metrics(par, flat, totals, parts, failures, imitate, push_down) -> dic
     if "accuracy" in parts:
         row["accuracy"] = row["reward/accuracy"]
     return row
+
+
+def shared_prefixes(ids: list[list[int]], imitate: torch.Tensor, group_size: int) -> list[int]:
+    """Per member, groups contiguous: how many of its first tokens it shares with the longest-matching member
+    of its group that is imitated (0 when none is). Unlikelihood then starts where a below-average member
+    departs from every good one: the format and first steps it has in common with them are not pushed down."""
+    shared = []
+    for i, mine in enumerate(ids):
+        start = i - i % group_size
+        good = [ids[j] for j in range(start, start + group_size) if j != i and imitate[j] > 0]
+        shared.append(max((next((k for k, (a, b) in enumerate(zip(mine, other)) if a != b), min(len(mine), len(other)))
+                           for other in good), default=0))
+    return shared

@@ -68,11 +68,19 @@ attend to (`completion_mask`), but every loss, entropy, mismatch and token count
 model wrote (`loss_mask`). Rewards read the whole episode. Per episode: `turns`, `tool_calls`,
 `tool_errors`, `tokens_model`, `tokens_tool`.
 
+Rewards that fail (raise, or return NaN, an infinity or no number) score 0 there: `reward_failures` counts the
+step's samples with a failed reward, the progress line shows `fail=N`, each reward's first failure is printed with
+its error, and failures on more than `max_reward_failure_share` of a step's samples stop the run before its update.
+Live warnings (r1lab/algorithms/diagnostics.py: no learning signal, truncation, entropy or length collapse, reward
+hacking, sampler mismatch), each with what to try, are printed, listed under `warnings` in the step's metrics.jsonl
+row and shown as `warn=` on the progress line; they start afresh on resume.
+
 Multi-process (accelerate; r1lab/distributed.py): each process samples whole groups for its share of
 the prompts; denominators are global, metrics gathered, files written by the main process only.
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -80,14 +88,14 @@ import torch
 from tqdm import tqdm
 
 from r1lab import R1labError
+from r1lab.algorithms.diagnostics import Diagnostics
 from r1lab.algorithms.grpo_step import (Drawn, Run, StepStats, draw, micro_batches, score_passes, step_metrics,
                                         update)
 from r1lab.algorithms.losses import constant_groups
 from r1lab.algorithms.sequences import CompletionLogits
+from r1lab.checkpoint import keep_best
 from r1lab.config import GRPOConfig
 from r1lab.distributed import Parallel, state_gb
-from r1lab.hardware import device
-from r1lab.models import load_model
 from r1lab.rewards import parse_rewards, score
 from r1lab.rewards.accuracy import accuracy
 from r1lab.rollout import Sampling, rollout
@@ -96,8 +104,8 @@ from r1lab.runlock import release_folder
 from r1lab.tasks import get_task
 from r1lab.templates import get_template
 from r1lab.tools import load_tools
-from r1lab.training import (JsonlLog, check_world, choose_precision, end_step, load_policy, make_optimizer,
-                            prepare_run, restore_state, seed_everything)
+from r1lab.training import (JsonlLog, check_world, choose_precision, end_step, finish_run, load_on_device, load_policy,
+                            make_optimizer, prepare_run, restore_state, seed_everything, start_trackers)
 from r1lab.types import Problem
 
 
@@ -136,12 +144,15 @@ def draw_groups(engine, tokenizer, template, sampling, weights, G: int, rounds, 
     """Sample and score G completions for each problem of each round [(problems, seeds)], in order, stopping
     once `quota` groups have unequal rewards (one round, without dynamic sampling). Returns the first
     `quota` such groups, filled up with the first all-equal ones, in draw order, and what was drawn:
-    {rounds, groups, tokens, failures, reward (summed over every completion drawn)}."""
-    spread, equal, drawn = [], [], {"rounds": 0, "groups": 0, "tokens": 0, "failures": 0, "reward": 0.0}
+    {rounds, groups, tokens, failures (samples on which a reward failed), reward (summed over every completion
+    drawn), errors (each failed reward's first error)}."""
+    spread, equal = [], []
+    drawn = {"rounds": 0, "groups": 0, "tokens": 0, "failures": 0, "reward": 0.0, "errors": {}}
     for problems, seeds in rounds:
         prompts, groups = rollout(engine, problems, template, tokenizer, G, sampling, seeds, tools, max_turns)
         completions = [c for group in groups for c in group]                    # groups contiguous
-        totals, parts, failures = score(weights, completions, [p for p in problems for _ in range(G)], group_size=G)
+        totals, parts, failures = score(weights, completions, [p for p in problems for _ in range(G)], group_size=G,
+                                        errors=drawn["errors"])
         constant = constant_groups(torch.tensor(totals), G).tolist()            # (N,) as the advantages see them
         for i, (problem, prompt, group) in enumerate(zip(problems, prompts, groups)):
             rows = slice(i * G, (i + 1) * G)
@@ -195,7 +206,7 @@ def setup(cfg: GRPOConfig, resume: bool) -> tuple[Run, Path, Path | None, list[P
     policy = par.prepare(CompletionLogits(model, shared_prompts))              # DDP-wrapped, FSDP2-sharded or as it is
     reference = None                                      # pi_ref; with LoRA, the policy without its adapters
     if cfg.beta != 0 and cfg.lora_rank == 0:
-        ref_model = load_model(cfg.model, cfg.dtype)[0].to(device()).eval().requires_grad_(False)
+        ref_model = load_on_device(cfg.model, cfg.dtype)[0].requires_grad_(False)
         reference = par.prepare_frozen(CompletionLogits(ref_model, shared_prompts))
     optimizer, scheduler = make_optimizer(model, cfg.learning_rate, cfg.weight_decay,   # the scheduler counts updates
                                           cfg.warmup_steps * cfg.updates_per_batch, cfg.lr_schedule,   # mu per step
@@ -211,7 +222,8 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     run, out, checkpoint, validation = setup(cfg, resume)
     par, engine = run.par, run.engine
     start = restore_state(checkpoint, run.optimizer, run.scheduler, engine.generator, run.model)
-    logs = Logs(out, start, par.is_main, bool(validation))
+    logs = Logs(out, start, par.is_main, bool(validation), start_trackers(out, cfg) if par.is_main else [])
+    watch = Watch(par.is_main)
     run.model.train()
 
     def validation_accuracy():
@@ -222,7 +234,9 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
         if par.sharded:
             engine.sync_weights()                           # every process at once: the rollout copy gets the new weights
         if logs.validation is not None and step % cfg.validate_every == 0:
-            logs.validation.write({"step": step, "val_accuracy": validation_accuracy()})
+            accuracy_now = validation_accuracy()
+            logs.validation.write({"step": step, "val_accuracy": accuracy_now})
+            keep_best(out, step, accuracy_now)               # checkpoint/ saved at this step: its card; best/ if best
         began = time.perf_counter()
         batch = draw(run, step, draw_groups)                               # 1-2. sample, score, advantages
         sampled = time.perf_counter()
@@ -233,17 +247,19 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
         trained = time.perf_counter()
         row = {"step": step + 1, **step_metrics(par, batch, stats),        # 5. metrics, samples, checkpoint
                **timing_metrics(run, batch, passes, grad_norm, began, sampled, trained)}
+        watch.step(row, batch.reward_errors)                              # warnings: printed, in the row
         logs.write(step, row, batch.kept[0], cfg.sample_every)
         end_step(par, out, step, cfg.steps, cfg.save_every, run.model, run.tokenizer, run.optimizer, run.scheduler,
-                 engine.generator)
+                 engine.generator, cfg.save_total_limit)
         progress.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row.get('accuracy', 0):.2f}",
-                             len=f"{row['completion_length']:.0f}", s=f"{row['step_seconds']:.1f}")
+                             len=f"{row['completion_length']:.0f}", s=f"{row['step_seconds']:.1f}", **watch.postfix(row))
     if par.sharded and validation and start < cfg.steps:
         engine.sync_weights()
     if logs.validation is not None and start < cfg.steps:
         accuracy_now = validation_accuracy()
         logs.validation.write({"step": cfg.steps, "val_accuracy": accuracy_now})
-        print(f"validation accuracy after {cfg.steps} steps: {accuracy_now:.3f}")
+        keep_best(out, cfg.steps, accuracy_now)
+    finish_run(out, logs.metrics)                           # the key figures and where everything is
     release_folder(out)
     return out / "checkpoint"
 
@@ -265,13 +281,37 @@ def timing_metrics(run: Run, batch, passes, grad_norm: float, began: float, samp
             "sample_seconds": sampled - began, "train_seconds": trained - sampled, "step_seconds": trained - began}
 
 
+class Watch:
+    """What a run tells its user as it goes: each reward's first failure with its error, and the diagnostics'
+    warnings (r1lab/algorithms/diagnostics.py), each printed (main process) and listed under `warnings` in the
+    step's metrics row; the progress line's `fail=` (samples with a failed reward) and `warn=` (checks now held)."""
+
+    def __init__(self, main: bool):
+        self.main, self.diagnostics, self.warned = main, Diagnostics(), set()
+
+    def step(self, row: dict, reward_errors: dict[str, str]) -> None:
+        lines = [f"reward {name!r} failed ({error}); where it fails it scores 0 and the sample counts in reward_failures"
+                 for name, error in reward_errors.items() if name not in self.warned]
+        self.warned |= set(reward_errors)
+        lines += [alert.message for alert in self.diagnostics.check(row)]
+        if lines:
+            row["warnings"] = lines
+        for line in lines if self.main else ():
+            tqdm.write(f"r1lab: warning: step {row['step']}: {line}", file=sys.stderr)
+
+    def postfix(self, row: dict) -> dict:
+        active = self.diagnostics.active
+        return {**({"fail": row["reward_failures"]} if row["reward_failures"] else {}),
+                **({"warn": ",".join(active)} if active else {})}
+
+
 class Logs:
     """The main process's metrics.jsonl, samples.jsonl and validation.jsonl (None elsewhere), resumed at `start`."""
 
-    def __init__(self, out: Path, start: int, main: bool, validating: bool):
-        self.metrics = JsonlLog(out / "metrics.jsonl", start, tensorboard=True) if main else None
+    def __init__(self, out: Path, start: int, main: bool, validating: bool, trackers: list = ()):
+        self.metrics = JsonlLog(out / "metrics.jsonl", start, trackers) if main else None
         self.samples = JsonlLog(out / "samples.jsonl", start) if main else None
-        self.validation = JsonlLog(out / "validation.jsonl", start - 1) if main and validating else None
+        self.validation = JsonlLog(out / "validation.jsonl", start - 1, trackers) if main and validating else None
 
     def write(self, step: int, row: dict, first: Drawn, sample_every: int) -> None:
         if self.metrics is None:

@@ -1,6 +1,7 @@
 """One GRPO step as named phases over typed records, in the order of the paper's algorithm box:
 
-    batch = draw(run, step)                          # G completions per problem, scored; advantages (eq. 3)
+    batch = draw(run, step)                          # G completions per problem, scored (stop if rewards fail
+                                                     # on too many); advantages (eq. 3)
     passes = micro_batches(run, batch)               # the rows that move the gradient, micro-batched
     stats = StepStats()
     scores = score_passes(run, batch, passes, stats) # no grad: pi_old, pi_ref, importance weights (mu > 1)
@@ -66,7 +67,8 @@ class Drawn(NamedTuple):
 class Batch:
     """A step's groups on this process, b = G x its problems, rows contiguous by group."""
     kept: list[Drawn]
-    drawn: dict                      # what was drawn: rounds, groups, tokens, failures, reward (summed)
+    drawn: dict                      # what was drawn: rounds, groups, tokens, failures (samples), reward (summed),
+                                     # errors (each failed reward's first error, this process's)
     completions: list
     advantages: torch.Tensor         # (b,)
     advantage_metrics: dict
@@ -75,6 +77,7 @@ class Batch:
     moves: list[bool]                # (b,) adds to the gradient (with beta = 0, advantage != 0)
     batch_tokens: int                # every process's tokens in the loss: the loss's denominators
     batch_sequences: int
+    reward_errors: dict = field(default_factory=dict)   # each failed reward's first error, over every process
 
 
 @dataclass
@@ -109,12 +112,14 @@ class StepStats:
 
 def draw(run: Run, step: int, draw_groups) -> Batch:
     """Phase 1: this process's share of the step's problems (whole groups), G completions each, scored; with
-    dynamic sampling more rounds until the quota of groups with a spread; then the advantages (eq. 3 or RLOO)."""
+    dynamic sampling more rounds until the quota of groups with a spread; a stop if rewards failed on too many
+    samples (`check_reward_failures`); then the advantages (eq. 3 or RLOO)."""
     cfg, par, P, G = run.cfg, run.par, run.cfg.prompts_per_step, run.cfg.samples_per_prompt
     rounds = [(par.share([run.problems[(index * P + i) % len(run.problems)] for i in range(P)]),
                par.share(prompt_seeds(cfg.seed, index, P))) for index in range(step * run.draws, (step + 1) * run.draws)]
     kept, drawn = draw_groups(run.engine, run.tokenizer, run.template, run.sampling, run.weights, G, rounds,
                               len(rounds[0][0]), run.tools, cfg.max_turns)
+    errors = check_reward_failures(par, drawn, G, cfg.max_reward_failure_share, step)
     completions = [c for g in kept for c in g.completions]                      # b = N/W * G, groups contiguous
     rewards = torch.tensor([t for g in kept for t in g.totals])                 # (b,)
     advantages, advantage_metrics = ADVANTAGES[cfg.advantage](rewards, G, cfg.scale_rewards)   # (b,)
@@ -125,7 +130,23 @@ def draw(run: Run, step: int, draw_groups) -> Batch:
     moves = [k and (cfg.beta != 0 or a != 0) for k, a in zip(keep, advantages.tolist())]
     return Batch(kept, drawn, completions, advantages, advantage_metrics, prompt_ids, keep, moves,
                  batch_tokens=par.total(sum(c.model_tokens for c, k in zip(completions, keep) if k)),
-                 batch_sequences=par.total(sum(keep)))
+                 batch_sequences=par.total(sum(keep)), reward_errors=errors)
+
+
+def check_reward_failures(par, drawn: dict, G: int, max_share: float, step: int) -> dict[str, str]:
+    """Each failed reward's first error this step, over every process; a stop when rewards failed on more than
+    `max_share` of the samples drawn (every process's): the run would learn from zeros that mean nothing."""
+    errors = {}
+    for name, error in par.gather(list(drawn["errors"].items())):
+        errors.setdefault(name, error)
+    failed, samples = par.total(drawn["failures"]), par.total(drawn["groups"]) * G
+    if failed > max_share * samples:
+        raise R1labError(f"step {step + 1}: rewards failed on {failed:.0f} of {samples:.0f} samples ({failed / samples:.0%}), "
+                         f"more than max_reward_failure_share {max_share}: "
+                         + "; ".join(f"reward {name!r}: {error}" for name, error in errors.items())
+                         + ". Fix the reward (a failure is an exception, a NaN or infinity, or no number; None is "
+                           "only allowed from TRL-style rewards), or raise max_reward_failure_share")
+    return errors
 
 
 def micro_batches(run: Run, batch: Batch) -> list[Pass]:

@@ -29,19 +29,42 @@ from r1lab.rollout.episodes import render_prompt, tokenize_episode
 from r1lab.runlock import release_folder
 from r1lab.templates import get_template
 from r1lab.tools import load_tools
-from r1lab.training import (JsonlLog, choose_precision, end_step, load_policy, make_optimizer, prepare_run,
-                            restore_state, seed_everything)
+from r1lab.training import (JsonlLog, choose_precision, end_step, finish_run, load_policy, make_optimizer,
+                            prepare_run, restore_state, seed_everything, start_trackers)
 
 
 def load_pairs(path: str) -> list[tuple[str, str, str]]:
-    """(prompt, prefix, completion) rows; `prefix` (optional) is reply text given in the prompt, with no loss."""
+    """(prompt, prefix, completion) rows; `prefix` (optional) is reply text given in the prompt, with no loss.
+    A row is {"prompt", "completion"[, "prefix"]} or conversational (TRL's format), {"messages": [{"role": "user",
+    "content": ...}, {"role": "assistant", "content": ...}]}: the user turn is the prompt, the assistant's the
+    completion. Only that single exchange: a system turn or earlier turns are an error, not dropped, because the
+    template renders the prompt as one user turn, and a reply to context the model is not shown teaches guessing."""
     pairs = []
     for number, row in read_jsonl(path):
+        where = f"{path}, line {number}"
+        if "messages" in row:
+            if {"prompt", "completion", "prefix"} & set(row):
+                raise R1labError(f"{where}: a row has either 'messages' or 'prompt' and 'completion', not both")
+            turns = row["messages"]
+            if not isinstance(turns, list):
+                raise R1labError(f"{where}: field 'messages' must be a list of {{role, content}} objects")
+            for i, turn in enumerate(turns):
+                if not isinstance(turn, dict) or not isinstance(turn.get("role"), str):
+                    raise R1labError(f"{where}: field 'messages', item {i}: expected an object with a string 'role'")
+                if not isinstance(turn.get("content"), str):
+                    raise R1labError(f"{where}: field 'messages', item {i} ({turn['role']}): 'content' must be a string")
+            roles = [turn["role"] for turn in turns]
+            if roles != ["user", "assistant"]:
+                raise R1labError(f"{where}: field 'messages' must be one user turn then one assistant turn, got roles "
+                                 f"{roles}; r1lab trains single exchanges (the template gives the system prompt)")
+            pairs.append((turns[0]["content"], "", turns[1]["content"]))
+            continue
         for key in ("prompt", "completion"):
             if not isinstance(row.get(key), str):
-                raise R1labError(f"{path}, line {number}: field {key!r} must be a string")
+                raise R1labError(f"{where}: field {key!r} must be a string"
+                                 + ("" if key in row else " (or give the row as 'messages': [user turn, assistant turn])"))
         if not isinstance(row.get("prefix", ""), str):
-            raise R1labError(f"{path}, line {number}: field 'prefix' must be a string")
+            raise R1labError(f"{where}: field 'prefix' must be a string")
         pairs.append((row["prompt"], row.get("prefix", ""), row["completion"]))
     if not pairs:
         raise R1labError(f"{path}: no rows")
@@ -95,9 +118,10 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
     policy = par.prepare(CompletionLogits(model, shared=False))                 # DDP-wrapped, FSDP2-sharded or as it is
     optimizer, scheduler = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.warmup_steps, cfg.lr_schedule, steps)
     start = restore_state(checkpoint, optimizer, scheduler, None, model)
-    log = JsonlLog(out / "metrics.jsonl", start, tensorboard=True) if par.is_main else None
+    log = JsonlLog(out / "metrics.jsonl", start, start_trackers(out, cfg)) if par.is_main else None
     model.train()
-    for step in tqdm(range(start, steps), initial=start, total=steps, desc="sft", unit="step", disable=not par.is_main):
+    progress = tqdm(range(start, steps), initial=start, total=steps, desc="sft", unit="step", disable=not par.is_main)
+    for step in progress:
         began = time.perf_counter()
         batch = sorted((examples[i] for i in order[step * cfg.batch_size:(step + 1) * cfg.batch_size]),
                        key=lambda e: len(e[0]) + len(e[1]))                     # similar lengths share a micro-batch
@@ -126,6 +150,8 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
                        "state_gb": state_gb(model, optimizer),
                        "learning_rate": scheduler.get_last_lr()[0], "step_seconds": seconds,
                        "tokens_per_s": tokens / seconds})
-        end_step(par, out, step, steps, cfg.save_every, model, tokenizer, optimizer, scheduler, None)
+        end_step(par, out, step, steps, cfg.save_every, model, tokenizer, optimizer, scheduler, None, cfg.save_total_limit)
+        progress.set_postfix(loss=f"{total:.4f}", s=f"{seconds:.1f}")
+    finish_run(out, log)
     release_folder(out)
     return out / "checkpoint"
