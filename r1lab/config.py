@@ -59,6 +59,12 @@ class GRPOConfig:
     dynamic_sampling: bool = False     # DAPO: draw more prompts until prompts_per_step groups have unequal rewards
     dynamic_sampling_max_draws: int = 3   # rounds of prompts_per_step fresh prompts per step at most, the first included;
                                           # then the step trains on what it has (verl's DAPO scripts: 10, then an error)
+    prompt_pool: bool = False          # set aside prompts whose last groups were solved every time or never; not in the
+                                       # paper (r1lab/algorithms/prompt_pool.py); with dynamic_sampling each round draws from it
+    pool_explore: float = 0.1          # share of each round's prompts, 0-1, taken in order whatever their record (1 = plain)
+    pool_easy: float = 1.0             # pass rate, 0-1: a recent mean at least this sets a prompt aside as solved every time
+    pool_hard: float = 0.0             # pass rate, 0-1: a recent mean at most this sets a prompt aside as never solved
+    pool_seen: int = 1                 # groups: a prompt is judged on the mean of its last pool_seen groups, once it has them
     # objective
     beta: float = 0.04                 # KL weight to the frozen reference (DeepSeekMath: 0.04; R1: 0.001); 0 loads no reference
     epsilon: float = 0.2               # clip range below 1 (and above, unless epsilon_high is set) (DeepSeekMath, PPO: 0.2)
@@ -107,6 +113,9 @@ class GRPOConfig:
         if batch % self.micro_batch_size:
             raise R1labError(f"prompts_per_step x samples_per_prompt = {batch} sequences does not divide into "
                              f"micro-batches of micro_batch_size = {self.micro_batch_size}")
+        if self.prompt_pool and self.pool_hard >= self.pool_easy:
+            raise R1labError(f"pool_hard ({self.pool_hard}) must be below pool_easy ({self.pool_easy}): every prompt "
+                             "would be set aside")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ RANGES = {  # field -> the interval its value must lie in; "Class.field" where o
     "validation_problems": "[0, inf)", "validate_every": "[1, inf)", "max_turns": "[1, inf)",
     "min_language_share": "[0, 1]", "max_paragraph_chars": "[1, inf)",
     "max_reward_failure_share": "[0, 1]",
+    "pool_explore": "[0, 1]", "pool_easy": "[0, 1]", "pool_hard": "[0, 1]", "pool_seen": "[1, inf)",
 }
 CHOICES = {  # field -> its allowed values
     "lr_schedule": ("constant", "linear", "cosine"),

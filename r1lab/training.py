@@ -210,14 +210,18 @@ def zero_gradients(model) -> None:
             p.grad = torch.zeros_like(p)
 
 
-def training_state(step: int, optimizer, scheduler, generator: torch.Generator | None, optimizer_state: dict | None = None) -> dict:
+def training_state(step: int, optimizer, scheduler, generator: torch.Generator | None, optimizer_state: dict | None = None,
+                   extras: dict | None = None) -> dict:
+    """What resume restores. `extras`: name -> an object with state_dict() / load_state_dict() (grpo's prompt pool),
+    saved under its name; restore_state gives it back."""
     return {"step": step, "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-            "generator": generator.get_state() if generator is not None else None}
+            "generator": generator.get_state() if generator is not None else None,
+            **{name: extra.state_dict() for name, extra in (extras or {}).items()}}
 
 
 def save_step(par, out: Path, model, tokenizer, step: int, optimizer, scheduler, generator: torch.Generator | None,
-              keep: int = 0, total: int | None = None) -> None:
+              keep: int = 0, total: int | None = None, extras: dict | None = None) -> None:
     """The checkpoint after `step` of `total`, with its model card, and with `keep` (save_total_limit) its
     numbered copy (r1lab/checkpoint.py); every process calls it. Sharded (FSDP2), every process first joins in
     gathering the full weights and the optimiser state (keyed by parameter name); the main process writes."""
@@ -234,24 +238,27 @@ def save_step(par, out: Path, model, tokenizer, step: int, optimizer, scheduler,
         optimizer_state = get_optimizer_state_dict(model, optimizer, options=whole)
     if par.is_main:
         with quiet_transformers():
-            save_checkpoint(out, model, tokenizer, training_state(step, optimizer, scheduler, generator, optimizer_state),
+            save_checkpoint(out, model, tokenizer, training_state(step, optimizer, scheduler, generator, optimizer_state,
+                                                                  extras),
                             weights, keep, model_card(out, step, total))
 
 
 def end_step(par, out: Path, step: int, steps: int, save_every: int, model, tokenizer, optimizer, scheduler,
-             generator: torch.Generator | None, keep: int = 0) -> None:
+             generator: torch.Generator | None, keep: int = 0, extras: dict | None = None) -> None:
     """Every training stage's step tail: the checkpoint every `save_every` steps and after the last (`step`
     counts from 0), keeping `keep` numbered ones (save_total_limit), then every process waits for the others."""
     if (step + 1) % save_every == 0 or step + 1 == steps:
-        save_step(par, out, model, tokenizer, step + 1, optimizer, scheduler, generator, keep, steps)
+        save_step(par, out, model, tokenizer, step + 1, optimizer, scheduler, generator, keep, steps, extras)
     par.barrier()
 
 
-def restore_state(checkpoint: Path | None, optimizer, scheduler, generator: torch.Generator | None, model=None) -> int:
+def restore_state(checkpoint: Path | None, optimizer, scheduler, generator: torch.Generator | None, model=None,
+                  extras: dict | None = None) -> int:
     """Load optimiser moments, the position in the schedule and RNG states; the step to continue from (0
     when starting fresh). The learning rate and weight decay stay this run's (the saved states carry
     the old ones), so a resumed run never mixes settings. An optimiser state saved by parameter name (a
-    sharded run's), or one loaded into a sharded `model`, goes through torch's distributed state-dict API."""
+    sharded run's), or one loaded into a sharded `model`, goes through torch's distributed state-dict API. Each of
+    `extras` (training_state's) that the checkpoint holds is loaded."""
     if checkpoint is None:
         return 0
     state = load_state(checkpoint)
@@ -270,6 +277,9 @@ def restore_state(checkpoint: Path | None, optimizer, scheduler, generator: torc
     random.setstate(state["python_rng"])
     if generator is not None and state["generator"] is not None:
         generator.set_state(state["generator"])
+    for name, extra in (extras or {}).items():
+        if name in state:
+            extra.load_state_dict(state[name])
     return state["step"]
 
 

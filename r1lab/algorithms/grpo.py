@@ -32,6 +32,13 @@ Choices and deviations from the paper, and why:
   it is filled up with the first all-equal groups drawn (they add only the KL term), so every step
   trains on `prompts_per_step` groups (verl's DAPO stops with an error at its cap instead). One
   process only: several would stop drawing at different rounds.
+- The prompt pool (`prompt_pool`, off by default; r1lab/algorithms/prompt_pool.py; prime-rl's easy/hard pools): per
+  problem id the pass rates of its last `pool_seen` groups (the share with full accuracy when `accuracy` is a reward,
+  else the mean total normalised to [0, 1]). The step's problems are the task's list in order, as without it, passing
+  over the prompts solved every time or never (their groups would have no spread), except in a `pool_explore` share
+  of slots drawn by a generator seeded on (seed, round): the same on every process. With dynamic sampling each round
+  is drawn from the pool once the round before is in the record, and the list is walked by a cursor, not windowed per
+  step. The record and the cursor are saved with each checkpoint: a resumed run draws what an uninterrupted one does.
 - With LoRA the reference model is the policy with adapters disabled (no second copy in memory).
 - Rows that add nothing to the gradient get no pass (`skip_zero_advantage`, on by default): with beta = 0
   a row whose advantage is 0 (every row of a group whose rewards are all equal: early in R1-Zero
@@ -51,7 +58,10 @@ estimate of KL(pi_sampler || pi_old) per sequence); with importance sampling on,
 loss: `is_weight` (mean weight), `is_capped` (share of tokens cut to the cap). `zero_std_groups` is over
 the groups trained on; with dynamic sampling `dynamic_draws` (rounds) and `dynamic_filtered` (share of
 the drawn groups left out) say what was filtered, and `reward_drawn` is the mean reward over every
-completion drawn (`reward`, over the groups trained on, is then biased by the filter).
+completion drawn (`reward`, over the groups trained on, is then biased by the filter). With the prompt pool,
+`pool_skipped` (the step's candidates passed over as set aside), `pool_saved` = pool_skipped / (pool_skipped + groups
+sampled): of the groups a plain run would sample to go through the same stretch of the problem list, the share not
+sampled; `pool_easy` and `pool_hard`, the prompts set aside after the step (solved every time, never solved).
 `rows_trained` is the share of the step's rows that went through the passes (the others added exactly
 nothing); entropy and sampler mismatch cover those rows. `state_gb` is the parameters and optimiser
 state the main process holds (its shards under fsdp).
@@ -92,6 +102,7 @@ from r1lab.algorithms.diagnostics import Diagnostics
 from r1lab.algorithms.grpo_step import (Drawn, Run, StepStats, draw, micro_batches, score_passes, step_metrics,
                                         update)
 from r1lab.algorithms.losses import constant_groups
+from r1lab.algorithms.prompt_pool import PromptPool
 from r1lab.algorithms.sequences import CompletionLogits
 from r1lab.checkpoint import keep_best
 from r1lab.config import GRPOConfig
@@ -140,12 +151,14 @@ def importance_sampling_on(choice: str, engine: str, dtype: str, precision) -> t
     return False, f"auto: the sampler is the trainer's own {dtype} computation"
 
 
-def draw_groups(engine, tokenizer, template, sampling, weights, G: int, rounds, quota: int, tools=(), max_turns: int = 1):
+def draw_groups(engine, tokenizer, template, sampling, weights, G: int, rounds, quota: int, tools=(), max_turns: int = 1,
+                scored=None):
     """Sample and score G completions for each problem of each round [(problems, seeds)], in order, stopping
     once `quota` groups have unequal rewards (one round, without dynamic sampling). Returns the first
     `quota` such groups, filled up with the first all-equal ones, in draw order, and what was drawn:
     {rounds, groups, tokens, failures (samples on which a reward failed), reward (summed over every completion
-    drawn), errors (each failed reward's first error)}."""
+    drawn), errors (each failed reward's first error)}. `scored(problems, totals, parts)`, when given, sees each
+    round once it is scored, before the next is asked for (the prompt pool's record; `rounds` may be lazy)."""
     spread, equal = [], []
     drawn = {"rounds": 0, "groups": 0, "tokens": 0, "failures": 0, "reward": 0.0, "errors": {}}
     for problems, seeds in rounds:
@@ -153,6 +166,8 @@ def draw_groups(engine, tokenizer, template, sampling, weights, G: int, rounds, 
         completions = [c for group in groups for c in group]                    # groups contiguous
         totals, parts, failures = score(weights, completions, [p for p in problems for _ in range(G)], group_size=G,
                                         errors=drawn["errors"])
+        if scored is not None:
+            scored(problems, totals, parts)
         constant = constant_groups(torch.tensor(totals), G).tolist()            # (N,) as the advantages see them
         for i, (problem, prompt, group) in enumerate(zip(problems, prompts, groups)):
             rows = slice(i * G, (i + 1) * G)
@@ -213,7 +228,8 @@ def setup(cfg: GRPOConfig, resume: bool) -> tuple[Run, Path, Path | None, list[P
                                           cfg.steps * cfg.updates_per_batch)
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     run = Run(cfg, par, model, tokenizer, policy, reference, engine, optimizer, scheduler, template, weights, tools,
-              problems, sampling, precision.mixed_precision, use_is, draws)
+              problems, sampling, precision.mixed_precision, use_is, draws,
+              PromptPool(cfg.pool_easy, cfg.pool_hard, cfg.pool_seen, cfg.pool_explore) if cfg.prompt_pool else None)
     return run, out, checkpoint, validation
 
 
@@ -221,7 +237,8 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     """The RL stage's loop: per step draw -> micro-batches -> score -> update -> metrics, samples, checkpoint."""
     run, out, checkpoint, validation = setup(cfg, resume)
     par, engine = run.par, run.engine
-    start = restore_state(checkpoint, run.optimizer, run.scheduler, engine.generator, run.model)
+    extras = {"prompt_pool": run.pool} if run.pool is not None else {}     # resumed with the checkpoint
+    start = restore_state(checkpoint, run.optimizer, run.scheduler, engine.generator, run.model, extras)
     logs = Logs(out, start, par.is_main, bool(validation), start_trackers(out, cfg) if par.is_main else [])
     watch = Watch(par.is_main)
     run.model.train()
@@ -250,7 +267,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
         watch.step(row, batch.reward_errors)                              # warnings: printed, in the row
         logs.write(step, row, batch.kept[0], cfg.sample_every)
         end_step(par, out, step, cfg.steps, cfg.save_every, run.model, run.tokenizer, run.optimizer, run.scheduler,
-                 engine.generator, cfg.save_total_limit)
+                 engine.generator, cfg.save_total_limit, extras)
         progress.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row.get('accuracy', 0):.2f}",
                              len=f"{row['completion_length']:.0f}", s=f"{row['step_seconds']:.1f}", **watch.postfix(row))
     if par.sharded and validation and start < cfg.steps:
@@ -274,6 +291,8 @@ def timing_metrics(run: Run, batch, passes, grad_norm: float, began: float, samp
         drawn, G = batch.drawn, cfg.samples_per_prompt
         row.update(dynamic_draws=drawn["rounds"], dynamic_filtered=1 - len(batch.kept) / drawn["groups"],
                    reward_drawn=drawn["reward"] / (drawn["groups"] * G))
+    if run.pool is not None:
+        row.update(run.pool.metrics(batch.drawn["pool_skipped"], int(par.total(batch.drawn["groups"]))))
     return {**row, "learning_rate": run.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
             "state_gb": state_gb(run.model, run.optimizer),
             "sample_tokens_per_s": par.total(batch.drawn["tokens"]) / (sampled - began),

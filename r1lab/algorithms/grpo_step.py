@@ -15,6 +15,7 @@ docstring): the one place where pi_old can come from is `score_pass`, called by 
 """
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -23,6 +24,7 @@ import torch
 
 from r1lab import R1labError
 from r1lab.algorithms.losses import ADVANTAGES, POLICY_LOSSES, sampler_mismatch, truncated_importance_weights
+from r1lab.algorithms.prompt_pool import PromptPool, group_rates
 from r1lab.algorithms.sequences import pad_batch, token_logprobs
 from r1lab.config import GRPOConfig
 from r1lab.distributed import Parallel, lockstep, prompt_seeds
@@ -52,6 +54,7 @@ class Run:
     mixed_precision: str             # "bf16" or "no", resolved
     importance_sampling: bool
     draws: int                       # rounds of prompts a step may draw (dynamic sampling), 1 without
+    pool: PromptPool | None = None   # the prompt pool (prompt_pool): recent pass rates and the cursor; None without
 
 
 class Drawn(NamedTuple):
@@ -113,12 +116,17 @@ class StepStats:
 def draw(run: Run, step: int, draw_groups) -> Batch:
     """Phase 1: this process's share of the step's problems (whole groups), G completions each, scored; with
     dynamic sampling more rounds until the quota of groups with a spread; a stop if rewards failed on too many
-    samples (`check_reward_failures`); then the advantages (eq. 3 or RLOO)."""
+    samples (`check_reward_failures`); then the advantages (eq. 3 or RLOO). With the prompt pool, the rounds'
+    problems come from it (`pool_draw`)."""
     cfg, par, P, G = run.cfg, run.par, run.cfg.prompts_per_step, run.cfg.samples_per_prompt
-    rounds = [(par.share([run.problems[(index * P + i) % len(run.problems)] for i in range(P)]),
-               par.share(prompt_seeds(cfg.seed, index, P))) for index in range(step * run.draws, (step + 1) * run.draws)]
-    kept, drawn = draw_groups(run.engine, run.tokenizer, run.template, run.sampling, run.weights, G, rounds,
-                              len(rounds[0][0]), run.tools, cfg.max_turns)
+    indices = range(step * run.draws, (step + 1) * run.draws)
+    if run.pool is not None:
+        kept, drawn = pool_draw(run, indices, draw_groups)
+    else:
+        rounds = [(par.share([run.problems[(index * P + i) % len(run.problems)] for i in range(P)]),
+                   par.share(prompt_seeds(cfg.seed, index, P))) for index in indices]
+        kept, drawn = draw_groups(run.engine, run.tokenizer, run.template, run.sampling, run.weights, G, rounds,
+                                  len(rounds[0][0]), run.tools, cfg.max_turns)
     errors = check_reward_failures(par, drawn, G, cfg.max_reward_failure_share, step)
     completions = [c for g in kept for c in g.completions]                      # b = N/W * G, groups contiguous
     rewards = torch.tensor([t for g in kept for t in g.totals])                 # (b,)
@@ -131,6 +139,27 @@ def draw(run: Run, step: int, draw_groups) -> Batch:
     return Batch(kept, drawn, completions, advantages, advantage_metrics, prompt_ids, keep, moves,
                  batch_tokens=par.total(sum(c.model_tokens for c, k in zip(completions, keep) if k)),
                  batch_sequences=par.total(sum(keep)), reward_errors=errors)
+
+
+def pool_draw(run: Run, indices: range, draw_groups) -> tuple[list[Drawn], dict]:
+    """draw_groups over rounds picked by the prompt pool (r1lab/algorithms/prompt_pool.py), one at a time: a round
+    is picked once the groups before it are in the record (each round's pass rates, gathered from every process,
+    update every process's pool alike). Exploration slots are drawn from random.Random on (seed, round), so every
+    process picks the same problems. `drawn` gets `pool_skipped`, the candidates passed over."""
+    cfg, par, P, G, skipped = run.cfg, run.par, run.cfg.prompts_per_step, run.cfg.samples_per_prompt, []
+
+    def rounds():
+        for index in indices:
+            problems, passed = run.pool.pick(run.problems, P, random.Random(f"{cfg.seed}/pool/{index}"))
+            skipped.append(passed)
+            yield par.share(problems), par.share(prompt_seeds(cfg.seed, index, P))
+
+    def scored(problems, totals, parts):
+        for problem_id, rate in par.gather(group_rates(problems, totals, parts, run.weights, G)):
+            run.pool.record(problem_id, rate)
+    kept, drawn = draw_groups(run.engine, run.tokenizer, run.template, run.sampling, run.weights, G, rounds(),
+                              P // par.world, run.tools, cfg.max_turns, scored)
+    return kept, {**drawn, "pool_skipped": sum(skipped)}
 
 
 def check_reward_failures(par, drawn: dict, G: int, max_share: float, step: int) -> dict[str, str]:
