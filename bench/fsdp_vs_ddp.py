@@ -37,7 +37,7 @@ def main() -> None:
     if args.worker:
         worker(args.worker)
         return
-    from r1lab.data import write_cold_start
+    from r1lab.cold_start import write_cold_start
     from r1lab.hardware import cpu_name
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "cold.jsonl"

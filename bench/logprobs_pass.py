@@ -1,6 +1,7 @@
-"""The training pass's log-probs: chunked over the vocabulary (r1lab's default) against whole (B, C, V) logits.
+"""The training pass's log-probs: chunked over the vocabulary (r1lab's default) against whole (B, C, V) logits;
+with --packed, padded rows against one packed row (both chunked), completions of 40% to 100% of --completion.
 
-    .venv/bin/python bench/logprobs_pass.py [--rows 16] [--completion 96] [--precision fp32|bf16]
+    .venv/bin/python bench/logprobs_pass.py [--rows 16] [--completion 96] [--precision fp32|bf16] [--packed]
 
 SmolLM2-135M, `rows` completions sharing 2 prompts (GRPO's layout), one forward + backward of
 sum(log-probs) with entropy, as GRPO's first pass does. Each mode runs in its own process so its peak
@@ -23,15 +24,17 @@ def one_mode(mode: str, rows: int, completion: int, precision: str) -> dict:
     from r1lab.algorithms import sequences
     from r1lab.algorithms.sequences import pad_batch, token_logprobs
     from r1lab.models import load_model
-    from r1lab.training import autocast
+    from r1lab.hardware import autocast
 
     model, _ = load_model("smollm2-135m")
     if mode == "whole":
         sequences.lm_head = lambda model: None
     torch.manual_seed(0)
     prompts = [torch.randint(100, 40000, (100,)).tolist()] * (rows // 2) + [torch.randint(100, 40000, (100,)).tolist()] * (rows - rows // 2)
-    completions = [torch.randint(100, 40000, (completion,)).tolist() for _ in range(rows)]
-    batch = pad_batch(prompts, completions, 0, "cpu")
+    varied = mode in ("padded", "packed")                  # the quickstart's spread: 40 to 96 of 96 tokens
+    lengths = torch.randint(int(0.4 * completion), completion + 1, (rows,)).tolist() if varied else [completion] * rows
+    completions = [torch.randint(100, 40000, (n,)).tolist() for n in lengths]
+    batch = pad_batch(prompts, completions, 0, "cpu", packed=mode == "packed")
     times = []
     for _ in range(4):
         began = time.perf_counter()
@@ -41,7 +44,7 @@ def one_mode(mode: str, rows: int, completion: int, precision: str) -> dict:
         model.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - began)
     seconds = statistics.median(times[1:])
-    return {"seconds": seconds, "tokens_per_s": rows * (completion + 100) / seconds,
+    return {"seconds": seconds, "tokens_per_s": (100 * rows + sum(lengths)) / seconds,
             "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}
 
 
@@ -50,7 +53,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=16)
     parser.add_argument("--completion", type=int, default=96)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--only", choices=["chunked", "whole"], help=argparse.SUPPRESS)
+    parser.add_argument("--packed", action="store_true",
+                        help="padded against packed rows, completions of varied length")
+    parser.add_argument("--only", choices=["chunked", "whole", "padded", "packed"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
         print("RESULT " + json.dumps(one_mode(args.only, args.rows, args.completion, args.precision)))
@@ -58,9 +63,10 @@ def main() -> None:
     from r1lab.hardware import cpu_name
     import torch
     print(f"{cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads; "
-          f"smollm2-135m, {args.rows} rows x (100 prompt + {args.completion} completion) tokens, {args.precision}")
-    results = {}
-    for mode in ("whole", "chunked"):
+          f"smollm2-135m, {args.rows} rows x (100 prompt + {'up to ' * args.packed}{args.completion} completion) "
+          f"tokens, {args.precision}")
+    results, modes = {}, ("padded", "packed") if args.packed else ("whole", "chunked")
+    for mode in modes:
         done = subprocess.run([sys.executable, __file__, "--only", mode, "--rows", str(args.rows), "--completion",
                                str(args.completion), "--precision", args.precision], capture_output=True, text=True)
         line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -69,8 +75,8 @@ def main() -> None:
         results[mode] = json.loads(line[7:])
         r = results[mode]
         print(f"{mode:8} {r['seconds']:7.2f} s/pass {r['tokens_per_s']:8.0f} tok/s {r['peak_gb']:6.2f} GB peak")
-    w, c = results["whole"], results["chunked"]
-    print(f"chunked vs whole: {w['seconds'] / c['seconds']:.2f}x speed, {c['peak_gb'] / w['peak_gb']:.2f}x peak memory")
+    (old, w), (new, c) = ((mode, results[mode]) for mode in modes)
+    print(f"{new} vs {old}: {w['seconds'] / c['seconds']:.2f}x speed, {c['peak_gb'] / w['peak_gb']:.2f}x peak memory")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ NOT_SETTINGS = ("out", "save_every", "sample_every",   # where and how often a s
                 "validation_problems", "validate_every",   # measures on the side: never change its checkpoints;
                 "fsdp",                                    # how the processes hold the parameters: the same training
                 "skip_zero_advantage",                     # which rows with a zero gradient get a pass: the same
+                "packed",                                  # one unpadded row per micro-batch: the same sums
                 "save_total_limit", "report_to")           # which checkpoints are kept, where metrics are also sent
 
 
@@ -44,6 +45,8 @@ class GRPOConfig:
     prompts_per_step: int = 2          # problems per step
     samples_per_prompt: int = 4        # G, completions per problem (R1: 16; DeepSeekMath GRPO: 64)
     micro_batch_size: int = 8          # sequences per forward/backward pass, per device
+    packed: bool = False               # run a micro-batch as one row, no padding (prompts still once per group); the
+                                       # same results up to float summation order (r1lab/algorithms/sequences.py)
     updates_per_batch: int = 1         # mu, optimisation passes over one sampled batch (DeepSeekMath: 1)
     # sampling
     max_new_tokens: int = 128          # completion length cap, tokens
@@ -128,6 +131,8 @@ class SFTConfig:
     epochs: int = 1                    # passes over the data
     batch_size: int = 8                # sequences per optimiser step
     micro_batch_size: int = 8          # sequences per forward/backward pass, per device
+    packed: bool = False               # run a micro-batch as one row, no padding: the same results up to float
+                                       # summation order (r1lab/algorithms/sequences.py)
     max_length: int = 0                # tokens per row (prompt + completion) at most; longer rows are skipped and
                                        # counted (TRL's max_length truncates instead); 0 = the model's context
     learning_rate: float = 3e-5        # AdamW peak lr (measured here: 3e-5 moves SmolLM2-135M in one epoch)

@@ -92,7 +92,7 @@ def test_no_examples_is_an_error_naming_the_input(tmp_path, lines):
 
 def test_cli_command_writes_augmented_rows(tmp_path):
     from r1lab.cli import main
-    from r1lab.data import write_cold_start
+    from r1lab.cold_start import write_cold_start
     write_cold_start("arithmetic", 5, str(tmp_path / "cold.jsonl"))
     main(["data", "goal-directed", str(tmp_path / "cold.jsonl"), "--out", str(tmp_path / "gd.jsonl")])
     rows = [json.loads(line) for line in (tmp_path / "gd.jsonl").read_text().splitlines()]

@@ -191,7 +191,8 @@ def micro_batches(run: Run, batch: Batch) -> list[Pass]:
         rows = rows_run[first:first + cfg.micro_batch_size]
         tensors = pad_batch([batch.prompt_ids[i] for i in rows], [batch.completions[i].token_ids for i in rows],
                             run.tokenizer.pad_token_id, device(),
-                            [batch.completions[i].loss_mask for i in rows])   # tool outputs: attended, not trained
+                            [batch.completions[i].loss_mask for i in rows],   # tool outputs: attended, not trained
+                            packed=cfg.packed)
         weight = par.world if any(batch.moves[i] for i in rows) or not cfg.skip_zero_advantage else 0.0
         keep = torch.tensor([batch.keep[i] for i in rows], device=device())[:, None]
         passes.append(Pass(rows, tensors, tensors["loss_mask"] * keep, weight))   # DDP averages: x world = the sum

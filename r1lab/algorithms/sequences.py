@@ -16,6 +16,22 @@ never held whole (as Liger's and torchtune's chunked losses do): each chunk's lo
 in backward (activation checkpointing of the head alone), which costs one more LM-head matmul and
 saves B x C x V x 4 bytes of memory and the passes over it. Models whose logits are more than
 `softcap(hidden @ W.T)` (a bias, a logit scale, a LoRA-wrapped head) take their own logits instead.
+
+Packed (`pad_batch(..., packed=True)`, opt-in): the micro-batch runs as ONE row with no padding, each
+unique prompt followed by the inputs of its completions, under an explicit (1, 1, L, L) mask: a prompt
+token sees its prompt, a completion token its prompt and its own earlier tokens, nothing else; positions
+restart per prompt and continue into each completion. So the prompt is still run once per group (the
+shared prompt pass, without a cache: it also holds under gradient checkpointing), and the LM head runs
+only at real completion tokens. Each token sees the same tokens at the same positions as in the padded
+layout: the results are the same up to float summation order. The (B, C) layout stays for the losses
+(packed log-probs are scattered back; 0 at padding). Sliding-window layers get the window in their mask
+(a {layer type: mask} dict when full and sliding layers mix, as Gemma 2/3 and Qwen 2/3 take). Attention
+implementations other than sdpa and eager (flash-attention varlen, flex), and layer types other than
+full and sliding, cannot take such a mask: those models run padded, with the same results. The cost:
+the mask is dense, so attention scores L x L pairs (most of them masked) where padded rows score
+B x C x (P + C); fewer tokens go through the linear layers and the head. On a busy 2-core CPU
+(bench/logprobs_pass.py --packed, SmolLM2-135M, 8 rows of 40-96 tokens) packed ran at 0.83x the
+padded speed with 0.88x its peak memory: it is a memory saving there, not a speed-up.
 """
 from __future__ import annotations
 
@@ -27,13 +43,14 @@ CHUNK_BYTES = 32 * 2 ** 20      # fp32 logits per chunk: 170 tokens of a 49k voc
 
 
 def pad_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, device,
-              loss_masks: list[list[int]] | None = None) -> dict:
+              loss_masks: list[list[int]] | None = None, packed: bool = False) -> dict:
     """Tensors for rows of (prompt, completion); consecutive rows with equal prompts share one prompt row.
 
     Two masks over the completions, (B, C): `completion_mask` (1 on every real token: what attention sees)
     and `loss_mask` (1 on the tokens the model wrote: what losses, entropies and mismatches count). They
     differ in tool-using episodes, whose tool outputs are read by the later tokens but were not sampled
-    (`loss_masks`, one list per completion, 1 = the model's token; an empty list or None: all 1)."""
+    (`loss_masks`, one list per completion, 1 = the model's token; an empty list or None: all 1).
+    `packed`: also the one-row layout the forward then runs (`pack_rows`)."""
     unique, owner = [], []
     for p in prompt_ids:
         if not unique or unique[-1] != p:
@@ -58,7 +75,33 @@ def pad_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_
     return {"prompt_ids": prompts.to(device), "prompt_mask": prompt_mask.to(device),                   # (U, P)
             "owner": torch.tensor(owner, device=device),                                                # (B,)
             "completion_ids": completions.to(device), "completion_mask": completion_mask.to(device),  # (B, C)
-            "loss_mask": loss_mask.to(device)}                                                          # (B, C)
+            "loss_mask": loss_mask.to(device),                                                          # (B, C)
+            **(pack_rows(unique, owner, completion_ids, device) if packed else {})}
+
+
+def pack_rows(unique: list[list[int]], owner: list[int], completion_ids: list[list[int]], device) -> dict:
+    """One row of L tokens, no padding: each unique prompt, then the inputs of its completions (all but their
+    last token). `packed_segment` (L,) is the prompt a token belongs to, `packed_branch` (L,) its completion
+    (-1 on prompt tokens); `packed_at` (N,) is, for each real completion token in (B, C) row-major order, the
+    position whose output predicts it (the prompt's last token for a completion's first)."""
+    ids, positions, segment, branch, at = [], [], [], [], []
+    for u, prompt in enumerate(unique):
+        ids += prompt
+        positions += range(len(prompt))
+        segment += [u] * len(prompt)
+        branch += [-1] * len(prompt)
+        last = len(ids) - 1
+        for i in (i for i, o in enumerate(owner) if o == u):                  # owners ascend: row-major order
+            c = completion_ids[i]
+            at += ([last] if c else []) + list(range(len(ids), len(ids) + len(c) - 1))
+            ids += c[:-1]
+            positions += range(len(prompt), len(prompt) + len(c) - 1)
+            segment += [u] * (len(c) - 1)
+            branch += [i] * (len(c) - 1)
+    as_long = lambda values: torch.tensor(values, dtype=torch.long, device=device)
+    return {"packed_ids": as_long([ids]), "packed_positions": as_long([positions]),                   # (1, L)
+            "packed_segment": as_long(segment), "packed_branch": as_long(branch),                     # (L,)
+            "packed_at": as_long(at)}                                                                   # (N,)
 
 
 def lm_head(model) -> tuple[torch.Tensor, float | None] | None:
@@ -108,6 +151,36 @@ def _outputs_full(model, batch: dict, chunked: bool) -> torch.Tensor:
     return out[:, :-1]
 
 
+def packed_attention(model, batch: dict):
+    """The packed row's attention mask, (1, 1, L, L) (bool for sdpa, additive for eager), or {layer type: mask}
+    when full and sliding-window layers mix; None when the model cannot take one (then it runs padded)."""
+    config = model.config
+    kinds = set(getattr(config, "layer_types", None)
+                or ["sliding_attention" if getattr(config, "sliding_window", None) else "full_attention"])
+    if config._attn_implementation not in ("sdpa", "eager") or not kinds <= {"full_attention", "sliding_attention"}:
+        return None
+    segment, branch, pos = batch["packed_segment"], batch["packed_branch"], batch["packed_positions"][0]   # (L,)
+    sees = ((segment[:, None] == segment[None, :]) & (pos[None, :] <= pos[:, None])
+            & ((branch[None, :] == -1) | (branch[None, :] == branch[:, None])))              # (L, L) query, key
+    masks = {kind: sees & (pos[None, :] > pos[:, None] - config.sliding_window) if kind == "sliding_attention"
+             else sees for kind in kinds}                                  # transformers' window: key > query - window
+    for kind, mask in masks.items():
+        if config._attn_implementation == "eager":                       # eager adds the mask to the scores
+            lowest = torch.finfo(model.dtype).min
+            mask = torch.zeros(mask.shape, dtype=model.dtype, device=mask.device).masked_fill(~mask, lowest)
+        masks[kind] = mask[None, None]                                                                  # (1, 1, L, L)
+    return masks if len(masks) > 1 else masks.popitem()[1]
+
+
+def _outputs_packed(model, batch: dict, chunked: bool, mask) -> torch.Tensor:
+    """Outputs (N, H or V) at `packed_at`: the one packed row run once under `mask`."""
+    inputs = dict(input_ids=batch["packed_ids"], position_ids=batch["packed_positions"], attention_mask=mask,
+                  use_cache=False)
+    if chunked:
+        return model.get_decoder()(**inputs).last_hidden_state[0, batch["packed_at"]]
+    return model(**inputs, logits_to_keep=batch["packed_at"]).logits[0]
+
+
 def logprobs_from_logits(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
                          with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log softmax(logits / temperature) at `ids`, (N,), from logits (N, V); and each row's entropy (N,),
@@ -151,6 +224,9 @@ class CompletionLogits(torch.nn.Module):
 
     def forward(self, batch: dict, temperature: float = 1.0, with_entropy: bool = False):
         head = lm_head(self.model)
+        mask = packed_attention(self.model, batch) if "packed_ids" in batch else None
+        if mask is not None:
+            return self._packed(batch, head, mask, temperature, with_entropy)
         outputs = (_outputs_shared if self.shared else _outputs_full)(self.model, batch, head is not None)  # (B, C, H|V)
         ids = batch["completion_ids"]                                                               # (B, C)
         flat, flat_ids = outputs.reshape(-1, outputs.shape[-1]), ids.reshape(-1)
@@ -160,6 +236,19 @@ class CompletionLogits(torch.nn.Module):
             logprobs, entropy = chunked_logprobs(flat, head[0], flat_ids, temperature, head[1], with_entropy)
         # copies, not views of the flat tensors: FSDP2 hooks the module's outputs and warns about views
         return logprobs.view(ids.shape).clone(), None if entropy is None else entropy.view(ids.shape)
+
+    def _packed(self, batch: dict, head, mask, temperature: float, with_entropy: bool):
+        """forward's (B, C) results from the packed row: log-probs (and entropies) at the N real completion
+        tokens, scattered to their (B, C) places; 0 at padding."""
+        outputs = _outputs_packed(self.model, batch, head is not None, mask)                          # (N, H|V)
+        real = batch["completion_mask"].bool()                                                          # (B, C)
+        ids = batch["completion_ids"][real]                                                             # (N,)
+        if head is None:
+            logprobs, entropy = logprobs_from_logits(outputs, ids, temperature, with_entropy)
+        else:
+            logprobs, entropy = chunked_logprobs(outputs, head[0], ids, temperature, head[1], with_entropy)
+        logprobs = logprobs.new_zeros(real.shape).masked_scatter(real, logprobs)                       # (B, C)
+        return logprobs, None if entropy is None else entropy.new_zeros(real.shape).masked_scatter(real, entropy)
 
 
 def token_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: bool = False, shared: bool = True):

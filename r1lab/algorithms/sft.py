@@ -131,7 +131,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
         for first in range(0, len(batch), cfg.micro_batch_size):
             rows = batch[first:first + cfg.micro_batch_size]
             tensors = pad_batch([p for p, _, _ in rows], [c for _, c, _ in rows], tokenizer.pad_token_id, device(),
-                                [m for _, _, m in rows])
+                                [m for _, _, m in rows], packed=cfg.packed)
             with par.sync_unless(policy, accumulating=first + cfg.micro_batch_size < len(batch)):
                 with autocast(precision.mixed_precision):
                     logprobs, _ = token_logprobs(policy, tensors)               # (b, C)
