@@ -75,7 +75,7 @@ TRL_NAMES: dict[str, tuple[TrlName, ...]] = {
     "dataset_text_field": (TrlName(None, "r1lab's SFT rows are prompt and completion fields of a jsonl file (--data)"),),
     "completion_only_loss": (TrlName(None, "r1lab's SFT loss is always on the completion only"),),
     "assistant_only_loss": (TrlName(None, "r1lab's SFT loss is always on the completion only"),),
-    "packing": (TrlName(None, f"{NOT_BUILT}: each SFT row is its own sequence"),),
+    "packing": (TrlName("packed", "r1lab packs a micro-batch's rows into one, each attending only to itself", flag=True),),
     # TrainingArguments
     "output_dir": (TrlName("out"),),
     "per_device_train_batch_size": (TrlName("micro_batch_size", "sequences per forward/backward pass, per device"),),
