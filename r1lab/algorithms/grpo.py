@@ -10,6 +10,8 @@ Each step:
 3. a no-grad scoring pass over the micro-batches: pi_old, pi_ref, the entropy, the sampler mismatch
    and the truncated importance weights;
 4. mu = `updates_per_batch` AdamW steps over the batch (micro-batched, gradients accumulated).
+Each is a named phase in r1lab/algorithms/grpo_step.py (draw -> micro_batches -> score_passes -> update ->
+step_metrics) over typed records; this module sets a run up (`setup`) and runs the loop (`train_grpo`).
 
 Choices and deviations from the paper, and why:
 - pi_old's log-probs come from the scoring pass, a separate no-grad forward in the same precision as
