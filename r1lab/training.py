@@ -108,13 +108,15 @@ def _missing(path: str):
     raise R1labError(f"{path}: data file not found")
 
 
-def check_world(config, processes: int) -> None:
+def check_world(config, processes: int, launching: bool = True) -> None:
     """A training stage's batch divides among `processes` data-parallel processes (whole groups for grpo and
     compete, examples for sft), and grpo's dynamic sampling runs in one process only (each process would stop
-    drawing at a different round). Checked before a launch and again in each launched process."""
+    drawing at a different round). Checked before a launch and again in each launched process (`launching`
+    False: the message names the processes found, not the option)."""
     share = "batch_size" if isinstance(config, SFTConfig) else "prompts_per_step"
     if getattr(config, share) % processes:
-        raise R1labError(f"{share} = {getattr(config, share)} must divide by --num-processes {processes}")
+        divisor = f"--num-processes {processes}" if launching else f"the number of processes ({processes})"
+        raise R1labError(f"{share} = {getattr(config, share)} must divide by {divisor}")
     if isinstance(config, GRPOConfig) and config.dynamic_sampling and processes > 1:
         raise R1labError(f"dynamic_sampling runs in one process (got {processes}): use --num-processes 1 or "
                          "dynamic_sampling false")

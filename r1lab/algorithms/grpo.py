@@ -200,7 +200,7 @@ def setup(cfg: GRPOConfig, resume: bool) -> tuple[Run, Path, Path | None, list[P
     if par.sharded and cfg.engine != "hf":
         raise R1labError(f"fsdp rolls out with the hf engine only (got engine {cfg.engine!r}): the vllm engine's "
                          "weight push is not gathered from the shards yet")
-    check_world(cfg, par.world)
+    check_world(cfg, par.world, launching=False)
     template, weights, tools = get_template(cfg.template), parse_rewards(cfg.rewards), load_tools(cfg.tools)
     draws = cfg.dynamic_sampling_max_draws if cfg.dynamic_sampling else 1       # rounds of prompts per step, at most
     problems = get_task(cfg.task, **cfg.task_options).problems(
