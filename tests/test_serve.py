@@ -19,7 +19,7 @@ from r1lab.models import load_model, tiny_tokenizer
 from r1lab.rollout.hf import HFEngine
 from r1lab.serve import APIError, Limits, parse_request, serve
 from r1lab.streaming import ReplyStream, split_reasoning, trim_stop
-from serving import LIMITS, ScriptedEngine, start_server, talk_snippets, think_tokenizer
+from serving import LIMITS, start_server, talk_snippets, think_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -29,18 +29,10 @@ def tiny():
 
 
 @pytest.fixture
-def scripted(tiny):
-    servers = []
-
+def scripted(tiny, start_scripted):
     def start(reply, api_key=None, delay=0.0, tokenizer=None, limits=LIMITS, context=None):
-        tokenizer = tokenizer or tiny[1]
-        engine = ScriptedEngine(reply, tokenizer, delay)
-        server, url = start_server(engine, tokenizer, api_key, limits, context)
-        servers.append(server)
-        return engine, url
-    yield start
-    for server in servers:
-        server.should_exit = True
+        return start_scripted(reply, tokenizer or tiny[1], delay, api_key=api_key, limits=limits, context=context)
+    return start
 
 
 def arithmetic_reply(system, user):

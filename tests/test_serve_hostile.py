@@ -11,7 +11,7 @@ from r1lab import R1labError
 from r1lab.models import tiny_tokenizer
 from r1lab.serve import bind, parse_request, serve
 from r1lab.serve_prompt import PromptEncoder, request_prompt
-from serving import LIMITS, ScriptedEngine, connect, metrics, post_head, read_all, start_server, wait_until
+from serving import LIMITS, connect, metrics, post_head, read_all, wait_until
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
@@ -25,18 +25,11 @@ def tokenizer():
 
 
 @pytest.fixture
-def scripted(tokenizer):
+def scripted(tokenizer, start_scripted):
     """start(reply, delay=0, limits=LIMITS, whole_prompt=False) -> (engine, url); servers stop after the test."""
-    servers = []
-
     def start(reply, delay=0.0, limits=LIMITS, whole_prompt=False):
-        engine = ScriptedEngine(reply, tokenizer, delay, whole_prompt)
-        server, url = start_server(engine, tokenizer, limits=limits)
-        servers.append(server)
-        return engine, url
-    yield start
-    for server in servers:
-        server.should_exit = True
+        return start_scripted(reply, tokenizer, delay, whole_prompt, limits=limits)
+    return start
 
 
 def long_reply(system, user):

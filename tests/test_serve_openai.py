@@ -11,7 +11,7 @@ from r1lab.models import load_model, tiny_tokenizer
 from r1lab.rollout.hf import HFEngine
 from r1lab.serve import APIError, parse_request
 from r1lab.serve_completions import parse_completion
-from serving import LIMITS, ScriptedEngine, connect, metrics, post_head, read_all, start_server, wait_until
+from serving import LIMITS, connect, metrics, post_head, read_all, start_server, wait_until
 
 USER = [{"role": "user", "content": "Calculate 1 + 2"}]
 
@@ -22,18 +22,12 @@ def tokenizer():
 
 
 @pytest.fixture
-def scripted(tokenizer):
+def scripted(tokenizer, start_scripted):
     """start(reply, delay=0, whole_prompt=False) -> (engine, url, client); servers stop after the test."""
-    servers = []
-
     def start(reply, delay=0.0, whole_prompt=False):
-        engine = ScriptedEngine(reply, tokenizer, delay, whole_prompt)
-        server, url = start_server(engine, tokenizer)
-        servers.append(server)
+        engine, url = start_scripted(reply, tokenizer, delay, whole_prompt)
         return engine, url, openai.OpenAI(base_url=url, api_key="none", max_retries=0)
-    yield start
-    for server in servers:
-        server.should_exit = True
+    return start
 
 
 def refused(parse, **fields) -> str:
