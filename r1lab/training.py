@@ -92,6 +92,10 @@ def check_inputs(config) -> None:
 
     def task():                         # goal_directed names a task without options
         return get_task(config.task, **getattr(config, "task_options", {}))
+
+    def data() -> None:
+        if not is_file(config.data):
+            raise R1labError(f"{config.data}: data file not found")
     checks = {
         "model": lambda: model(config.model), "teacher": lambda: model(config.teacher),
         "models": lambda: [model(spec) for spec in config.models],
@@ -99,13 +103,9 @@ def check_inputs(config) -> None:
         "task": task,
         "rewards": lambda: check_rewards_fit(parse_rewards(config.rewards), task().problems("train", 1, config.seed)[0]),
         "tools": lambda: load_tools(config.tools),
-        "data": lambda: is_file(config.data) or _missing(config.data)}
+        "data": data}
     for name in type(config).INPUTS:
         checks[name]()
-
-
-def _missing(path: str):
-    raise R1labError(f"{path}: data file not found")
 
 
 def check_world(config, processes: int, launching: bool = True) -> None:
