@@ -250,6 +250,11 @@ def main(argv: list[str] | None = None) -> None:
             close = [o for o in options if o.startswith(name)] or difflib.get_close_matches(name, options, n=1, cutoff=0.6)
             raise R1labError(f"unknown option {name} for {where}" +
                              (f"; did you mean {close[0]}?" if close else f"; see {where} --help"))
+        if getattr(args, "threads", None):           # read by every stage's thread governor, in workers too
+            os.environ["R1LAB_THREADS"] = str(args.threads)
+        if args.command in ("generate", "eval", "serve", "doctor"):
+            from r1lab.threads import ThreadGovernor
+            ThreadGovernor()                          # once: the cores other processes leave free now
         {"models": cmd_models, "doctor": cmd_doctor, "tasks": cmd_tasks, "generate": cmd_generate, "eval": cmd_eval,
          "report": cmd_report, "data": cmd_data, "run": cmd_run, "experiment": cmd_experiment, "train": cmd_train,
          "serve": cmd_serve, "sandbox": cmd_sandbox}[args.command](args)

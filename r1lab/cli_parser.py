@@ -98,6 +98,10 @@ def _shown(value) -> str:
     return str(value)
 
 
+THREADS_HELP = ("torch CPU threads (default: the cores other processes leave free, chosen again between training "
+                "steps; r1lab/threads.py)")
+
+
 def add_stage_parser(stages, kind: str, cls, output: str) -> None:
     """`r1lab train KIND`: its options are the config fields, grouped and explained as in config.py."""
     from r1lab.schema import CHOICES, allowed_types
@@ -112,6 +116,7 @@ def add_stage_parser(stages, kind: str, cls, output: str) -> None:
                                  "Options given here override those of --config.")
     run = p.add_argument_group("running")
     run.add_argument("--config", metavar="FILE", help="YAML file of options (the options below override it)")
+    run.add_argument("--threads", type=COUNT, metavar="N", help=THREADS_HELP)
     if output == "checkpoint/":
         run.add_argument("--resume", action="store_true", help="continue from --out's last checkpoint")
         run.add_argument("--allow-config-change", action="store_true",
@@ -144,7 +149,8 @@ def build_parser(stages: bool = True) -> argparse.ArgumentParser:
     model_help = ("model spec: an alias (smollm2-135m, tiny-random; `r1lab models`), a Hugging Face folder such as "
                   "runs/NAME/grpo/checkpoint, a .gguf file, or a hub id owner/name")
     command("models", help="list model aliases and what is cached")
-    command("doctor", help="this machine: hardware, the precision 'auto' picks and why, measured speeds, sandbox")
+    command("doctor", help="this machine: hardware, the precision 'auto' picks and why, measured speeds, sandbox"
+            ).add_argument("--threads", type=COUNT, metavar="N", help=THREADS_HELP)
     tasks = command("tasks", help="list task specs; with SPEC, how many distinct test items it has")
     tasks.add_argument("spec", nargs="?", help="a reasoning-gym task spec, e.g. reasoning-gym:tower_of_hanoi")
     g = command("generate", help="sample completions for one prompt", description="Sample completions for one "
@@ -160,6 +166,7 @@ def build_parser(stages: bool = True) -> argparse.ArgumentParser:
                    help="sampling temperature (0: greedy; R1: 0.6) (default: %(default)s)")
     g.add_argument("--top-p", type=UNIT, default=0.95, help="nucleus mass (R1: 0.95) (default: %(default)s)")
     g.add_argument("--seed", type=SEED, default=0, help="sampling seed (default: %(default)s)")
+    g.add_argument("--threads", type=COUNT, metavar="N", help=THREADS_HELP)
     t = command("train", help="run one stage of any kind; `r1lab train KIND --help` lists its options",
                 description="Run one stage on its own, as a recipe would. Its options are the fields of its "
                             "config (r1lab/config.py); `r1lab train KIND --help` lists them with units and defaults.")
@@ -191,6 +198,7 @@ def add_eval_parser(e: argparse.ArgumentParser, model_help: str) -> None:
     e.add_argument("--max-new-tokens", type=COUNT, default=256,
                    help="completion length cap, tokens (default: %(default)s)")
     e.add_argument("--seed", type=SEED, default=0, help="problems and sampling (default: %(default)s)")
+    e.add_argument("--threads", type=COUNT, metavar="N", help=THREADS_HELP)
     e.add_argument("--task-options", type=yaml_mapping, default={}, metavar="YAML",
                    help="options of the task, e.g. '{operands: 2, low: 100000, high: 999999999, operators: \"*\"}'")
     e.add_argument("--tools", default="", help="tools the model may call while it reasons: python,calculator,"
@@ -213,6 +221,7 @@ def add_other_parsers(command, model_help: str) -> None:
     u.add_argument("--num-processes", type=int, metavar="N",
                    help="run each training stage (sft, grpo, compete) data-parallel in N processes (one per GPU; on "
                         "CPUs over gloo), via accelerate launch; the other stages run in this process")
+    u.add_argument("--threads", type=COUNT, metavar="N", help=THREADS_HELP)
     v = command("serve", help="OpenAI-compatible API and chat page for a model (reasoning_content split out)",
                 description="Serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/models), with "
                             "a chat page at /, /health and /metrics.")
@@ -228,13 +237,15 @@ def add_other_parsers(command, model_help: str) -> None:
                    help="refuse longer prompts with a 400 (default: only the model's context bounds them)")
     v.add_argument("--max-queue", type=COUNT, default=256,
                    help="requests waiting or running; past it, a 429 (default: %(default)s)")
-    v.add_argument("--threads", type=COUNT, metavar="N", help="torch CPU threads (default: torch's choice)")
+    v.add_argument("--threads", type=COUNT, metavar="N", help="torch CPU threads (default: the cores other processes "
+                   "leave free at start)")
     x = command("experiment", help="a recipe over several seeds, pooled: is-rl-needed (the talk's table), rl-gain")
     x.add_argument("which", choices=list(EXPERIMENTS), help="the experiment (its recipe: " +
                    ", ".join(f"{k}: {v}" for k, v in EXPERIMENTS.items()) + ")")
     x.add_argument("overrides", nargs="*", help="key=value or stage.key=value, for every seed")
     x.add_argument("--seeds", type=COUNT, default=3, help="seeds to run (default: %(default)s)")
     x.add_argument("--recipe", help="another recipe to run per seed (default: the experiment's)")
+    x.add_argument("--threads", type=COUNT, metavar="N", help=THREADS_HELP)
     d = command("data", help="write training data")
     d.add_argument("kind", choices=["cold-start", "goal-directed"], help="what to write")
     d.add_argument("source", nargs="?", help="goal-directed: input jsonl of trajectories (prompt, answer, completion)")

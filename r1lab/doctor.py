@@ -6,6 +6,7 @@ import torch
 
 from r1lab.hardware import (cpu_flags, cpu_name, device, matmul_gflops, memory_gbps, resolve_precision)
 from r1lab.sandbox import Sandbox
+from r1lab.threads import ThreadGovernor
 
 
 def doctor_report() -> str:
@@ -13,8 +14,8 @@ def doctor_report() -> str:
     dev = device()
     flags = cpu_flags() or set()
     simd = sorted(f for f in flags if f.startswith(("avx", "amx")))
-    lines = [f"cpu: {cpu_name()}, {torch.get_num_threads()} torch threads, capability "
-             f"{torch.backends.cpu.get_cpu_capability()}",
+    lines = [f"cpu: {cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}",
+             ThreadGovernor().describe(),
              f"cpu flags: {' '.join(simd) or 'unknown'}",
              f"device: {dev}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
              f"torch {torch.__version__}",

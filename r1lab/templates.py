@@ -114,11 +114,18 @@ def parse_tags(text: str) -> tuple[str | None, str | None]:
 
 def tags_format_score(text: str, partial: bool = False) -> float:
     """1 for exactly `<think>..</think> <answer>..</answer>` (each tag once, nothing around, parts not blank);
-    with partial credit, 0.2 for each of the four tags that appears exactly once."""
+    with partial credit, 0.2 for each of the four tags that appears exactly once, but nothing for the two
+    tags of a blank block: `<answer> </answer>` was a measured reward hack (docs/r1_zero.md)."""
     once = [text.count(tag) == 1 for tag in TAGS]
     if all(once) and _EXACT.fullmatch(text):
         return 1.0
-    return 0.2 * sum(once) if partial else 0.0
+    if not partial:
+        return 0.0
+    for pair in (0, 2):                 # (<think>, </think>), (<answer>, </answer>)
+        start, end = text.find(TAGS[pair]), text.find(TAGS[pair + 1])
+        if once[pair] and once[pair + 1] and start < end and not text[start + len(TAGS[pair]):end].strip():
+            once[pair] = once[pair + 1] = False
+    return 0.2 * sum(once)
 
 
 def compose_tags(reasoning: str, answer: str) -> str:

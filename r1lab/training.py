@@ -248,10 +248,12 @@ def save_step(par, out: Path, model, tokenizer, step: int, optimizer, scheduler,
 def end_step(par, out: Path, step: int, steps: int, save_every: int, model, tokenizer, optimizer, scheduler,
              generator: torch.Generator | None, keep: int = 0, extras: dict | None = None) -> None:
     """Every training stage's step tail: the checkpoint every `save_every` steps and after the last (`step`
-    counts from 0), keeping `keep` numbered ones (save_total_limit), then every process waits for the others."""
+    counts from 0), keeping `keep` numbered ones (save_total_limit), then every process waits for the others
+    and chooses its thread count for the next step."""
     if (step + 1) % save_every == 0 or step + 1 == steps:
         save_step(par, out, model, tokenizer, step + 1, optimizer, scheduler, generator, keep, steps, extras)
     par.barrier()
+    par.threads.adjust()            # torch's threads for the cores other processes leave free (r1lab/threads.py)
 
 
 def restore_state(checkpoint: Path | None, optimizer, scheduler, generator: torch.Generator | None, model=None,

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 
@@ -6,6 +8,19 @@ def isolated_cache(tmp_path_factory, monkeypatch, request):
     """Tests never write to the user's cache; the slow embedded-model tests share one session cache."""
     if "slow" not in request.keywords:
         monkeypatch.setenv("R1LAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def threads_restored():
+    """`--threads` reaches the stages as R1LAB_THREADS and the governor sets torch's count process-wide: neither
+    may leak from one test into the next."""
+    import torch
+    before, fixed = torch.get_num_threads(), os.environ.pop("R1LAB_THREADS", None)
+    yield
+    os.environ.pop("R1LAB_THREADS", None)
+    if fixed is not None:
+        os.environ["R1LAB_THREADS"] = fixed
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -43,8 +43,11 @@ def test_parse_tags(text, reasoning, answer):
     ("hello <think>a</think><answer>b</answer>", 0.0, 0.8),
     ("<think>a</think>", 0.0, 0.4),
     ("plain text", 0.0, 0.0),
-    ("<think></think><answer></answer>", 0.0, 0.8),                                # empty parts are not the format
-    ("<think>\n</think> <answer> </answer>", 0.0, 0.8),                            # nor are blank ones
+    ("<think></think><answer></answer>", 0.0, 0.0),                                # empty parts are not the format
+    ("<think>\n</think> <answer> </answer>", 0.0, 0.0),                            # nor are blank ones
+    ("<think> 1+2 </think> <answer> </answer>", 0.0, 0.4),                         # the R1-Zero study's hack
+    ("<answer> </answer>", 0.0, 0.0),
+    ("</answer> x <answer>", 0.0, 0.4),                                            # out of order: not a block
 ])
 def test_tags_format_score(text, strict, partial):
     assert tags_format_score(text, False) == strict
@@ -106,7 +109,7 @@ def opens_think(tokenizer):
     ("Let me add.</think> <answer>4</answer> Done.", "Let me add.", "4", 0.0, 0.8),      # text after the answer
     ("<think>2+2=4</think> <answer>4</answer>", "<think>2+2=4", "4", 0.0, 0.6),          # a second <think>
     ("Let me add: 2+2=4.", "Let me add: 2+2=4.", None, 0.0, 0.2),                        # never left its reasoning
-    ("</think> <answer>4</answer>", "", "4", 0.0, 0.8),                                  # empty reasoning
+    ("</think> <answer>4</answer>", "", "4", 0.0, 0.4),                                  # empty reasoning: no credit
 ])
 def test_a_prompt_that_opens_think_is_judged_with_the_reply(reply, reasoning, answer, strict, partial):
     """The parser and the format reward read the same text: the prompt's tail plus the reply."""

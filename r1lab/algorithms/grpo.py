@@ -299,7 +299,8 @@ def timing_metrics(run: Run, batch, passes, grad_norm: float, began: float, samp
             "state_gb": state_gb(run.model, run.optimizer),
             "sample_tokens_per_s": par.total(batch.drawn["tokens"]) / (sampled - began),
             "train_tokens_per_s": cfg.updates_per_batch * trained_tokens / (trained - sampled),
-            "sample_seconds": sampled - began, "train_seconds": trained - sampled, "step_seconds": trained - began}
+            "sample_seconds": sampled - began, "train_seconds": trained - sampled, "step_seconds": trained - began,
+            "threads": par.threads.threads, "cpu_others": par.threads.others}
 
 
 class Watch:
