@@ -158,7 +158,7 @@ def build_parser(stages: bool = True) -> argparse.ArgumentParser:
     g.add_argument("model", help=model_help)
     g.add_argument("prompt", help="the question, as the template's user text (e.g. 'Calculate 1 + 2')")
     g.add_argument("--template", default="r1_zero",
-                   help="prompt template: r1_zero, chat, code, json_cot (default: %(default)s)")
+                   help="prompt template: r1_zero, r1_zero_think, chat, code, json_cot (default: %(default)s)")
     g.add_argument("--n", type=COUNT, default=1, help="completions to sample (default: %(default)s)")
     g.add_argument("--max-new-tokens", type=COUNT, default=256,
                    help="completion length cap, tokens (default: %(default)s)")

@@ -39,12 +39,15 @@ def pass1(row: dict) -> float:
 
 
 def pooled(per_seed_rows: list[list[dict]]) -> dict:
-    """Pass@1 / cons@k over all (seed, problem) pairs, with cluster-bootstrap CIs, and pass@1 per seed."""
+    """Pass@1 / cons@k / the strict format rate over all (seed, problem) pairs, with cluster-bootstrap CIs,
+    and pass@1 per seed."""
     pass1s = [[pass1(r) for r in rows] for rows in per_seed_rows]
+    formats = [[sum(r["format"]) / len(r["format"]) for r in rows] for rows in per_seed_rows]
     cons = [[cons_at_k(r["answers"], r["correct"], equivalent) for r in rows] for rows in per_seed_rows]
     mean = lambda table: sum(map(sum, table)) / sum(map(len, table))   # noqa: E731
     return {"pass@1": mean(pass1s), "pass@1_ci": cluster_bootstrap_ci(pass1s), "cons": mean(cons),
-            "cons_ci": cluster_bootstrap_ci(cons), "per_seed": [sum(rows) / len(rows) for rows in pass1s]}
+            "cons_ci": cluster_bootstrap_ci(cons), "format": mean(formats), "format_ci": cluster_bootstrap_ci(formats),
+            "per_seed": [sum(rows) / len(rows) for rows in pass1s]}
 
 
 def paired_gain(per_seed_rows: list[list[dict]], start_rows: list[list[dict]]) -> dict:
@@ -60,11 +63,13 @@ def paired_gain(per_seed_rows: list[list[dict]], start_rows: list[list[dict]]) -
 
 
 def format_experiment(table: dict[str, dict], samples: int, seeds: int, gains: dict[str, dict]) -> str:
-    head = f"{'method':22} {'pass@1 [95% CI]':>22} {f'cons@{samples} [95% CI]':>22}   pass@1 per seed"
+    head = (f"{'method':22} {'pass@1 [95% CI]':>22} {f'cons@{samples} [95% CI]':>22} {'format [95% CI]':>22}   "
+            "pass@1 per seed")
     lines = [head, "-" * (len(head) + 12)]
     for method, s in table.items():
         lines.append(f"{method:22} {100 * s['pass@1']:6.1f} [{100 * s['pass@1_ci'][0]:5.1f}, {100 * s['pass@1_ci'][1]:5.1f}]  "
-                     f"{100 * s['cons']:6.1f} [{100 * s['cons_ci'][0]:5.1f}, {100 * s['cons_ci'][1]:5.1f}]   "
+                     f"{100 * s['cons']:6.1f} [{100 * s['cons_ci'][0]:5.1f}, {100 * s['cons_ci'][1]:5.1f}]  "
+                     f"{100 * s['format']:6.1f} [{100 * s['format_ci'][0]:5.1f}, {100 * s['format_ci'][1]:5.1f}]   "
                      + " ".join(f"{100 * v:5.1f}" for v in s["per_seed"]))
     if gains:
         lines += ["", f"{'method':22} {'started from':22} {'pass@1 gain [95% CI], paired':>30}", "-" * 76]

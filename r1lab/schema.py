@@ -46,7 +46,7 @@ CHOICES = {  # field -> its allowed values
     "engine": ("hf", "vllm"),                               # r1lab/rollout/engines.py ENGINES
     "language": ("en", "zh"),
     "unlikelihood_scope": ("departure", "all"),
-    "template": ("r1_zero", "chat", "code", "json_cot", "agentjo"),   # r1lab/templates.py TEMPLATES
+    "template": ("r1_zero", "r1_zero_think", "chat", "code", "json_cot", "agentjo"),   # r1lab/templates.py TEMPLATES
 }
 # The names the domain registers, written here so that this module imports nothing from the domain (the
 # layer rule); tests/test_config.py checks that each list equals its registry.

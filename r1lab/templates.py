@@ -1,6 +1,8 @@
 """Prompt templates: render a question into a prompt, parse a reply into (reasoning, answer).
 
 - `r1_zero`: the DeepSeek-R1-Zero template (paper Table 1), verbatim, as plain text for any model.
+- `r1_zero_think`: the same with `<think>` opened at the end of the prompt, as TinyZero does for small base
+  models: the base starts inside its reasoning instead of having to find the tag (docs/r1_zero.md).
 - `chat`: the model's own chat template, the same instructions as the system message.
 - `code`: the R1 template for programs: reasoning in `<think>`, the program in `<answer>` (a fenced
   ```python block or plain code); the parsed answer is the program. A reply with no `<answer>` block
@@ -114,18 +116,18 @@ def parse_tags(text: str) -> tuple[str | None, str | None]:
 
 def tags_format_score(text: str, partial: bool = False) -> float:
     """1 for exactly `<think>..</think> <answer>..</answer>` (each tag once, nothing around, parts not blank);
-    with partial credit, 0.2 for each of the four tags that appears exactly once, but nothing for the two
-    tags of a blank block: `<answer> </answer>` was a measured reward hack (docs/r1_zero.md)."""
-    once = [text.count(tag) == 1 for tag in TAGS]
-    if all(once) and _EXACT.fullmatch(text):
+    with partial credit, 0.4 for each whole block: its two tags once each, in order, around non-blank text.
+    Credit per block, not per tag: a base model paid per tag learned `<answer> </answer>`, then `</think>
+    </answer>`, and nothing else (docs/r1_zero.md)."""
+    if all(text.count(tag) == 1 for tag in TAGS) and _EXACT.fullmatch(text):
         return 1.0
-    if not partial:
-        return 0.0
-    for pair in (0, 2):                 # (<think>, </think>), (<answer>, </answer>)
-        start, end = text.find(TAGS[pair]), text.find(TAGS[pair + 1])
-        if once[pair] and once[pair + 1] and start < end and not text[start + len(TAGS[pair]):end].strip():
-            once[pair] = once[pair + 1] = False
-    return 0.2 * sum(once)
+    return 0.4 * (_whole_block(text, "<think>", "</think>") + _whole_block(text, "<answer>", "</answer>")) if partial else 0.0
+
+
+def _whole_block(text: str, opening: str, closing: str) -> bool:
+    start, end = text.find(opening), text.find(closing)
+    return (text.count(opening) == 1 and text.count(closing) == 1 and start < end
+            and bool(text[start + len(opening):end].strip()))
 
 
 def compose_tags(reasoning: str, answer: str) -> str:
@@ -231,6 +233,9 @@ def agentjo_format_score(text: str, partial: bool = False) -> float:
 TEMPLATES = {
     "r1_zero": Template(
         "r1_zero", lambda question, tokenizer: f"{_bos(tokenizer)}{R1_ZERO_INSTRUCTION} User: {question}. Assistant:",
+        parse_tags, tags_format_score, compose_tags, ("</answer>",), R1_ZERO_INSTRUCTION, chat=False),
+    "r1_zero_think": Template(      # the same, with the reply's <think> already opened (TinyZero's way for small bases)
+        "r1_zero_think", lambda question, tokenizer: f"{_bos(tokenizer)}{R1_ZERO_INSTRUCTION} User: {question}. Assistant: <think>",
         parse_tags, tags_format_score, compose_tags, ("</answer>",), R1_ZERO_INSTRUCTION, chat=False),
     "chat": Template(
         "chat", lambda question, tokenizer: _system_user(R1_ZERO_INSTRUCTION, question, tokenizer),

@@ -23,10 +23,11 @@ stages:
 
 
 def test_pooled_hand_computed():
-    seed0 = [{"correct": [1, 0], "answers": ["6", "7"]}, {"correct": [1, 1], "answers": ["3", "3"]}]
-    seed1 = [{"correct": [0, 0], "answers": ["1", None]}]
+    seed0 = [{"correct": [1, 0], "answers": ["6", "7"], "format": [1, 1]}, {"correct": [1, 1], "answers": ["3", "3"], "format": [0, 1]}]
+    seed1 = [{"correct": [0, 0], "answers": ["1", None], "format": [0, 0]}]
     result = pooled([seed0, seed1])
     assert result["pass@1"] == (0.5 + 1 + 0) / 3 and result["cons"] == (1 + 1 + 0) / 3
+    assert result["format"] == (1 + 0.5 + 0) / 3
     assert result["per_seed"] == [0.75, 0.0]
     assert label("runs/x_seed0/compete/checkpoint") == "compete" and label("smollm2-135m") == "base"
     # seeds, then problems, resampled: seed 1 twice (p = 1/4) gives 0; seed 0 twice with its problems' pass@1 (.5, 1)
@@ -51,7 +52,7 @@ def test_experiment_runs_each_seed_and_pools_the_table(tmp_path, capsys):
     assert list(result["methods"]) == ["base", "sft", "compete_majority", "goal_sft"]
     assert all(len(m["per_seed"]) == 2 for m in result["methods"].values())
     assert (tmp_path / "runs" / "tiny_exp_seed1" / "eval" / "eval.json").is_file()
-    assert "compete_majority" in printed and "cons@2" in printed and "cluster bootstrap" in printed
+    assert "compete_majority" in printed and "cons@2" in printed and "format [95% CI]" in printed and "cluster bootstrap" in printed
     gains = result["gains"]                 # each trained method against the evaluated checkpoint it started from
     assert {m: g["start"] for m, g in gains.items()} == {"sft": "base", "compete_majority": "sft", "goal_sft": "base"}
     sft, base = (result["methods"][m]["pass@1"] for m in ("sft", "base"))

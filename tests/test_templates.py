@@ -47,7 +47,9 @@ def test_parse_tags(text, reasoning, answer):
     ("<think>\n</think> <answer> </answer>", 0.0, 0.0),                            # nor are blank ones
     ("<think> 1+2 </think> <answer> </answer>", 0.0, 0.4),                         # the R1-Zero study's hack
     ("<answer> </answer>", 0.0, 0.0),
-    ("</answer> x <answer>", 0.0, 0.4),                                            # out of order: not a block
+    ("</answer> x <answer>", 0.0, 0.0),                                            # out of order: not a block
+    ("</think> </answer>", 0.0, 0.0),                                              # lone tags earn nothing
+    ("<answer>answer here</answer>", 0.0, 0.4),
 ])
 def test_tags_format_score(text, strict, partial):
     assert tags_format_score(text, False) == strict
@@ -107,8 +109,8 @@ def opens_think(tokenizer):
     ("Let me add: 2+2=4.</think> <answer>4</answer>", "Let me add: 2+2=4.", "4", 1.0, 1.0),
     ("Let me add: 2+2=4.\n</think>\n\n<answer>4</answer>\n", "Let me add: 2+2=4.", "4", 1.0, 1.0),
     ("Let me add.</think> <answer>4</answer> Done.", "Let me add.", "4", 0.0, 0.8),      # text after the answer
-    ("<think>2+2=4</think> <answer>4</answer>", "<think>2+2=4", "4", 0.0, 0.6),          # a second <think>
-    ("Let me add: 2+2=4.", "Let me add: 2+2=4.", None, 0.0, 0.2),                        # never left its reasoning
+    ("<think>2+2=4</think> <answer>4</answer>", "<think>2+2=4", "4", 0.0, 0.4),          # a second <think>
+    ("Let me add: 2+2=4.", "Let me add: 2+2=4.", None, 0.0, 0.0),                        # never left its reasoning
     ("</think> <answer>4</answer>", "", "4", 0.0, 0.4),                                  # empty reasoning: no credit
 ])
 def test_a_prompt_that_opens_think_is_judged_with_the_reply(reply, reasoning, answer, strict, partial):
@@ -135,7 +137,7 @@ def test_prompt_tail(prompt, tail):
 
 def test_unknown_template_names_valid_ones():
     from r1lab import R1labError
-    with pytest.raises(R1labError, match="r1_zero, chat, code, json_cot"):
+    with pytest.raises(R1labError, match="r1_zero, r1_zero_think, chat, code, json_cot"):
         get_template("r2")
 
 
@@ -152,3 +154,14 @@ def test_rollout_carries_the_prompt_tail_to_parser_and_rewards():
     _, groups = rollout(Replay(), [problem], get_template("chat"), opens_think(tiny_tokenizer()), 2, Sampling())
     totals, parts, _ = score({"accuracy": 1.0, "format": 1.0}, groups[0], [problem] * 2)
     assert groups[0][0].reasoning == "2 + 2 = 4." and parts["format"] == [1.0, 1.0] and totals == [2.0, 2.0]
+
+
+def test_r1_zero_think_opens_the_reasoning_for_the_base():
+    """Table 1 verbatim with `<think>` opened: the reply is read with that tail, as a chat template's would be."""
+    template = get_template("r1_zero_think")
+    prompt = template.render("Calculate 1 + 2", tiny_tokenizer())
+    assert prompt.endswith("User: Calculate 1 + 2. Assistant: <think>") and R1_ZERO_INSTRUCTION in prompt
+    assert prompt_tail(prompt) == "<think>" and not template.chat
+    reply = " 1 + 2 = 3 </think> <answer> 3 </answer>"
+    assert parse_tags(prompt_tail(prompt) + reply) == ("1 + 2 = 3", "3")
+    assert tags_format_score(prompt_tail(prompt) + reply) == 1.0
