@@ -53,7 +53,8 @@ def test_every_stage_kind_lists_its_options_grouped_with_default_and_comment(kin
     for group, name, comment in rows:
         option = f"--{name.replace('_', '-')}"
         squashed = re.escape("".join(comment.split()))        # argparse may also break a line after a hyphen
-        assert re.search(rf"{option}[^-]\S{{0,40}}?{squashed}\(default:", "".join(text.split())), (kind, name)
+        # between them the metavar: a type, or the choices ({r1_zero,r1_zero_think,chat,...})
+        assert re.search(rf"{option}[^-]\S{{0,60}}?{squashed}\(default:", "".join(text.split())), (kind, name)
         if group:
             assert f"{group}: " in text
     assert f"r1lab train {kind} [--config FILE]" in text
