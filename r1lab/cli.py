@@ -25,6 +25,7 @@ suggests the closest one.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import sys
@@ -112,11 +113,14 @@ def relaunch(num_processes: int, argv: list[str]) -> None:
 
 def cmd_train(args) -> None:
     from r1lab.config import load_config
-    from r1lab.pipeline import KINDS, Stage, check_processes, run_stage
+    from r1lab.pipeline import KINDS, Stage, check_processes, run_stage, trl_keys
     from r1lab.training import accept_settings, check_inputs
 
     overrides = {k.removeprefix("set."): v for k, v in vars(args).items() if k.startswith("set.")}
-    config = load_config(KINDS[args.stage][0], args.config, overrides)
+    cls = KINDS[args.stage][0]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    config = load_config(cls, args.config, overrides,
+                         rename=lambda values, path: trl_keys(values, args.stage, fields, str(path)))
     if args.num_processes is not None:
         check_processes(args.stage, config, args.num_processes)
     if args.allow_config_change:

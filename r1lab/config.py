@@ -342,14 +342,17 @@ def changed_settings(recorded: dict, config) -> list[str]:
     return [f"{k}: {old[k]} -> {v}" for k, v in settings(config).items() if old[k] != v]
 
 
-def load_config(cls, path: str | Path | None = None, overrides: dict | None = None):
+def load_config(cls, path: str | Path | None = None, overrides: dict | None = None, rename=None):
     """cls built from a YAML file (optional) updated by overrides (command-line strings, parsed as the
-    fields' types), then checked: unknown keys name the valid ones."""
+    fields' types), then checked: unknown keys name the valid ones. `rename(values, path)`: the file's keys
+    as this config's (the CLI passes TRL's names through r1lab/trl_names.py)."""
     values = {}
     if path is not None:
         values = read_yaml(path, "config file")
         if not isinstance(values, dict):
             raise R1labError(f"{path}: expected a mapping of options at the top level")
+        if rename is not None:
+            values = rename(values, path)
     values.update(overrides or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))

@@ -34,6 +34,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,16 @@ from r1lab.config import (ColdStartConfig, CompeteConfig, DistillConfig, EvalCon
 from r1lab.data import write_atomic
 from r1lab.schema import field_value, folder_name, read_yaml, short_repr
 from r1lab.training import check_world
+from r1lab.trl_names import translate_keys
+
+
+def trl_keys(values: dict, kind: str, fields: set[str], where: str) -> dict:
+    """A stage's keys with TRL's names as r1lab's (r1lab/trl_names.py), a note printed for each (first process only)."""
+    values, notes = translate_keys(values, kind, fields, where)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for note in notes:
+            print(f"r1lab: note: {note}", file=sys.stderr)
+    return values
 
 KINDS = {  # kind -> (config class, what the stage produces)
     "cold_start": (ColdStartConfig, "data"), "sft": (SFTConfig, "checkpoint"), "grpo": (GRPOConfig, "checkpoint"),
@@ -124,6 +135,7 @@ class Wiring:
             raise R1labError(f"{where}: the stage name is used twice (or is the reserved name 'base')")
         cls, output = KINDS[kind]
         fields = {f.name for f in dataclasses.fields(cls)}
+        values = trl_keys(values, kind, fields, where)
         for key in ("model", "teacher", "data", "models"):       # read below, before load_config checks the rest
             if key in values and key in fields:
                 try:

@@ -12,8 +12,8 @@ the same as in TRL where it is an alias; where TRL's values differ the table map
 counterpart is refused naming the ones that have. Options r1lab shares with TRL (learning_rate, beta, epsilon,
 epsilon_high, temperature, top_p, seed, weight_decay, warmup_steps, max_grad_norm, gradient_checkpointing,
 lora_alpha, SFT's max_length) need no entry; scale_rewards has one for TRL's string values.
-Every command's options are rewritten (`r1lab eval --max-completion-length 64` too); recipe and --config keys are
-not (yet).
+Every command's options are rewritten (`r1lab eval --max-completion-length 64` too), and so are the keys of a
+recipe's stage and of a `--config` file (`translate_keys`: `num_generations: 8` is `samples_per_prompt: 8`).
 """
 from __future__ import annotations
 
@@ -166,4 +166,38 @@ def translate(argv: list[str], options: set[str], kind: str | None, where: str) 
             notes.append(f"{name} is TRL's name; r1lab calls it {option(row.ours)}"
                          + (f" ({'; '.join(t for t in (said, row.note) if t)})" if said or row.note else ""))
         out.append(option(row.ours) + (f"={ours}" if eq else ""))
+    return out, notes
+
+
+def translate_keys(values: dict, kind: str, fields: set[str], where: str) -> tuple[dict, list[str]]:
+    """A stage's options (a recipe stage, a --config file) with TRL's keys as r1lab's and a note for each, as
+    `translate` does for options; `fields`: the stage config's field names; `where`: the file and stage, for errors."""
+    out, notes = {}, []
+    for key, value in values.items():
+        row = row_for(key, kind) if isinstance(key, str) else None
+        if row is None or key in fields and (row.ours != key or row.values is None):
+            out[key] = value
+            continue
+        if row.ours is None:
+            raise R1labError(f"{where}: {key} is TRL's name; {row.note}")
+        if row.ours not in fields:
+            raise R1labError(f"{where}: {key} is TRL's name for r1lab's {row.ours}, which a {kind} stage has not")
+        if row.ours != key and row.ours in values:
+            raise R1labError(f"{where}: both {key} (TRL's name) and {row.ours} (r1lab's) are given; keep one")
+        ours = value
+        if row.values is not None and isinstance(value, (str, bool, int)):
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            try:
+                ours = mapped(key, row, text)
+            except R1labError as e:
+                raise R1labError(f"{where}: {e}") from None
+            ours = value if ours == text else ours
+        shown = str(value).lower() if isinstance(value, bool) else value
+        said = f"TRL's {shown} is r1lab's {ours}" if ours != value else ""
+        if row.ours != key:
+            notes.append(f"{where}: {key} is TRL's name; r1lab calls it {row.ours}"
+                         + (f" ({'; '.join(t for t in (said, row.note) if t)})" if said or row.note else ""))
+        elif said:
+            notes.append(f"{where}: {key}: {shown}: {said}")
+        out[row.ours] = ours
     return out, notes

@@ -255,3 +255,42 @@ def test_the_command_line_never_suggests_a_wrong_name_for_a_trl_one(argv, messag
         main(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and "did you mean" not in err
+
+
+def test_trl_keys_in_a_config_file_are_read_as_r1labs(tmp_path, capsys):
+    config = tmp_path / "grpo.yaml"
+    config.write_text("model_name_or_path: tiny-random\nnum_generations: 2\nmax_completion_length: 4\nmax_steps: 1\n"
+                      "prompts_per_step: 2\nmicro_batch_size: 4\nbf16: false\nloss_type: dapo\n")
+    main(["train", "grpo", "--config", str(config), "--out", str(tmp_path / "o")])
+    recorded = (tmp_path / "o" / "config.yaml").read_text()
+    for line in ("samples_per_prompt: 2", "max_new_tokens: 4", "steps: 1", "mixed_precision: 'no'", "loss_aggregation: token"):
+        assert line in recorded
+    err = capsys.readouterr().err
+    assert f"{config}: num_generations is TRL's name; r1lab calls it samples_per_prompt" in err
+    assert "TRL's false is r1lab's no" in err and "TRL's dapo is r1lab's token" in err
+
+
+def test_trl_keys_in_a_recipe_stage_are_read_as_r1labs(tmp_path):
+    from r1lab.pipeline import load_recipe
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: t\nruns_dir: {tmp_path}\nmodel: tiny-random\nstages:\n"
+                      "  - {name: g, kind: grpo, num_generations: 4, num_iterations: 2, max_steps: 3}\n"
+                      f"  - {{name: s, kind: sft, model: base, data: {tmp_path / 'd.jsonl'}, num_train_epochs: 2}}\n")
+    (tmp_path / "d.jsonl").write_text('{"prompt": "p", "completion": "c"}\n')
+    grpo, sft = (stage.config for stage in load_recipe(recipe))
+    assert (grpo.samples_per_prompt, grpo.updates_per_batch, grpo.steps, sft.epochs) == (4, 2, 3, 2)
+
+
+@pytest.mark.parametrize("stage, message", [
+    ("{name: g, kind: grpo, top_k: 50}", "top_k is TRL's name; not built: r1lab samples with --temperature"),
+    ("{name: g, kind: grpo, num_generations: 4, samples_per_prompt: 8}", "both num_generations (TRL's name) and samples_per_prompt"),
+    ("{name: g, kind: grpo, loss_type: bnpo}", "TRL's value has no counterpart"),
+    ("{name: c, kind: compete, num_train_epochs: 2}", "only r1lab's SFT has epochs"),
+])
+def test_a_trl_key_with_no_counterpart_names_the_file_and_stage(tmp_path, stage, message):
+    from r1lab.pipeline import load_recipe
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: t\nruns_dir: {tmp_path}\nmodel: tiny-random\nstages:\n  - {stage}\n")
+    with pytest.raises(R1labError, match=re.escape(message)) as error:
+        load_recipe(recipe)
+    assert str(recipe) in str(error.value)
