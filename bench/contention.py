@@ -83,7 +83,8 @@ def main() -> None:
     from r1lab.hardware import cpu_flags, cpu_name
     simd = " ".join(sorted(f for f in (cpu_flags() or ()) if f.startswith(("avx512_bf16", "amx"))))
     print(f"cpu: {cpu_name()} ({os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}"
-          f"{', ' + simd if simd else ''}), torch {torch.__version__}; competitor: {args.competitor}")
+          f"{', ' + simd if simd else ''}), torch {torch.__version__}; competitor: {args.competitor}; load average "
+          f"before: {os.getloadavg()[0]:.2f} (should be ~0: nothing else running)")
     quiet_default = None
     print(f"{'setting':36s} {'quiet s':>8s} {'loaded s':>9s} {'threads q/l':>11s} {'loaded/quiet default':>21s}")
     for name, env in SETTINGS.items():
