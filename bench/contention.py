@@ -34,10 +34,7 @@ def workload(reps: int) -> dict:
     from r1lab.rollout.engines import make_engine
     from r1lab.threads import ThreadGovernor
 
-    if os.environ.get("R1LAB_AUTO") or os.environ.get("R1LAB_THREADS"):
-        governor = ThreadGovernor()
-    else:
-        governor = None
+    governor = ThreadGovernor() if os.environ.get("R1LAB_AUTO") or os.environ.get("R1LAB_THREADS") else None
     model, tokenizer = load_model("smollm2-135m")
     engine = make_engine("hf", model, tokenizer, seed=0, decode_dtype="float32")
     prompt = [tokenizer("Calculate 12 + 7 + 30. Show your work.")["input_ids"]]

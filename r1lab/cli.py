@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
                              (f"; did you mean {close[0]}?" if close else f"; see {where} --help"))
         if getattr(args, "threads", None):           # read by every stage's thread governor, in workers too
             os.environ["R1LAB_THREADS"] = str(args.threads)
-        if args.command in ("generate", "eval", "serve", "doctor"):
+        if args.command in ("generate", "eval", "serve"):           # doctor's report makes its own
             from r1lab.threads import ThreadGovernor
             ThreadGovernor()                          # once: the cores other processes leave free now
         {"models": cmd_models, "doctor": cmd_doctor, "tasks": cmd_tasks, "generate": cmd_generate, "eval": cmd_eval,

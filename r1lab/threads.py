@@ -2,14 +2,15 @@
 
 Why: torch runs each op on an OpenMP team that meets at a barrier after it. When another process holds
 one of the cores, the team member sharing that core waits for whole scheduler time slices, and every op
-waits for it: on 2 cores a GRPO step ran ~20x slower beside one competing process (issue 31). With one
-thread fewer than the busy cores take, no team member waits (bench/contention.py measures both).
+waits for it: on 2 Zen 4 cores a GRPO-like step ran 2.8-3.5x slower beside one competing process (~20x was
+reported on an Intel AMX CPU under heavier load, issue 31). With one thread per free core no team member waits
+for another process (bench/contention.py: 1.8-2.5x).
 
 How: the other processes' CPU use is the machine's busy time (/proc/stat) minus this process's own
 (`time.process_time`, every thread of it), over the interval since the last look. `choose_threads` is
 the rule; `ThreadGovernor` applies it once at start and then between training steps (`end_step`).
-A fixed count (`--threads N`, which the CLI passes as R1LAB_THREADS) turns the choice off; so does a
-launcher's or the user's OMP_NUM_THREADS, which is the most r1lab ever uses.
+A fixed count (`--threads N`, which the CLI passes as R1LAB_THREADS) turns the choice off; a launcher's or
+the user's OMP_NUM_THREADS is the most it ever picks.
 """
 from __future__ import annotations
 

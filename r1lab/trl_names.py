@@ -184,15 +184,13 @@ def translate_keys(values: dict, kind: str, fields: set[str], where: str) -> tup
             raise R1labError(f"{where}: {key} is TRL's name for r1lab's {row.ours}, which a {kind} stage has not")
         if row.ours != key and row.ours in values:
             raise R1labError(f"{where}: both {key} (TRL's name) and {row.ours} (r1lab's) are given; keep one")
-        ours = value
+        ours, shown = value, str(value).lower() if isinstance(value, bool) else str(value)   # shown: as YAML wrote it
         if row.values is not None and isinstance(value, (str, bool, int)):
-            text = str(value).lower() if isinstance(value, bool) else str(value)
             try:
-                ours = mapped(key, row, text)
+                ours = mapped(key, row, shown)
             except R1labError as e:
                 raise R1labError(f"{where}: {e}") from None
-            ours = value if ours == text else ours
-        shown = str(value).lower() if isinstance(value, bool) else value
+            ours = value if ours == shown else ours
         said = f"TRL's {shown} is r1lab's {ours}" if ours != value else ""
         if row.ours != key:
             notes.append(f"{where}: {key} is TRL's name; r1lab calls it {row.ours}"
