@@ -16,7 +16,8 @@ import yaml
 
 EXPERIMENTS = {"is-rl-needed": "recipes/is_rl_needed.yaml",   # the talk's table
                "rl-gain": "recipes/rl_gain.yaml",              # GRPO's paired gain over its cold start
-               "r1-zero": "recipes/r1_zero.yaml"}              # RL from a base model alone, paired against it
+               "r1-zero": "recipes/r1_zero.yaml",              # RL from a base model alone, paired against it
+               "compete": "recipes/compete.yaml"}              # competition without RL, paired against its cold start
 
 
 def number(kind, interval: str):
@@ -239,7 +240,7 @@ def add_other_parsers(command, model_help: str) -> None:
                    help="requests waiting or running; past it, a 429 (default: %(default)s)")
     v.add_argument("--threads", type=COUNT, metavar="N", help="torch CPU threads (default: the cores other processes "
                    "leave free at start)")
-    x = command("experiment", help="a recipe over several seeds, pooled: is-rl-needed (the talk's table), rl-gain")
+    x = command("experiment", help="a recipe over several seeds, pooled: is-rl-needed (the talk's table), rl-gain, r1-zero, compete")
     x.add_argument("which", choices=list(EXPERIMENTS), help="the experiment (its recipe: " +
                    ", ".join(f"{k}: {v}" for k, v in EXPERIMENTS.items()) + ")")
     x.add_argument("overrides", nargs="*", help="key=value or stage.key=value, for every seed")

@@ -36,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +47,18 @@ from r1lab.config import (ColdStartConfig, CompeteConfig, DistillConfig, EvalCon
                           RejectionConfig, SFTConfig, changed_settings, load_config, settings)
 from r1lab.data import write_atomic
 from r1lab.schema import field_value, folder_name, read_yaml, short_repr
-from r1lab.training import check_world
+from r1lab.training import check_trackers, check_world
 from r1lab.trl_names import translate_keys
+
+
+def clock(seconds: float) -> str:
+    """Elapsed time as a person reads it: 45s, 12m05s, 1h02m."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def trl_keys(values: dict, kind: str, fields: set[str], where: str) -> dict:
@@ -158,6 +169,8 @@ class Wiring:
         values["out"] = str(self.runs / name)
         try:
             config = load_config(cls, None, values)
+            if "report_to" in fields:
+                check_trackers(config.report_to)          # a missing tracker is found now, not after earlier stages ran
         except R1labError as e:
             raise R1labError(f"{where}: {e}") from None
         self.produced[name] = output
@@ -272,7 +285,8 @@ def run_recipe(path: str, overrides: dict[str, str] | None = None, allow_config_
             except R1labError as e:
                 raise R1labError(f"{path}, stage {stage.name!r}: {e}") from None
     lock_folder(stages[0].out.parent)        # one `r1lab run` per run folder (each stage's own writer locks its own)
-    for stage in stages:
+    began = time.monotonic()
+    for number, stage in enumerate(stages, 1):
         done = stage.out / ".done"
         if done.exists():
             recorded = read_yaml(done, "stage record")
@@ -296,7 +310,8 @@ def run_recipe(path: str, overrides: dict[str, str] | None = None, allow_config_
         if allow_config_change and KINDS[stage.kind][1] == "checkpoint":
             accept_settings(stage.out, stage.config)
         launched = num_processes is not None and KINDS[stage.kind][1] == "checkpoint"
-        print(f"[{stage.name}] {stage.kind} -> {stage.out}" + (f" ({num_processes} processes)" if launched else ""), flush=True)
+        print(f"[{stage.name}] {stage.kind} -> {stage.out}" + (f" ({num_processes} processes)" if launched else "")
+              + f"  (stage {number} of {len(stages)}, recipe time so far {clock(time.monotonic() - began)})", flush=True)
         if launched:
             launch_stage(stage, num_processes)
         else:

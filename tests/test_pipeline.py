@@ -5,7 +5,7 @@ import pytest
 
 from r1lab import R1labError
 from r1lab.models import load_model
-from r1lab.pipeline import load_recipe, run_recipe
+from r1lab.pipeline import clock, load_recipe, run_recipe
 
 RECIPE = """
 name: tiny
@@ -96,6 +96,7 @@ def test_a_stage_finished_with_other_settings_stops_until_allowed_then_it_and_wh
     run_recipe(str(path), {"grpo.steps": "6"}, allow_config_change=True)
     out = capsys.readouterr().out
     assert "continuing with changed settings: steps: 4 -> 6" in out and "[eval] reads 'grpo'" in out
+    assert "[grpo] grpo -> " in out and "(stage 3 of 5, recipe time so far " in out   # where the recipe stands
     steps = [json.loads(line)["step"] for line in (runs / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]                                    # continued from its checkpoint
     now = {s: (runs / s / ".done").stat().st_mtime_ns for s in finished}
@@ -107,6 +108,11 @@ def test_a_stage_finished_with_other_settings_stops_until_allowed_then_it_and_wh
     assert not (runs / "eval" / "earlier.jsonl").exists()                # not training: redone afresh, nothing mixed in
 
 
+def test_clock_reads_as_a_person_would():
+    assert [clock(s) for s in (0, 59.9, 60, 725, 3599, 3600, 3720)] == ["0s", "59s", "1m00s", "12m05s", "59m59s",
+                                                                          "1h00m", "1h02m"]
+
+
 def test_overrides(tmp_path):
     path = write_recipe(tmp_path)
     stages = load_recipe(path, {"grpo.steps": "7", "task_options": "{operands: 2}"})
@@ -116,9 +122,9 @@ def test_overrides(tmp_path):
         load_recipe(path, {"grpp.steps": "7"})
 
 
-@pytest.mark.parametrize("name", ["quickstart", "r1_zero", "r1", "distill"])
-def test_shipped_recipes_load(name):
-    assert load_recipe(Path("recipes") / f"{name}.yaml")
+@pytest.mark.parametrize("path", sorted(Path("recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_recipes_load(path):
+    assert load_recipe(path)
 
 
 def test_sigkill_in_the_middle_of_a_stage_then_rerun_finishes(tmp_path):

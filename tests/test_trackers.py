@@ -117,3 +117,15 @@ def test_report_to_mlflow_logs_to_a_local_file_store(tmp_path):
     (run,) = [p for p in (tmp_path / "mlruns").glob("*/*") if (p / "metrics").is_dir()]
     assert [line.split()[1:] for line in (run / "metrics" / "loss").read_text().splitlines()] == [["0.5", "1"], ["0.25", "2"]]
     assert (run / "params" / "learning_rate").read_text() == "0.002"
+
+
+def test_a_recipe_naming_a_missing_tracker_fails_when_it_loads_naming_the_stage(tmp_path, monkeypatch):
+    import accelerate.tracking
+    from r1lab.pipeline import load_recipe
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"name: t\nruns_dir: {tmp_path}\nmodel: tiny-random\nstages:\n  - {{name: cold, kind: cold_start, n: 4}}\n"
+                      "  - {name: sft, kind: sft}\n  - {name: grpo, kind: grpo, report_to: wandb}\n")
+    with pytest.raises(R1labError, match=r"recipe.yaml, stage 'grpo': report_to wandb: wandb not installed"):
+        load_recipe(recipe)
+    assert not (tmp_path / "t").exists()                   # nothing ran: the first stages would have
