@@ -3,12 +3,14 @@ GRPO's gain over its cold start).
 
     r1lab experiment is-rl-needed [--seeds 3] [--recipe recipes/is_rl_needed.yaml] [key=value ...]
     r1lab experiment rl-gain [--seeds 3]                  (recipes/rl_gain.yaml)
+    r1lab experiment r1-zero | compete [--seeds 3]        (recipes/r1_zero.yaml, recipes/compete.yaml)
 
 Runs the recipe once per seed (`runs/<name>_seed<s>/`, each resumable), then pools the held-out
 results of its eval stage: per method, pass@1 and cons@k over all (seed, problem) pairs and pass@1 of
 each seed, in the talk's layout (methods as rows); and each trained method's gain over the checkpoint
 it started from (its stage's `model`, when that is evaluated too), paired on (seed, problem): the eval
-stage samples every model on the same problems with the same per-problem seeds. Writes
+stage samples every model on the same problems with the same per-problem seeds; and, paired the same way,
+each pair of trained methods that started from the same checkpoint (`versus`: compete against GRPO). Writes
 `runs/<name>/experiment.json` and `experiment.md`.
 
 CIs are 95% cluster-bootstrap intervals (r1lab/metrics.py): seeds resampled, then problems within
@@ -62,7 +64,16 @@ def paired_gain(per_seed_rows: list[list[dict]], start_rows: list[list[dict]]) -
     return {"pass@1": gain, "pass@1_ci": paired_cluster_bootstrap_ci(method, start)}
 
 
-def format_experiment(table: dict[str, dict], samples: int, seeds: int, gains: dict[str, dict]) -> str:
+def siblings(gains: dict[str, dict], rows: dict[str, list]) -> dict[str, dict]:
+    """Each pair of trained methods that started from the same checkpoint, paired the same way: 'A - B' ->
+    A's pass@1 minus B's (e.g. competition without RL against GRPO, both over the cold start)."""
+    methods = list(gains)
+    return {f"{a} - {b}": paired_gain(rows[a], rows[b]) for i, a in enumerate(methods) for b in methods[i + 1:]
+            if gains[a]["start"] == gains[b]["start"]}
+
+
+def format_experiment(table: dict[str, dict], samples: int, seeds: int, gains: dict[str, dict],
+                      versus: dict[str, dict] | None = None) -> str:
     head = (f"{'method':22} {'pass@1 [95% CI]':>22} {f'cons@{samples} [95% CI]':>22} {'format [95% CI]':>22}   "
             "pass@1 per seed")
     lines = [head, "-" * (len(head) + 12)]
@@ -75,6 +86,10 @@ def format_experiment(table: dict[str, dict], samples: int, seeds: int, gains: d
         lines += ["", f"{'method':22} {'started from':22} {'pass@1 gain [95% CI], paired':>30}", "-" * 76]
         lines += [f"{method:22} {g['start']:22} {100 * g['pass@1']:+9.1f} [{100 * g['pass@1_ci'][0]:+6.1f}, "
                   f"{100 * g['pass@1_ci'][1]:+6.1f}]" for method, g in gains.items()]
+    if versus:
+        lines += ["", f"{'same start, paired':45} {'pass@1 difference [95% CI]':>30}", "-" * 76]
+        lines += [f"{pair:45} {100 * v['pass@1']:+9.1f} [{100 * v['pass@1_ci'][0]:+6.1f}, {100 * v['pass@1_ci'][1]:+6.1f}]"
+                  for pair, v in versus.items()]
     lines.append(f"\n95% CIs: cluster bootstrap over {seeds} seed(s), then problems within each seed.")
     return "\n".join(lines)
 
@@ -100,11 +115,12 @@ def run_experiment(recipe: str, seeds: int = 3, overrides: dict[str, str] | None
     starts = {s.name: label(s.config.model) for s in runs[0] if s.kind in ("sft", "grpo", "compete")}
     gains = {method: {"start": starts[method], **paired_gain(rows[method], rows[starts[method]])}
              for method in rows if starts.get(method) in rows}
+    versus = siblings(gains, rows)
     out = Path(evals[0].out.parent.parent) / name
     out.mkdir(parents=True, exist_ok=True)
-    text = format_experiment(table, samples, seeds, gains)
+    text = format_experiment(table, samples, seeds, gains, versus)
     (out / "experiment.json").write_text(json.dumps({"recipe": recipe, "seeds": seeds, "samples": samples,
-                                                     "methods": table, "gains": gains}, indent=2))
+                                                     "methods": table, "gains": gains, "versus": versus}, indent=2))
     (out / "experiment.md").write_text(f"# {name} ({recipe}, {seeds} seeds)\n\n```\n{text}\n```\n")
     print(text)
     return out / "experiment.md"

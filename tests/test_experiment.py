@@ -58,6 +58,9 @@ def test_experiment_runs_each_seed_and_pools_the_table(tmp_path, capsys):
     sft, base = (result["methods"][m]["pass@1"] for m in ("sft", "base"))
     assert gains["sft"]["pass@1"] == pytest.approx(sft - base)
     assert gains["sft"]["pass@1_ci"][0] <= gains["sft"]["pass@1"] <= gains["sft"]["pass@1_ci"][1]
+    goal_sft = result["methods"]["goal_sft"]["pass@1"]          # the two trained from the base, against each other
+    assert list(result["versus"]) == ["sft - goal_sft"] and "same start, paired" in printed
+    assert result["versus"]["sft - goal_sft"]["pass@1"] == pytest.approx(sft - goal_sft)
 
 
 @pytest.mark.parametrize("argv", [["rl-gain", "--seeds", "2", "name=x", "sft.mixed_precision=no"],
