@@ -8,8 +8,9 @@ GRPO's gain over its cold start).
 Runs the recipe once per seed (`runs/<name>_seed<s>/`, each resumable), then pools the held-out
 results of its eval stage: per method, pass@1 and cons@k over all (seed, problem) pairs and pass@1 of
 each seed, in the talk's layout (methods as rows); and each trained method's gain over the checkpoint
-it started from (its stage's `model`, when that is evaluated too), paired on (seed, problem): the eval
-stage samples every model on the same problems with the same per-problem seeds; and, paired the same way,
+it started from (its stage's `model`, when that is evaluated too), paired on (seed, problem): an eval
+stage samples every model on the same problems with the same per-problem seeds (and so do several eval
+stages with equal settings: an arm added later brings its own, the earlier results stay); and, paired the same way,
 each pair of trained methods that started from the same checkpoint (`versus`: compete against GRPO). Writes
 `runs/<name>/experiment.json` and `experiment.md`.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from r1lab import R1labError
+from r1lab.config import settings
 from r1lab.evaluate import model_label, read_samples, slug
 from r1lab.metrics import cluster_bootstrap_ci, cons_at_k, paired_cluster_bootstrap_ci
 from r1lab.pipeline import load_recipe, run_recipe
@@ -94,29 +96,52 @@ def format_experiment(table: dict[str, dict], samples: int, seeds: int, gains: d
     return "\n".join(lines)
 
 
+def samples_file(stage, method: str) -> Path:
+    """The eval stage's samples of a method (its model's samples file in this seed's run)."""
+    return next(stage.out / f"{slug(m)}.jsonl" for m in stage.config.models if label(m) == method)
+
+
+def check_pairable(recipe: str, evals: list) -> None:
+    """A recipe's eval stages sample the same problems with the same per-problem seeds (all settings but the
+    models equal), so their methods can be compared problem by problem: e.g. an arm added later with its own
+    eval stage, leaving the first one's results as they are."""
+    first = {k: v for k, v in settings(evals[0].config).items() if k != "models"}
+    for stage in evals[1:]:
+        other = {k: v for k, v in settings(stage.config).items() if k != "models"}
+        differ = [f"{k}: {first[k]!r} / {other[k]!r}" for k in first if first[k] != other[k]]
+        if differ:
+            raise R1labError(f"{recipe}: eval stages {evals[0].name!r} and {stage.name!r} differ ({'; '.join(differ)}): "
+                             "their methods would not be paired; give every eval stage the same settings but models")
+
+
 def run_experiment(recipe: str, seeds: int = 3, overrides: dict[str, str] | None = None) -> Path:
     if seeds < 1:
         raise R1labError(f"--seeds must be >= 1, got {seeds}")
     name = (yaml.safe_load(Path(recipe).read_text()) or {}).get("name", Path(recipe).stem) if Path(recipe).is_file() else None
     name = (overrides or {}).get("name", name)
+    first = [s for s in load_recipe(recipe, {**(overrides or {}), "seed": "0", "name": f"{name}_seed0"}) if s.kind == "eval"]
+    if not first:
+        raise R1labError(f"{recipe}: an experiment needs an eval stage (the held-out table is made from it)")
+    check_pairable(recipe, first)                 # before any training
     runs = []
     for seed in range(seeds):
-        settings = {**(overrides or {}), "seed": str(seed), "name": f"{name}_seed{seed}"}
+        per_seed = {**(overrides or {}), "seed": str(seed), "name": f"{name}_seed{seed}"}
         print(f"=== seed {seed} ===")
-        run_recipe(recipe, settings)
-        runs.append(load_recipe(recipe, settings))
-    evals = [next(s for s in reversed(stages) if s.kind == "eval") for stages in runs]
-    samples = evals[0].config.samples
-    rows = {}                                     # method -> its eval rows, per seed
-    for model in evals[0].config.models:
-        same = [next(m for m in stage.config.models if label(m) == label(model)) for stage in evals]   # in each seed's run
-        rows[label(model)] = [read_samples(stage.out / f"{slug(m)}.jsonl") for stage, m in zip(evals, same)]
+        run_recipe(recipe, per_seed)
+        runs.append(load_recipe(recipe, per_seed))
+    evals = [[s for s in stages if s.kind == "eval"] for stages in runs]      # per seed, in recipe order
+    samples = evals[0][0].config.samples
+    rows = {}                                     # method -> its eval rows, per seed (the first eval stage naming it)
+    for number, stage in enumerate(evals[0]):
+        for method in map(label, stage.config.models):
+            if method not in rows:
+                rows[method] = [read_samples(samples_file(seed_evals[number], method)) for seed_evals in evals]
     table = {method: pooled(per_seed) for method, per_seed in rows.items()}
     starts = {s.name: label(s.config.model) for s in runs[0] if s.kind in ("sft", "grpo", "compete")}
     gains = {method: {"start": starts[method], **paired_gain(rows[method], rows[starts[method]])}
              for method in rows if starts.get(method) in rows}
     versus = siblings(gains, rows)
-    out = Path(evals[0].out.parent.parent) / name
+    out = Path(evals[0][0].out.parent.parent) / name
     out.mkdir(parents=True, exist_ok=True)
     text = format_experiment(table, samples, seeds, gains, versus)
     (out / "experiment.json").write_text(json.dumps({"recipe": recipe, "seeds": seeds, "samples": samples,

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
+from r1lab import R1labError
 from r1lab.cli import main
-from r1lab.experiment import label, paired_gain, pooled
+from r1lab.experiment import label, paired_gain, pooled, run_experiment
 
 TINY = """
 name: tiny_exp
@@ -18,7 +19,8 @@ stages:
   - {{name: cold_small, kind: cold_start, n: 2}}
   - {{name: goal, kind: goal_directed, data: cold_small}}
   - {{name: goal_sft, kind: sft, model: base, data: goal, batch_size: 4, micro_batch_size: 4}}
-  - {{name: eval, kind: eval, models: [base, sft, compete_majority, goal_sft], samples: 2, problems: 3, max_new_tokens: 6}}
+  - {{name: eval, kind: eval, models: [base, sft, compete_majority], samples: 2, problems: 3, max_new_tokens: 6}}
+  - {{name: eval_goal, kind: eval, models: [goal_sft, sft], samples: 2, problems: 3, max_new_tokens: 6}}
 """
 
 
@@ -49,7 +51,7 @@ def test_experiment_runs_each_seed_and_pools_the_table(tmp_path, capsys):
     main(["experiment", "is-rl-needed", "--seeds", "2", "--recipe", str(recipe)])
     printed = capsys.readouterr().out
     result = json.loads((tmp_path / "runs" / "tiny_exp" / "experiment.json").read_text())
-    assert list(result["methods"]) == ["base", "sft", "compete_majority", "goal_sft"]
+    assert list(result["methods"]) == ["base", "sft", "compete_majority", "goal_sft"]    # over both eval stages
     assert all(len(m["per_seed"]) == 2 for m in result["methods"].values())
     assert (tmp_path / "runs" / "tiny_exp_seed1" / "eval" / "eval.json").is_file()
     assert "compete_majority" in printed and "cons@2" in printed and "format [95% CI]" in printed and "cluster bootstrap" in printed
@@ -61,6 +63,15 @@ def test_experiment_runs_each_seed_and_pools_the_table(tmp_path, capsys):
     goal_sft = result["methods"]["goal_sft"]["pass@1"]          # the two trained from the base, against each other
     assert list(result["versus"]) == ["sft - goal_sft"] and "same start, paired" in printed
     assert result["versus"]["sft - goal_sft"]["pass@1"] == pytest.approx(sft - goal_sft)
+
+
+def test_eval_stages_that_would_not_pair_are_refused_naming_them(tmp_path):
+    recipe = tmp_path / "exp.yaml"
+    recipe.write_text(TINY.format(runs=tmp_path / "runs").replace("models: [goal_sft, sft], samples: 2",
+                                                                  "models: [goal_sft, sft], samples: 3"))
+    with pytest.raises(R1labError, match=r"eval stages 'eval' and 'eval_goal' differ \(samples: 2 / 3\)"):
+        run_experiment(str(recipe), seeds=1)
+    assert not (tmp_path / "runs").exists()                 # refused before any stage ran
 
 
 @pytest.mark.parametrize("argv", [["rl-gain", "--seeds", "2", "name=x", "sft.mixed_precision=no"],
