@@ -126,8 +126,11 @@ def resolve_precision(mixed_precision: str, device: torch.device | str = "cpu", 
     if explicit and not native:
         _warn_slow_bf16(", ".join(explicit), why, torch.device(device).type)
     source = "auto" if "auto" in (mixed_precision, rollout_dtype) else "as configured"
-    rule = ("training fp32 (bf16 autocast measured to weaken short fine-tunes); rollouts "
-            + ("bf16: " if native else "fp32: ") if source == "auto" else "")
+    training = ("training fp32 (bf16 autocast measured to weaken short fine-tunes)" if mixed_precision == "auto"
+                else "training as configured")
+    rollouts = "" if rollout_dtype is None else "; rollouts " + (("bf16" if native else "fp32") if rollout_dtype == "auto"
+                                                                 else "as configured")
+    rule = f"{training}{rollouts}: " if source == "auto" else ""
     return Precision(mixed, rollout, f"{source}: {rule}{why}")
 
 

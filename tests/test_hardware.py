@@ -29,6 +29,8 @@ def test_auto_trains_in_fp32_and_samples_in_bf16_where_native():
     chosen = resolve_precision("auto", "cpu", "auto", flags=ZEN4)
     assert (chosen.mixed_precision, chosen.rollout_dtype) == ("no", "bfloat16")
     assert "avx512_bf16" in chosen.describe() and "training fp32" in chosen.reason
+    mixed = resolve_precision("bf16", "cpu", "auto", flags=ZEN4)          # one explicit, one auto: each said as it is
+    assert mixed.reason.startswith("auto: training as configured; rollouts bf16: ") and "training fp32" not in mixed.reason
 
 
 def test_explicit_choices_are_kept_and_bf16_without_support_warns_once(monkeypatch):
