@@ -184,6 +184,8 @@ class CompeteConfig:
                                             # shares with an above-average member of its group; all: every token
     learning_rate: float = 1e-5        # AdamW lr
     max_grad_norm: float = 1.0
+    lora_rank: int = 0                 # 0 = full fine-tuning; > 0 trains LoRA adapters (peft) on all linear layers
+    lora_alpha: int = 32               # LoRA scaling numerator
     mixed_precision: str = "auto"      # "bf16" autocasts training passes; auto: bf16 where the device runs it natively
     rollout_dtype: str = "auto"        # "bfloat16": sample from a bf16 copy of the policy; auto: bf16 where native
     fsdp: bool = False                 # shard parameters, gradients and optimiser state over the processes (FSDP2)

@@ -78,3 +78,21 @@ def test_unlikelihood_starts_where_a_bad_member_departs_from_every_good_one():
     assert shared_prefixes(ids, imitate, 3) == [0, 2, 0, 0, 0, 0]
     imitate = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0])        # two good members: the longer match counts
     assert shared_prefixes([[1, 2, 3, 4], [7, 8, 1], [7, 8, 9]], imitate[:3], 3) == [0, 2, 0]
+
+
+def test_compete_with_lora_trains_adapters_only_and_resumes(tmp_path, monkeypatch):
+    register(monkeypatch, low_ids)
+    values = {"model": "tiny-random", "rewards": "low_ids", "rounds": 2, "prompts_per_step": 2, "samples_per_prompt": 4,
+              "micro_batch_size": 8, "max_new_tokens": 6, "learning_rate": 1e-2, "save_every": 1, "lora_rank": 4,
+              "out": str(tmp_path / "c")}
+    checkpoint = train_compete(load_config(CompeteConfig, None, {**values, "rounds": 1}))
+    assert (checkpoint / "adapter" / "adapter_config.json").is_file()
+    merged, _ = load_model(str(checkpoint))                  # the merged model loads in plain transformers
+    before, _ = load_model("tiny-random")
+    changed = [k for k, v in before.state_dict().items() if not torch.equal(v, merged.state_dict()[k])]
+    assert changed and all("proj" in k for k in changed)     # only the linear layers the adapters sit on moved
+    from r1lab.training import accept_settings
+    accept_settings(tmp_path / "c", load_config(CompeteConfig, None, values))   # as --allow-config-change does
+    train_compete(load_config(CompeteConfig, None, values), resume=True)       # continues from the adapter
+    rounds = [json.loads(line)["step"] for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [1, 2]
