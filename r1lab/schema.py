@@ -45,7 +45,7 @@ CHOICES = {  # field -> its allowed values
     "importance_sampling": ("auto", "on", "off"),      # auto: on when the sampler is not the trainer's computation
     "engine": ("hf", "vllm"),                               # r1lab/rollout/engines.py ENGINES
     "language": ("en", "zh"),
-    "unlikelihood_scope": ("departure", "all"),
+    "unlikelihood_scope": ("departure", "fork", "all"),
     "template": ("r1_zero", "r1_zero_think", "chat", "code", "json_cot", "agentjo"),   # r1lab/templates.py TEMPLATES
 }
 # The names the domain registers, written here so that this module imports nothing from the domain (the

@@ -80,6 +80,15 @@ def test_unlikelihood_starts_where_a_bad_member_departs_from_every_good_one():
     assert shared_prefixes([[1, 2, 3, 4], [7, 8, 1], [7, 8, 9]], imitate[:3], 3) == [0, 2, 0]
 
 
+def test_pushed_tokens_by_scope_hand_computed():
+    from r1lab.algorithms.compete import pushed_tokens
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [0, 1, 1, 1]])      # row 3: a tool result (0) first
+    shared = torch.tensor([2, 0, 1])
+    assert pushed_tokens(mask, shared, "all").tolist() == mask.tolist()
+    assert pushed_tokens(mask, shared, "departure").tolist() == [[0, 0, 1, 1], [1, 1, 1, 0], [0, 1, 1, 1]]
+    assert pushed_tokens(mask, shared, "fork").tolist() == [[0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0]]
+
+
 def test_compete_with_lora_trains_adapters_only_and_resumes(tmp_path, monkeypatch):
     register(monkeypatch, low_ids)
     values = {"model": "tiny-random", "rewards": "low_ids", "rounds": 2, "prompts_per_step": 2, "samples_per_prompt": 4,

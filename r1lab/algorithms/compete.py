@@ -129,7 +129,7 @@ def train_round(cfg, par, policy, tokenizer, flat, imitate, push_down, group_siz
     # (ids, loss mask): a tool's results in an episode are read, not learned
     targets = [(c.token_ids, c.loss_mask or [1] * len(c.token_ids)) if name == "policy" else
                _encoded(tokenizer, c) for name, _, c in flat]
-    shared = (shared_prefixes([ids for ids, _ in targets], imitate, group_size) if cfg.unlikelihood_scope == "departure"
+    shared = (shared_prefixes([ids for ids, _ in targets], imitate, group_size) if cfg.unlikelihood_scope != "all"
               else [0] * len(flat))                # per member: the tokens it shares with a member imitated
     active = [i for i in range(len(flat)) if imitate[i] > 0 or push_down[i] > 0]
     batch_tokens = par.total(sum(sum(targets[i][1]) for i in active))            # the whole batch's
@@ -148,9 +148,9 @@ def train_round(cfg, par, policy, tokenizer, flat, imitate, push_down, group_siz
             mask = batch["loss_mask"]
             loss = sft_loss(logprobs, mask, imitate[rows].to(device()), batch_tokens)
             if cfg.unlikelihood_weight:
-                departed = mask * (torch.arange(mask.shape[1], device=device())[None, :]
-                                   >= torch.tensor([shared[i] for i in rows], device=device())[:, None])   # (b, C)
-                loss = loss + cfg.unlikelihood_weight * unlikelihood_loss(logprobs, departed, push_down[rows].to(device()),
+                pushed = pushed_tokens(mask, torch.tensor([shared[i] for i in rows], device=device()),
+                                       cfg.unlikelihood_scope)                                    # (b, C)
+                loss = loss + cfg.unlikelihood_weight * unlikelihood_loss(logprobs, pushed, push_down[rows].to(device()),
                                                                           batch_tokens)
             par.accelerator.backward(loss * weight)
     return par.clip_grad_norm(policy, cfg.max_grad_norm, step + 1) if learning else 0.0
@@ -173,6 +173,17 @@ def round_metrics(par, flat, totals, parts, failures, imitate, push_down) -> dic
     if "accuracy" in parts:
         row["accuracy"] = row["reward/accuracy"]
     return row
+
+
+def pushed_tokens(mask: torch.Tensor, shared: torch.Tensor, scope: str) -> torch.Tensor:
+    """Which tokens of pushed-down members unlikelihood acts on, (b, C) from the loss mask and each member's
+    shared prefix length (b,): all (every token), departure (from the first token it does not share with a good
+    member on), fork (that first token only: the choice that set it apart; what follows was written from a
+    prefix already chosen, and holds the format tokens a bad member shares with good ones at other positions)."""
+    position = torch.arange(mask.shape[1], device=mask.device)[None, :]
+    if scope == "all":
+        return mask
+    return mask * (position >= shared[:, None] if scope == "departure" else position == shared[:, None])
 
 
 def shared_prefixes(ids: list[list[int]], imitate: torch.Tensor, group_size: int) -> list[int]:
