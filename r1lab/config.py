@@ -180,9 +180,9 @@ class CompeteConfig:
     top_p: float = 1.0
     weight_by_advantage: bool = False  # weight imitated / pushed-down members by |eq. 3 advantage| instead of 1
     unlikelihood_weight: float = 1.0   # weight of pushing below-average members down; 0 switches it off
-    unlikelihood_scope: str = "departure"   # departure: push down only the tokens after the longest prefix a member
-                                            # shares with an above-average member of its group; fork: only the first
-                                            # of them; all: every token
+    unlikelihood_scope: str = "fork"   # fork: push down only the first token where a member departs from every
+                                       # above-average member of its group; departure: that token and all after it
+                                       # (measured to collapse: docs/compete.md); all: every token
     learning_rate: float = 1e-5        # AdamW lr
     max_grad_norm: float = 1.0
     lora_rank: int = 0                 # 0 = full fine-tuning; > 0 trains LoRA adapters (peft) on all linear layers
