@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -45,7 +46,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from r1lab import __version__
+from r1lab import R1labError, __version__
 from r1lab.data import write_atomic
 
 STATE = "trainer_state.pt"
@@ -61,19 +62,17 @@ def save_checkpoint(out: Path, model, tokenizer, state: dict, weights: dict | No
     out = Path(out)
     temporary = out / ".checkpoint.tmp"
     shutil.rmtree(temporary, ignore_errors=True)
-    if hasattr(model, "peft_config") and weights is not None:            # sharded LoRA: from the gathered weights
-        model.save_pretrained(temporary / "adapter", state_dict=weights)
-        model.get_base_model().save_pretrained(temporary, state_dict=merged_lora(model, weights))
-    elif hasattr(model, "peft_config"):
-        model.save_pretrained(temporary / "adapter")
-        copy.deepcopy(model).merge_and_unload().save_pretrained(temporary)
-    else:
-        model.save_pretrained(temporary, state_dict=weights)
-    tokenizer.save_pretrained(temporary)
-    if card is not None:
-        (temporary / CARD).write_text(card, encoding="utf-8")
-    for_older_readers(temporary)
-    torch.save(state, temporary / STATE)
+    try:
+        write_folder(temporary, model, tokenizer, state, weights, card)
+    except Exception as e:                 # safetensors reports a full disk as its own error type, with the OS text
+        shutil.rmtree(temporary, ignore_errors=True)
+        if getattr(e, "errno", None) != errno.ENOSPC and "No space left on device" not in str(e):
+            raise
+        kept = find_checkpoint(out)
+        raise R1labError(f"{out}: the disk is full; the checkpoint of step {state.get('step')} was not written "
+                         + (f"and {kept} is intact: free some space and continue with --resume (recipes resume on "
+                            "their own)" if kept else "and there is no earlier one: free some space and start again")
+                         ) from None
     if keep:
         numbered = out / f"checkpoint-{state['step']}"
         install(linked_copy(temporary, out / f".{numbered.name}.tmp"), numbered)
@@ -82,6 +81,24 @@ def save_checkpoint(out: Path, model, tokenizer, state: dict, weights: dict | No
         for folder in numbered_checkpoints(out)[:-keep]:
             shutil.rmtree(folder)
     return final
+
+
+def write_folder(folder: Path, model, tokenizer, state: dict, weights: dict | None, card: str | None) -> None:
+    """A checkpoint's files in `folder`: weights (merged, with the adapter beside them, for LoRA), tokenizer,
+    card, the trainer state."""
+    if hasattr(model, "peft_config") and weights is not None:            # sharded LoRA: from the gathered weights
+        model.save_pretrained(folder / "adapter", state_dict=weights)
+        model.get_base_model().save_pretrained(folder, state_dict=merged_lora(model, weights))
+    elif hasattr(model, "peft_config"):
+        model.save_pretrained(folder / "adapter")
+        copy.deepcopy(model).merge_and_unload().save_pretrained(folder)
+    else:
+        model.save_pretrained(folder, state_dict=weights)
+    tokenizer.save_pretrained(folder)
+    if card is not None:
+        (folder / CARD).write_text(card, encoding="utf-8")
+    for_older_readers(folder)
+    torch.save(state, folder / STATE)
 
 
 def install(folder: Path, final: Path) -> Path:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from r1lab import R1labError
 from r1lab.checkpoint import find_checkpoint, save_checkpoint
 from r1lab.models import tiny_tokenizer
 
@@ -89,3 +90,21 @@ def test_merged_lora_equals_peft_merge_and_unload():
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert not torch.equal(got["model.layers.0.mlp.up_proj.weight"],
                            model.state_dict()["base_model.model.model.layers.0.mlp.up_proj.base_layer.weight"])
+
+
+def test_a_full_disk_while_saving_is_one_error_and_the_last_checkpoint_stays(tmp_path, monkeypatch):
+    import safetensors
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer, {"rope_theta": 100000.0})
+    first = save_checkpoint(tmp_path, model, tokenizer, {"step": 1})
+    before = (first / "model.safetensors").read_bytes()
+
+    def full(*args, **kwargs):              # safetensors' own error type, as a full disk raised it here
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    monkeypatch.setattr(type(model), "save_pretrained", full)
+    with pytest.raises(R1labError, match=r"the disk is full; the checkpoint of step 2 was not written and .*checkpoint "
+                                         r"is intact: free some space and continue with --resume"):
+        save_checkpoint(tmp_path, model, tokenizer, {"step": 2})
+    assert not (tmp_path / ".checkpoint.tmp").exists()
+    assert find_checkpoint(tmp_path) == first and (first / "model.safetensors").read_bytes() == before
+    assert torch.load(first / "trainer_state.pt")["step"] == 1
