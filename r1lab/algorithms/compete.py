@@ -6,7 +6,8 @@
 Each round samples a group per problem as GRPO does, scores it, and trains by supervised learning
 only: members above their group's mean reward are imitated (NLL), members below it are pushed down
 (unlikelihood, weight `unlikelihood_weight`, 0 switches it off) at the token where each departs from every
-good member (`unlikelihood_scope`, `pushed_tokens`); optionally each is weighted by its eq. 3 advantage. No ratio, no reference model, no value model.
+good member (`unlikelihood_scope`, `pushed_tokens`); optionally each is weighted by its eq. 3 advantage.
+No ratio, no reference model, no value model.
 
 Groups can mix agents and prompt styles (`sources`): each extra source (a model spec, a template)
 adds members to every group; each member records its source and the metrics are kept per source. Only
