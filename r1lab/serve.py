@@ -6,7 +6,7 @@
 Routes: `POST /v1/chat/completions` (messages, temperature, top_p, max_tokens, stop, n, seed, stream,
 stream_options.include_usage, tools, tool_choice; logprobs, top_logprobs and a response_format other
 than text are refused, not ignored: r1lab/serve_request.py), `POST /v1/completions` (plain prompts, not
-streamed: r1lab/serve_completions.py), `GET /v1/models` (with `max_model_len` and this server's
+streamed, with `logprobs` and `echo`: r1lab/serve_completions.py), `GET /v1/models` (with `max_model_len` and this server's
 `max_tokens`), `GET /health`, `GET /metrics` (Prometheus text: requests by status, tokens, queue length)
 and `GET /`, a chat page over the same API (r1lab/static/chat.html). Concurrent requests are batched
 (r1lab/serve_batch.py): a worker thread runs what arrives within `batch_wait_s` as shared generate calls.

@@ -36,6 +36,12 @@ class _Request:
     seed: int | None = None
 
 
+@dataclass
+class _Call:
+    work: object             # a function of no arguments, run on the worker thread
+    future: Future
+
+
 class Batcher:
     """Runs concurrent requests as shared `engine.generate` calls, from one worker thread; `pending`
     counts the requests submitted and not finished (waiting or running)."""
@@ -53,6 +59,16 @@ class Batcher:
             self.pending += 1
         future.add_done_callback(self._finished)
         self.queue.put(_Request(prompt, n, sampling, future, watch, seed))
+        return future
+
+    def call(self, work) -> Future:
+        """A future of `work()`, run on the worker thread between generate calls, so that nothing else uses
+        the model meanwhile (e.g. a scoring pass: r1lab/serve_logprobs.py)."""
+        future: Future = Future()
+        with self.lock:
+            self.pending += 1
+        future.add_done_callback(self._finished)
+        self.queue.put(_Call(work, future))
         return future
 
     def check_room(self, requests: int, max_queue: int) -> None:
@@ -77,10 +93,21 @@ class Batcher:
                     break
             alike = defaultdict(list)
             for request in batch:
-                if request.future.set_running_or_notify_cancel():       # False: cancelled while it waited
+                if not request.future.set_running_or_notify_cancel():   # cancelled while it waited
+                    continue
+                if isinstance(request, _Call):
+                    self._call(request)
+                else:
                     alike[(request.n, request.sampling)].append(request)
             for (n, sampling), requests in alike.items():
                 self._run(requests, n, sampling)
+
+    @staticmethod
+    def _call(call: _Call) -> None:
+        try:
+            call.future.set_result(call.work())
+        except Exception as e:     # the server stays up; the caller gets the error
+            call.future.set_exception(e)
 
     def _run(self, requests: list[_Request], n: int, sampling: Sampling) -> None:
         def watch(k, tokens):

@@ -18,7 +18,8 @@ from the reply, whose call must be parsed).
 
 No field is silently ignored: `seed` is honoured (each sample its own random stream, `Engine.generate`'s
 seeds); `logprobs: true`, `top_logprobs` over 0 and a `response_format` other than {"type": "text"} are refused
-(400 naming the field): the engine keeps no top-k log-probs and constrains no output format.
+(400 naming the field): chat replies carry no log-probs (/v1/completions gives them: r1lab/serve_logprobs.py)
+and no output format is constrained.
 `sampling_fields` and `refuse` are shared with /v1/completions (r1lab/serve_completions.py).
 
 `read_body` bounds the body in bytes and in time: a body not complete within `body_timeout_s` is a 408
