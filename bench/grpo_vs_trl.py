@@ -14,7 +14,8 @@ x G = 4 completions a step, <= 64 new tokens; `realistic`: 8 prompts x G = 8, <=
 temperature 1, beta 0, lr 1e-6, accuracy + format reward, one optimisation pass per batch, the whole
 batch as one micro-batch (small) or micro-batches of 16 (realistic). Precision, the same for both:
 fp32, or bf16 (r1lab: autocast training + bf16 rollouts; TRL: `bf16=True`, on the CPU too); `auto`
-takes what r1lab's `auto` picks on this hardware. TRL keeps its own defaults otherwise (gradient
+runs r1lab's `auto` (its own choice of training and rollout precision on this hardware) against TRL at
+`auto`'s training precision. TRL keeps its own defaults otherwise (gradient
 checkpointing on); `--gradient-checkpointing` turns it on for r1lab too, `--micro-batch` sets r1lab's
 micro-batch (neither changes the update, only memory and speed). r1lab runs no pass for the rows whose
 gradient is exactly zero (beta 0: the rows of groups with equal rewards; `skip_zero_advantage`, on by
@@ -60,8 +61,8 @@ def run_r1lab(steps: int, precision: str, setting: dict, engine: str = "hf", che
                               steps=steps, prompts_per_step=setting["prompts"], samples_per_prompt=setting["G"],
                               micro_batch_size=setting["micro_batch"], max_new_tokens=setting["new_tokens"],
                               temperature=1.0, beta=0.0, learning_rate=LR, save_every=10_000,
-                              mixed_precision="bf16" if precision == "bf16" else "no",
-                              rollout_dtype="bfloat16" if precision == "bf16" else "float32", engine=engine,
+                              mixed_precision={"bf16": "bf16", "auto": "auto"}.get(precision, "no"),
+                              rollout_dtype={"bf16": "bfloat16", "auto": "auto"}.get(precision, "float32"), engine=engine,
                               gradient_checkpointing=checkpointing, skip_zero_advantage=not every_row, out=str(out)))
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
     return {"seconds_per_step": statistics.median(r["step_seconds"] for r in rows),
@@ -70,6 +71,16 @@ def run_r1lab(steps: int, precision: str, setting: dict, engine: str = "hf", che
             "completion_length": statistics.mean(r["completion_length"] for r in rows), "peak_gb": peak_gb(),
             "equal_groups": statistics.mean(r["zero_std_groups"] for r in rows),
             "rows_run": statistics.mean(r["rows_trained"] for r in rows)}
+
+
+def trl_precision(precision: str) -> str:
+    """TRL's precision for ours: `auto` is r1lab's training precision on this hardware (TRL samples with the
+    weights it trains, so r1lab's bf16 sampler under `auto` has no TRL counterpart)."""
+    if precision != "auto":
+        return precision
+    from r1lab.hardware import resolve_precision
+    from r1lab.training import device
+    return "bf16" if resolve_precision("auto", device()).mixed_precision == "bf16" else "fp32"
 
 
 def run_trl(steps: int, precision: str, setting: dict) -> dict:
@@ -148,14 +159,10 @@ def main() -> None:
     args = parser.parse_args()
     setting = {**SETTINGS[args.setting], **({"micro_batch": args.micro_batch} if args.micro_batch else {}),
                "model": args.model, "template": args.template}
-    if args.precision == "auto":
-        from r1lab.hardware import resolve_precision
-        from r1lab.training import device
-        args.precision = "bf16" if resolve_precision("auto", device()).mixed_precision == "bf16" else "fp32"
     if args.only:
         result = (run_r1lab(args.steps, args.precision, setting, args.engine, args.gradient_checkpointing, args.every_row)
                   if args.only == "r1lab"
-                  else run_trl(args.steps, args.precision, setting))
+                  else run_trl(args.steps, trl_precision(args.precision), setting))
         print("RESULT " + json.dumps(result))
         return
     import torch
@@ -179,8 +186,9 @@ def main() -> None:
     print(f"{cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
     print(f"GRPO, {args.model}, template {args.template}, {args.setting}: {setting['prompts']} prompts x {setting['G']} completions, "
-          f"<= {setting['new_tokens']} new tokens, beta 0, {args.steps} steps (median after the first), "
-          f"precision {args.precision} (both), r1lab engine {args.engine}"
+          f"<= {setting['new_tokens']} new tokens, beta 0, {args.steps} steps (median after the first)"
+          + (f", precision {args.precision} (both)" if args.precision != "auto"
+             else f", precision: r1lab auto, TRL {trl_precision('auto')}") + f", r1lab engine {args.engine}"
           + f", r1lab micro-batch {setting['micro_batch']}" + (", r1lab with gradient checkpointing" if args.gradient_checkpointing else ""))
     print(f"{'':18}{'s/step':>8}{'gen tok/s':>11}{'roofline':>10}{'train tok/s':>13}{'mean len':>10}{'peak GB':>9}"
           f"{'equal groups':>14}{'rows run':>10}")
