@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from r1lab.algorithms.sequences import CHUNK_BYTES, lm_head
+from r1lab.algorithms.sequences import CHUNK_BYTES, head_logits, lm_head
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,8 @@ def score(model, ids: list[int], top: int = 0) -> Scored:
     chunk = max(1, CHUNK_BYTES // (4 * (outputs.shape[-1] if head is None else head[0].shape[0])))
     chosen, best = [], []
     for i in range(0, len(ids) - 1, chunk):
-        logits = (outputs[i:i + chunk] if head is None else outputs[i:i + chunk] @ head[0].T).float()   # (n, V)
-        if head is not None and head[1]:
-            logits = torch.tanh(logits / head[1]) * head[1]                                         # softcap
+        part = outputs[i:i + chunk]
+        logits = part.float() if head is None else head_logits(part, *head)                          # (n, V)
         logprobs = logits.log_softmax(-1)
         chosen += logprobs.gather(-1, targets[i:i + chunk, None]).squeeze(-1).tolist()
         values, indices = logprobs.topk(top, dim=-1)

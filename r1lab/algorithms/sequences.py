@@ -195,11 +195,14 @@ def logprobs_from_logits(logits: torch.Tensor, ids: torch.Tensor, temperature: f
     return logprobs, entropy
 
 
+def head_logits(hidden: torch.Tensor, weight: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """softcap(hidden @ weight.T) in fp32, (n, V): the logits `lm_head` describes, for a chunk of positions."""
+    logits = (hidden @ weight.T).float()
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
 def _head_chunk(hidden, weight, ids, temperature: float, softcap: float | None, with_entropy: bool):
-    logits = hidden @ weight.T                                                                      # (n, V)
-    if softcap:
-        logits = torch.tanh(logits.float() / softcap) * softcap
-    return logprobs_from_logits(logits, ids, temperature, with_entropy)
+    return logprobs_from_logits(head_logits(hidden, weight, softcap), ids, temperature, with_entropy)
 
 
 def chunked_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
