@@ -24,7 +24,7 @@ import re
 import statistics
 from pathlib import Path
 
-from tqdm import tqdm
+from r1lab.eta import Progress
 
 from r1lab import R1labError
 from r1lab.checkpoint import set_card_section
@@ -130,7 +130,7 @@ def sample_model(model_spec: str, problems, template, samples: int, sampling, se
     if todo:
         model, tokenizer = load_on_device(model_spec, dtype)
         engine = HFEngine(model, tokenizer, max_batch=batch_problems * samples)
-        with path.open("a") as f, tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"eval {model_spec}",
+        with path.open("a") as f, Progress(total=len(problems), initial=len(problems) - len(todo), desc=f"eval {model_spec}",
                                         unit="problem") as bar:
             if f.tell() == 0:
                 f.write(json.dumps({"settings": settings}) + "\n")

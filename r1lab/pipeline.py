@@ -42,23 +42,13 @@ from pathlib import Path
 
 import yaml
 
-from r1lab import R1labError, is_file
+from r1lab import R1labError, eta, is_file
 from r1lab.config import (ColdStartConfig, CompeteConfig, DistillConfig, EvalConfig, GoalDirectedConfig, GRPOConfig,
                           RejectionConfig, SFTConfig, changed_settings, load_config, settings)
 from r1lab.data import write_atomic
 from r1lab.schema import field_value, folder_name, read_yaml, short_repr
 from r1lab.training import check_trackers, check_world
 from r1lab.trl_names import translate_keys
-
-
-def clock(seconds: float) -> str:
-    """Elapsed time as a person reads it: 45s, 12m05s, 1h02m."""
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def trl_keys(values: dict, kind: str, fields: set[str], where: str) -> dict:
@@ -286,6 +276,9 @@ def run_recipe(path: str, overrides: dict[str, str] | None = None, allow_config_
                 raise R1labError(f"{path}, stage {stage.name!r}: {e}") from None
     lock_folder(stages[0].out.parent)        # one `r1lab run` per run folder (each stage's own writer locks its own)
     began = time.monotonic()
+    runs, timed = stages[0].out.parent, {}
+    for stage in stages:                     # compared with earlier runs' timing.json: the recipe's remaining time
+        timed[stage.name] = eta.fingerprint(settings(stage.config), runs)
     for number, stage in enumerate(stages, 1):
         done = stage.out / ".done"
         if done.exists():
@@ -310,12 +303,20 @@ def run_recipe(path: str, overrides: dict[str, str] | None = None, allow_config_
         if allow_config_change and KINDS[stage.kind][1] == "checkpoint":
             accept_settings(stage.out, stage.config)
         launched = num_processes is not None and KINDS[stage.kind][1] == "checkpoint"
+        later = [eta.previous(runs.parent, s.name, s.kind, timed[s.name]) for s in stages[number:]
+                 if not (s.out / ".done").exists()]
         print(f"[{stage.name}] {stage.kind} -> {stage.out}" + (f" ({num_processes} processes)" if launched else "")
-              + f"  (stage {number} of {len(stages)}, recipe time so far {clock(time.monotonic() - began)})", flush=True)
-        if launched:
-            launch_stage(stage, num_processes)
-        else:
-            run_stage(stage)
+              + f"  (stage {number} of {len(stages)}, recipe time so far {eta.clock(time.monotonic() - began)})", flush=True)
+        resumed, started = stage.out.exists() and any(stage.out.iterdir()), time.monotonic()
+        eta.set_later(later)
+        try:
+            if launched:
+                launch_stage(stage, num_processes)
+            else:
+                run_stage(stage)
+        finally:
+            eta.set_later(None)
         stage.out.mkdir(parents=True, exist_ok=True)
+        eta.record(stage.out, stage.kind, timed[stage.name], time.monotonic() - started, resumed)
         write_atomic(done, yaml.safe_dump(settings(stage.config), sort_keys=False))
     return write_report(str(stages[0].out.parent))

@@ -5,7 +5,8 @@ import pytest
 
 from r1lab import R1labError
 from r1lab.models import load_model
-from r1lab.pipeline import clock, load_recipe, run_recipe
+from r1lab.eta import clock
+from r1lab.pipeline import load_recipe, run_recipe
 
 RECIPE = """
 name: tiny

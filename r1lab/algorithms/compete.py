@@ -24,7 +24,7 @@ import time
 from collections import defaultdict
 
 import torch
-from tqdm import tqdm
+from r1lab.eta import Progress
 
 from r1lab.algorithms.grpo import disable_dropout
 from r1lab.algorithms.losses import compete_weights, sft_loss, unlikelihood_loss
@@ -77,7 +77,7 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     model.train()
 
-    for step in tqdm(range(start, cfg.rounds), initial=start, total=cfg.rounds, desc="compete", unit="round",
+    for step in Progress(range(start, cfg.rounds), initial=start, total=cfg.rounds, desc="compete", unit="round",
                      disable=not par.is_main):
         began = time.perf_counter()
         if par.sharded:

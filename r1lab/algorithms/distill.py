@@ -24,7 +24,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
+from r1lab.eta import Progress
 
 from r1lab import R1labError
 from r1lab.data import resume_appending
@@ -96,7 +96,7 @@ def endpoint_traces(cfg: DistillConfig, problems: list[Problem], template: Templ
             done[(problem.id, index)] = message
 
     with ThreadPoolExecutor(cfg.concurrency) as pool:
-        for _ in tqdm(pool.map(ask, todo), total=len(todo), desc="teacher", unit="request"):
+        for _ in Progress(pool.map(ask, todo), total=len(todo), desc="teacher", unit="request"):
             pass
     return done
 

@@ -97,7 +97,7 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from r1lab.eta import Progress
 
 from r1lab import R1labError
 from r1lab.algorithms.diagnostics import Diagnostics
@@ -248,7 +248,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False):
     def validation_accuracy():
         return validate(engine, run.tokenizer, run.template, validation, cfg.max_new_tokens, run.tools, cfg.max_turns)
 
-    progress = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="grpo", unit="step", disable=not par.is_main)
+    progress = Progress(range(start, cfg.steps), initial=start, total=cfg.steps, desc="grpo", unit="step", disable=not par.is_main)
     for step in progress:
         if par.sharded:
             engine.sync_weights()                           # every process at once: the rollout copy gets the new weights
@@ -319,7 +319,7 @@ class Watch:
         if lines:
             row["warnings"] = lines
         for line in lines if self.main else ():
-            tqdm.write(f"r1lab: warning: step {row['step']}: {line}", file=sys.stderr)
+            Progress.write(f"r1lab: warning: step {row['step']}: {line}", file=sys.stderr)
 
     def postfix(self, row: dict) -> dict:
         active = self.diagnostics.active

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import time
 
-from tqdm import tqdm
+from r1lab.eta import Progress
 
 from r1lab import R1labError
 from r1lab.algorithms.losses import sft_loss
@@ -120,7 +120,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
     start = restore_state(checkpoint, optimizer, scheduler, None, model)
     log = JsonlLog(out / "metrics.jsonl", start, start_trackers(out, cfg)) if par.is_main else None
     model.train()
-    progress = tqdm(range(start, steps), initial=start, total=steps, desc="sft", unit="step", disable=not par.is_main)
+    progress = Progress(range(start, steps), initial=start, total=steps, desc="sft", unit="step", disable=not par.is_main)
     for step in progress:
         began = time.perf_counter()
         batch = sorted((examples[i] for i in order[step * cfg.batch_size:(step + 1) * cfg.batch_size]),

@@ -34,10 +34,10 @@ def rollout(engine: Engine, problems: list[Problem], template: Template, tokeniz
 def rollout_all(engine: Engine, problems: list[Problem], template: Template, tokenizer, n: int, sampling: Sampling,
                 per_batch: int = 8, desc: str = "sampling", tools=(), max_turns: int = 4) -> list[list[Completion]]:
     """`rollout` over many problems, `per_batch` problems at a time, with a progress bar."""
-    from tqdm import tqdm
+    from r1lab.eta import Progress
 
     groups: list[list[Completion]] = []
-    for start in tqdm(range(0, len(problems), per_batch), desc=desc, unit="batch"):
+    for start in Progress(range(0, len(problems), per_batch), desc=desc, unit="batch"):
         groups += rollout(engine, problems[start:start + per_batch], template, tokenizer, n, sampling,
                           tools=tools, max_turns=max_turns)[1]
     return groups
