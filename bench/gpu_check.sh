@@ -26,6 +26,7 @@ BUDGET=${BUDGET:-540}                      # seconds for the whole script
 TMP=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$TMP"' EXIT
 export TOKENIZERS_PARALLELISM=false
+export USE_HUB_KERNELS=0                  # transformers would fetch layer kernels from the Hub at every load
 status=0
 
 figure() { echo "$*" | tee -a "$FIGURES"; }

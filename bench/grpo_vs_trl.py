@@ -121,7 +121,7 @@ def run_trl(steps: int, precision: str, setting: dict) -> dict:
                       gradient_accumulation_steps=1, max_completion_length=setting["new_tokens"], temperature=1.0, beta=0.0,
                       learning_rate=LR, max_steps=steps, logging_steps=1, report_to=[], save_strategy="no",
                       loss_type="grpo", seed=0, disable_tqdm=True)
-    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder), processing_class=tokenizer,
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder, use_kernels=False), processing_class=tokenizer,
                           reward_funcs=reward, args=args, callbacks=[Clock()],
                           train_dataset=Dataset.from_list([{"prompt": k} for k in by_prompt]))
     stamps.append(time.perf_counter())

@@ -187,10 +187,16 @@ def check_spec(spec: str) -> str:
                      f"folder, a .gguf file or a hub id owner/name")
 
 
+# transformers >= 5.2x "kernelizes" a model on CUDA by default (use_kernels=None means True): it fetches layer
+# kernels from Hub repositories at load time, which fails offline and makes the numerics depend on remote code.
+# r1lab loads every model with the library's own layers; the GPU check (bench/gpu_check.sh) found this.
+NO_HUB_KERNELS = {"use_kernels": False}
+
+
 def _from_folder(folder: Path, dtype: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=_dtype(dtype)), tokenizer
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=_dtype(dtype), **NO_HUB_KERNELS), tokenizer
 
 
 def _from_gguf(path: Path, dtype: str):
@@ -198,7 +204,7 @@ def _from_gguf(path: Path, dtype: str):
     if not path.is_file():
         raise R1labError(f"{path}: GGUF file not found")
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=_dtype(dtype))
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=_dtype(dtype), **NO_HUB_KERNELS)
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)   # else save_pretrained refuses the model
     return model, tokenizer
@@ -224,7 +230,8 @@ def _from_hub(model_id: str, dtype: str):
                          f"is not reachable from here. Download it elsewhere and pass the local folder instead "
                          f"(r1lab ... --model /path/to/folder), or use an alias: {', '.join(ALIASES)}")
     try:
-        return (AutoModelForCausalLM.from_pretrained(model_id, dtype=_dtype(dtype), local_files_only=cached),
+        return (AutoModelForCausalLM.from_pretrained(model_id, dtype=_dtype(dtype), local_files_only=cached,
+                                                     **NO_HUB_KERNELS),
                 AutoTokenizer.from_pretrained(model_id, local_files_only=cached))
     except OSError as e:
         raise R1labError(f"model {model_id!r}: could not load {'from the local cache' if cached else 'from the hub'}: "

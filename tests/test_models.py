@@ -80,3 +80,14 @@ def test_embedded_model_converts_once_and_generates(tmp_path, monkeypatch):
         [{"role": "user", "content": "Say hello"}], add_generation_prompt=True, tokenize=False)], 1,
         Sampling(temperature=0, max_new_tokens=8))
     assert out[0][0].text.strip()
+
+
+def test_models_load_without_hub_kernels(tmp_path):
+    """transformers kernelizes by default (plain from_pretrained: use_kernels True), fetching layer kernels from
+    Hub repositories on CUDA, which fails offline (found on the first GPU run); r1lab's loads turn it off."""
+    from transformers import AutoModelForCausalLM
+    model, tokenizer = load_model("tiny-random")
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).use_kernels       # the library's default
+    assert not model.use_kernels and not load_model(str(tmp_path))[0].use_kernels
