@@ -204,7 +204,7 @@ elif ! $PY -c "import trl" 2>/dev/null; then
 else
   for ENGINE in hf vllm; do
     if [[ $ENGINE == vllm ]] && (( HAS_VLLM == 0 )); then figure "bench vllm: not run (vLLM not installed)"; continue; fi
-    if section "bench $ENGINE" $([[ $ENGINE == vllm ]] && echo 100 || echo 70); then
+    if section "bench $ENGINE" $([[ $ENGINE == vllm ]] && echo 100 || echo 150); then
       run $PY bench/grpo_vs_trl.py --steps 5 --precision bf16 --engine "$ENGINE" 2>&1 | tee "$TMP/bench.log" || status=1
       grep -E "^(GRPO|trl |r1lab)|s/step" "$TMP/bench.log" | sed "s/^/bench $ENGINE: /" >> "$FIGURES"
     fi
