@@ -192,7 +192,10 @@ def packages(tmp_path, monkeypatch):
             monkeypatch.setitem(sys.modules, f"{models.GEMMA3_PACKAGE}_part{i}", None)
         monkeypatch.syspath_prepend(str(root))
         return sha
-    return make
+    before = set(sys.modules)
+    yield make
+    for name in [n for n in sys.modules if n.startswith(models.GEMMA3_PACKAGE) and n not in before]:
+        del sys.modules[name]                # the stand-ins imported here, else the real model test imports them
 
 
 def converts_a_tiny_gemma(monkeypatch, sha):
