@@ -4,6 +4,8 @@
 #   .venv/bin/pip install -r bench/requirements.txt            # TRL, the peer in the GRPO bench
 #   .venv/bin/pip install 'vllm>=0.10.2'                        # optional: the vLLM engine
 #   bash bench/gpu_check.sh [FIGURES_FILE]                      # figures: bench/gpu_check.txt by default
+# Offline (no package index there): install the dependencies from carried wheels, r1lab on PYTHONPATH, as
+# docs/gpu.md tells; PY=python3 then names the interpreter that has them.
 # Each section prints its log and appends `section: key value ...` lines to FIGURES_FILE, the one file to
 # copy into README ("GPU"). In order (what the issue asks, most telling first):
 #   1. device    every model-running command on the GPU: eval (pass@1, seconds, peak GPU memory), serve
@@ -15,7 +17,8 @@
 #                seconds a step, state held per process, the checkpoint loaded with from_pretrained
 #   4. ddp       with 2 GPUs: tests/test_distributed.py over NCCL (2 processes = 1, DDP and FSDP2;
 #                `run --num-processes 2`)
-#   5. bench     bench/grpo_vs_trl.py --precision bf16 with r1lab's hf engine, then with the vLLM engine
+#   5. bench     bench/grpo_vs_trl.py --precision bf16 --every-row (from the raw model no group has a spread,
+#                so r1lab would skip every row; --every-row adds the like-for-like run) with r1lab's hf engine, then with the vLLM engine
 #   6. tests     the CUDA-relevant test files (device, sequences, GRPO, SFT, engines)
 # Each section has a time cap and is skipped, saying so, when the 9 minutes would run out.
 set -uo pipefail
@@ -205,7 +208,7 @@ else
   for ENGINE in hf vllm; do
     if [[ $ENGINE == vllm ]] && (( HAS_VLLM == 0 )); then figure "bench vllm: not run (vLLM not installed)"; continue; fi
     if section "bench $ENGINE" $([[ $ENGINE == vllm ]] && echo 100 || echo 150); then
-      run $PY bench/grpo_vs_trl.py --steps 5 --precision bf16 --engine "$ENGINE" 2>&1 | tee "$TMP/bench.log" || status=1
+      run $PY bench/grpo_vs_trl.py --steps 4 --precision bf16 --engine "$ENGINE" --every-row 2>&1 | tee "$TMP/bench.log" || status=1
       grep -E "^(GRPO|trl |r1lab)|s/step" "$TMP/bench.log" | sed "s/^/bench $ENGINE: /" >> "$FIGURES"
     fi
   done
