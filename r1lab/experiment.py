@@ -101,6 +101,14 @@ def samples_file(stage, method: str) -> Path:
     return next(stage.out / f"{slug(m)}.jsonl" for m in stage.config.models if label(m) == method)
 
 
+def eval_rows(path: Path) -> list[dict]:
+    """An eval file's rows; one with none (its eval never ran) is refused by name rather than pooled."""
+    rows = read_samples(path)
+    if not rows:
+        raise R1labError(f"{path}: no eval rows (was its eval stage run?); run the recipe's eval stages, then again")
+    return rows
+
+
 def check_pairable(recipe: str, evals: list) -> None:
     """A recipe's eval stages sample the same problems with the same per-problem seeds (all settings but the
     models equal), so their methods can be compared problem by problem: e.g. an arm added later with its own
@@ -127,15 +135,15 @@ def run_experiment(recipe: str, seeds: int = 3, overrides: dict[str, str] | None
     for seed in range(seeds):
         per_seed = {**(overrides or {}), "seed": str(seed), "name": f"{name}_seed{seed}"}
         print(f"=== seed {seed} ===")
+        runs.append(load_recipe(recipe, per_seed))   # the stages as run (the file may change while they run)
         run_recipe(recipe, per_seed)
-        runs.append(load_recipe(recipe, per_seed))
     evals = [[s for s in stages if s.kind == "eval"] for stages in runs]      # per seed, in recipe order
     samples = evals[0][0].config.samples
     rows = {}                                     # method -> its eval rows, per seed (the first eval stage naming it)
     for number, stage in enumerate(evals[0]):
         for method in map(label, stage.config.models):
             if method not in rows:
-                rows[method] = [read_samples(samples_file(seed_evals[number], method)) for seed_evals in evals]
+                rows[method] = [eval_rows(samples_file(seed_evals[number], method)) for seed_evals in evals]
     table = {method: pooled(per_seed) for method, per_seed in rows.items()}
     starts = {s.name: label(s.config.model) for s in runs[0] if s.kind in ("sft", "grpo", "compete")}
     gains = {method: {"start": starts[method], **paired_gain(rows[method], rows[starts[method]])}

@@ -84,3 +84,24 @@ def test_overrides_are_taken_before_or_after_options(monkeypatch, argv):
     monkeypatch.setattr(r1lab.experiment, "run_experiment", lambda *args: calls.append(args) or "done")
     main(["experiment", *argv])
     assert calls == [("recipes/rl_gain.yaml", 2, {"name": "x", "sft.mixed_precision": "no"})]
+
+
+def test_a_recipe_edited_while_it_runs_pools_the_stages_that_ran(tmp_path, monkeypatch):
+    """The table is made from the stages each seed ran, not from the file as it reads afterwards (an arm and its
+    eval stage appended mid-run once made pooling divide by zero); an eval file without rows is refused by name."""
+    import r1lab.experiment as experiment
+    recipe = tmp_path / "exp.yaml"
+    text = TINY.format(runs=tmp_path / "runs")
+    recipe.write_text(text)
+    real = experiment.run_recipe
+
+    def run_then_edit(path, overrides):
+        out = real(path, overrides)
+        recipe.write_text(text + "  - {name: sft2, kind: sft, model: base, data: cold}\n"
+                                 "  - {name: eval_more, kind: eval, models: [sft2], samples: 2, problems: 3, max_new_tokens: 6}\n")
+        return out
+    monkeypatch.setattr(experiment, "run_recipe", run_then_edit)
+    result = json.loads(run_experiment(str(recipe), seeds=1).with_suffix(".json").read_text())
+    assert list(result["methods"]) == ["base", "sft", "compete_majority", "goal_sft"]
+    with pytest.raises(R1labError, match=r"eval_more/.*no eval rows \(was its eval stage run\?\)"):
+        experiment.eval_rows(tmp_path / "runs" / "tiny_exp_seed0" / "eval_more" / "sft2.jsonl")
