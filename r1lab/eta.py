@@ -68,7 +68,7 @@ def set_later(estimates: list[float | None] | None) -> None:
 
 
 def recipe_left(stage_left: float | None) -> str:
-    """'recipe ~12m05s left' (+ 'and N untimed stages'), or '' outside a recipe or before the running stage has a rate."""
+    """'recipe ~12m05s left' (+ ' + N untimed stages'), or '' outside a recipe or before the running stage has a rate."""
     if _later is None or stage_left is None:
         return ""
     untimed = sum(e is None for e in _later)

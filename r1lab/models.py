@@ -187,7 +187,7 @@ def check_spec(spec: str) -> str:
                      f"folder, a .gguf file or a hub id owner/name")
 
 
-# transformers >= 5.2x "kernelizes" a model on CUDA by default (use_kernels=None means True): it fetches layer
+# transformers (5.25 at least) "kernelizes" a model on CUDA by default (use_kernels=None means True): it fetches layer
 # kernels from Hub repositories at load time, which fails offline and makes the numerics depend on remote code.
 # r1lab loads every model with the library's own layers; the GPU check (bench/gpu_check.sh) found this.
 NO_HUB_KERNELS = {"use_kernels": False}
