@@ -48,14 +48,13 @@ def record(out: Path, kind: str, fingerprint: dict, seconds: float, resumed: boo
 
 def previous(runs: Path, name: str, kind: str, fingerprint: dict) -> float | None:
     """The seconds the latest whole run of stage `name` (kind, settings) took under `runs`, or None if none did."""
-    best = None
+    best, wanted = None, json.loads(json.dumps(fingerprint, default=str))     # as timing.json holds it
     for path in runs.glob(f"*/{name}/timing.json"):
         try:
             seen = json.loads(path.read_text())
         except (OSError, ValueError):
             continue                         # a damaged record is only a missing estimate
-        if (seen.get("kind") == kind and not seen.get("resumed")
-                and json.loads(json.dumps(fingerprint, default=str)) == seen.get("settings")
+        if (seen.get("kind") == kind and not seen.get("resumed") and seen.get("settings") == wanted
                 and (best is None or seen["finished"] > best["finished"])):
             best = seen
     return None if best is None else float(best["seconds"])

@@ -276,9 +276,8 @@ def run_recipe(path: str, overrides: dict[str, str] | None = None, allow_config_
                 raise R1labError(f"{path}, stage {stage.name!r}: {e}") from None
     lock_folder(stages[0].out.parent)        # one `r1lab run` per run folder (each stage's own writer locks its own)
     began = time.monotonic()
-    runs, timed = stages[0].out.parent, {}
-    for stage in stages:                     # compared with earlier runs' timing.json: the recipe's remaining time
-        timed[stage.name] = eta.fingerprint(settings(stage.config), runs)
+    runs = stages[0].out.parent               # each stage's settings, compared with earlier runs' timing.json
+    timed = {stage.name: eta.fingerprint(settings(stage.config), runs) for stage in stages}
     for number, stage in enumerate(stages, 1):
         done = stage.out / ".done"
         if done.exists():
