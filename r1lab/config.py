@@ -98,6 +98,8 @@ class GRPOConfig:
     mixed_precision: str = "auto"      # "bf16": autocast training passes to bfloat16 (fp32 weights, loss math); auto: where native
     # bookkeeping
     seed: int = 0                      # problems, sampling and initialisation
+    full_determinism: bool = False     # deterministic kernels (torch.use_deterministic_algorithms): on a GPU, runs and resumes
+                                       # repeat bit for bit, a little slower (transformers/TRL name); CPU runs already do
     save_every: int = 10               # steps between checkpoints (the last step always saves)
     save_total_limit: int = 0          # checkpoint-<step>/ folders kept, the newest, beside checkpoint/ (the latest, which
                                        # resume reads); 0 = none: each holds the optimiser state too (r1lab/checkpoint.py)
@@ -147,6 +149,8 @@ class SFTConfig:
     dtype: str = "float32"             # weights dtype
     mixed_precision: str = "auto"      # "bf16" autocasts forward/backward; auto: bf16 where the device runs it natively
     seed: int = 0                      # data order
+    full_determinism: bool = False     # deterministic kernels (torch.use_deterministic_algorithms): on a GPU, runs and resumes
+                                       # repeat bit for bit, a little slower (transformers/TRL name); CPU runs already do
     save_every: int = 50               # optimiser steps between checkpoints (the last always saves)
     save_total_limit: int = 0          # checkpoint-<step>/ folders kept, the newest, beside checkpoint/ (the latest, which
                                        # resume reads); 0 = none: each holds the optimiser state too (r1lab/checkpoint.py)
@@ -191,6 +195,8 @@ class CompeteConfig:
     rollout_dtype: str = "auto"        # "bfloat16": sample from a bf16 copy of the policy; auto: bf16 where native
     fsdp: bool = False                 # shard parameters, gradients and optimiser state over the processes (FSDP2)
     seed: int = 0
+    full_determinism: bool = False     # deterministic kernels (torch.use_deterministic_algorithms): on a GPU, runs and resumes
+                                       # repeat bit for bit, a little slower (transformers/TRL name); CPU runs already do
     save_every: int = 10               # rounds between checkpoints (the last always saves)
     save_total_limit: int = 0          # checkpoint-<step>/ folders kept, the newest, beside checkpoint/ (the latest, which
                                        # resume reads); 0 = none: each holds the optimiser state too (r1lab/checkpoint.py)

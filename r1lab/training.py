@@ -71,9 +71,15 @@ def choose_precision(out: Path, mixed_precision: str, rollout_dtype: str | None 
     return precision
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, full_determinism: bool = False) -> None:
+    """Seed Python's and torch's generators; with `full_determinism`, also make torch choose deterministic kernels
+    for the rest of the process (on a GPU: cuBLAS's fixed workspace, memory-efficient attention's deterministic
+    backward; without them a resumed GPU run drifted 3e-3 from an uninterrupted one, docs/gpu.md)."""
     random.seed(seed)
     torch.manual_seed(seed)
+    if full_determinism:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
 
 
 def check_inputs(config) -> None:
@@ -218,6 +224,7 @@ def training_state(step: int, optimizer, scheduler, generator: torch.Generator |
     saved under its name; restore_state gives it back."""
     return {"step": step, "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "generator": generator.get_state() if generator is not None else None,
             **{name: extra.state_dict() for name, extra in (extras or {}).items()}}
 
@@ -279,6 +286,9 @@ def restore_state(checkpoint: Path | None, optimizer, scheduler, generator: torc
         group.update(hyper, lr=hyper["initial_lr"] * factor(scheduler.last_epoch))
     torch.set_rng_state(state["torch_rng"])
     random.setstate(state["python_rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():             # (checkpoints before 2026-12-04 lack it)
+        for index, rng in enumerate(state["cuda_rng"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(rng, index)
     if generator is not None and state["generator"] is not None:
         generator.set_state(state["generator"])
     for name, extra in (extras or {}).items():

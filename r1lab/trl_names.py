@@ -11,7 +11,7 @@ note), or is refused with what r1lab does instead: never a "did you mean" to an 
 the same as in TRL where it is an alias; where TRL's values differ the table maps them, and a TRL value with no
 counterpart is refused naming the ones that have. Options r1lab shares with TRL (learning_rate, beta, epsilon,
 epsilon_high, temperature, top_p, seed, weight_decay, warmup_steps, max_grad_norm, gradient_checkpointing,
-lora_alpha, SFT's max_length) need no entry; scale_rewards has one for TRL's string values.
+lora_alpha, full_determinism, SFT's max_length) need no entry; scale_rewards has one for TRL's string values.
 Every command's options are rewritten (`r1lab eval --max-completion-length 64` too), and so are the keys of a
 recipe's stage and of a `--config` file (`translate_keys`: `num_generations: 8` is `samples_per_prompt: 8`).
 """

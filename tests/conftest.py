@@ -23,6 +23,15 @@ def threads_restored():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def determinism_restored():
+    """`full_determinism` switches torch's deterministic kernels on process-wide: it may not leak into the next test."""
+    import torch
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
 @pytest.fixture
 def start_scripted():
     """start(reply, tokenizer, delay=0, whole_prompt=False, **server_options) -> (engine, url): a server over a
@@ -38,3 +47,13 @@ def start_scripted():
     yield start
     for server in servers:
         server.should_exit = True
+
+
+def pytest_configure(config):
+    """On a GPU, the tests that compare two runs at 1e-6 (a resumed run against an uninterrupted one, skipped rows
+    against computed ones) need CUDA's deterministic kernels; CPU kernels already are.
+    R1LAB_TEST_CUDA_NONDETERMINISTIC=1 leaves CUDA's defaults (to see what they change)."""
+    import torch
+    if torch.cuda.is_available() and not os.environ.get("R1LAB_TEST_CUDA_NONDETERMINISTIC"):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)

@@ -57,7 +57,7 @@ def train_compete(cfg: CompeteConfig, resume: bool = False):
     problems = get_task(cfg.task, **cfg.task_options).problems("train", cfg.rounds * cfg.prompts_per_step, cfg.seed)
     out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)       # every input read: now it writes
     precision = choose_precision(out, cfg.mixed_precision, cfg.rollout_dtype, par.is_main)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed, cfg.full_determinism)
     model, tokenizer = load_policy(cfg.model, checkpoint, "float32", cfg.lora_rank, cfg.lora_alpha, False)
     disable_dropout(model)                                   # as in GRPO (TRL: disable_dropout)
     policy_engine = HFEngine(model, tokenizer, seed=cfg.seed, decode_dtype=precision.rollout_dtype, own_copy=par.sharded)

@@ -210,7 +210,7 @@ def setup(cfg: GRPOConfig, resume: bool) -> tuple[Run, Path, Path | None, list[P
     use_is, why = importance_sampling_on(cfg.importance_sampling, cfg.engine, cfg.dtype, precision)
     if par.is_main:
         print(f"importance sampling: {'on, cap ' + str(cfg.importance_sampling_cap) if use_is else 'off'} ({why})")
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed, cfg.full_determinism)
     validation = problems[len(problems) - cfg.validation_problems:] if cfg.validation_problems else []
     problems = problems[:len(problems) - len(validation)]                      # what training draws from
     model, tokenizer = load_policy(cfg.model, checkpoint, cfg.dtype, cfg.lora_rank, cfg.lora_alpha,

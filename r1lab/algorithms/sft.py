@@ -101,7 +101,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False):
     pairs, template, tools = load_pairs(cfg.data), get_template(cfg.template), load_tools(cfg.tools)
     out, checkpoint = prepare_run(cfg.out, cfg, resume, write=par.is_main)       # every input read: now it writes
     precision = choose_precision(out, cfg.mixed_precision, None, par.is_main)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed, cfg.full_determinism)
     model, tokenizer = load_policy(cfg.model, checkpoint, cfg.dtype, cfg.lora_rank, cfg.lora_alpha,
                                    cfg.gradient_checkpointing)
     max_length = cfg.max_length or context_length(model)

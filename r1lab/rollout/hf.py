@@ -20,6 +20,7 @@ through GRPO's truncated importance weights min(pi_old / pi_sampler, C) (algorit
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -68,6 +69,16 @@ def sample_tokens(logprobs: torch.Tensor, top_p: float, generator) -> torch.Tens
     inside = blocks.gather(1, block[..., None].expand(-1, -1, CDF_BLOCK)).squeeze(1).double().cumsum(-1) + before
     chosen = (block * CDF_BLOCK + torch.searchsorted(inside, u, right=True).clamp_max(CDF_BLOCK - 1)).clamp_max(width - 1)
     return (chosen if order is None else order.gather(-1, chosen)).squeeze(-1)
+
+
+def decode_attention(device: torch.device):
+    """On a GPU, attention without cuDNN's kernel while decoding: torch's SDPA picks it for bf16 on recent GPUs,
+    and it plans anew for every key length, i.e. at every token (measured on an H200: bf16 decode 2.5x slower
+    than fp32, docs/gpu.md). Flash / memory-efficient attention have no such cost. Elsewhere, torch's choice."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 class HFEngine:
@@ -119,7 +130,7 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with packed_linears(self.model, min(self.max_batch, len(ids) * n), self._packs):
+            with packed_linears(self.model, min(self.max_batch, len(ids) * n), self._packs), decode_attention(self.model.device):
                 for start in range(0, len(ids), per_chunk):
                     chunk_seeds = None if seeds is None else seeds[start:start + per_chunk]
                     samples += self._generate_chunk(ids[start:start + per_chunk], n, sampling, watch, start * n, chunk_seeds)
