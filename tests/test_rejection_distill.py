@@ -5,8 +5,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import r1lab.algorithms.distill as distill
+from r1lab import R1labError
 from r1lab.algorithms.distill import run_distill, trace_completion
 from r1lab.algorithms.rejection import rejection_reason, select
+from r1lab.algorithms.sft import load_pairs
 from r1lab.config import DistillConfig, ReadabilityFilters, load_config
 from r1lab.rollout import Sample, to_completion
 from r1lab.tasks import get_task
@@ -74,6 +76,7 @@ def test_reasoning_content_becomes_the_think_part():
 class Teacher(BaseHTTPRequestHandler):
     """An OpenAI-compatible endpoint: answers correctly with reasoning_content; every 3rd request is a 429."""
     requests = []
+    error = 0                          # added to every answer
     lock = threading.Lock()
 
     def do_POST(self):
@@ -88,7 +91,7 @@ class Teacher(BaseHTTPRequestHandler):
             return
         question = body["messages"][-1]["content"].removeprefix("Calculate ")
         reply = {"choices": [{"message": {"role": "assistant", "reasoning_content": f"I add: {question}.",
-                                          "content": str(eval(question))}}]}
+                                          "content": str(eval(question) + Teacher.error)}}]}
         data = json.dumps(reply).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -119,5 +122,23 @@ def test_distill_from_an_endpoint_retries_and_resumes(tmp_path, monkeypatch):
         asked = len(Teacher.requests)
         run_distill(cfg)                                         # everything cached: no new requests
         assert len(Teacher.requests) == asked
+    finally:
+        server.shutdown()
+
+
+def test_sft_on_a_distillation_that_kept_nothing_says_why(tmp_path, monkeypatch):
+    monkeypatch.setattr(distill, "BACKOFF_SECONDS", 0.01)
+    monkeypatch.setattr(Teacher, "error", 1)
+    monkeypatch.setenv("TEACHER_KEY", "secret")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Teacher)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = load_config(DistillConfig, None, {"teacher": f"http://127.0.0.1:{server.server_port}/v1",
+                                                "api_key_env": "TEACHER_KEY", "problems": "3", "out": str(tmp_path / "d")})
+        data = run_distill(cfg)
+        assert json.loads((tmp_path / "d" / "summary.json").read_text())["kept"] == 0
+        with pytest.raises(R1labError, match=r"no rows: the stage that wrote it kept none of its 3 samples "
+                                             r"\(dropped: \{'incorrect': 3\}\)"):
+            load_pairs(str(data))                                # what the SFT stage after it reads
     finally:
         server.shutdown()

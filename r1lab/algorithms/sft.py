@@ -13,8 +13,10 @@ the loss's denominator is the whole batch's, so the update equals the one-proces
 """
 from __future__ import annotations
 
+import json
 import random
 import time
+from pathlib import Path
 
 from r1lab.eta import Progress
 
@@ -67,8 +69,19 @@ def load_pairs(path: str) -> list[tuple[str, str, str]]:
             raise R1labError(f"{where}: field 'prefix' must be a string")
         pairs.append((row["prompt"], row.get("prefix", ""), row["completion"]))
     if not pairs:
-        raise R1labError(f"{path}: no rows")
+        raise R1labError(f"{path}: no rows{why_empty(path)}")
     return pairs
+
+
+def why_empty(path) -> str:
+    """What the rejection or distillation stage that wrote an empty data file dropped (its summary.json), if it did."""
+    summary = Path(path).with_name("summary.json")
+    try:
+        kept = json.loads(summary.read_text())
+        return (f": the stage that wrote it kept none of its {kept['sampled']} samples (dropped: {kept['dropped']}); "
+                "a stronger model, more problems or samples, or looser filters would keep some")
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def context_length(model) -> int:
