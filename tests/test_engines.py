@@ -267,3 +267,15 @@ def test_where_packing_is_unavailable_decoding_falls_back_to_the_models_own_line
     engine = HFEngine(model, tokenizer, seed=0)
     assert [s.token_ids for s in engine.generate(["Calculate 1 + 2"], 1, greedy)[0]] == expected
     assert not engine._packs
+
+
+def test_gpu_decoding_leaves_out_cudnn_attention_and_restores_it():
+    """cuDNN's attention plans anew for every key length (every token): decoding on a GPU leaves it out (docs/gpu.md)."""
+    from r1lab.rollout.hf import decode_attention
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with decode_attention(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with decode_attention(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before

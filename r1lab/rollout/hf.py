@@ -130,7 +130,8 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with packed_linears(self.model, min(self.max_batch, len(ids) * n), self._packs), decode_attention(self.model.device):
+            with (packed_linears(self.model, min(self.max_batch, len(ids) * n), self._packs),
+                  decode_attention(self.model.device)):
                 for start in range(0, len(ids), per_chunk):
                     chunk_seeds = None if seeds is None else seeds[start:start + per_chunk]
                     samples += self._generate_chunk(ids[start:start + per_chunk], n, sampling, watch, start * n, chunk_seeds)
