@@ -64,9 +64,10 @@ def save_checkpoint(out: Path, model, tokenizer, state: dict, weights: dict | No
     shutil.rmtree(temporary, ignore_errors=True)
     try:
         write_folder(temporary, model, tokenizer, state, weights, card)
-    except Exception as e:                 # safetensors reports a full disk as its own error type, with the OS text
+    except Exception as e:
+        full = disk_full(e, out)
         shutil.rmtree(temporary, ignore_errors=True)
-        if getattr(e, "errno", None) != errno.ENOSPC and "No space left on device" not in str(e):
+        if not full:
             raise
         kept = find_checkpoint(out)
         raise R1labError(f"{out}: the disk is full; the checkpoint of step {state.get('step')} was not written "
@@ -81,6 +82,22 @@ def save_checkpoint(out: Path, model, tokenizer, state: dict, weights: dict | No
         for folder in numbered_checkpoints(out)[:-keep]:
             shutil.rmtree(folder)
     return final
+
+
+FULL_BELOW = 256 * 2**20              # bytes free under which a failed write is taken for a full disk
+
+
+def disk_full(error: Exception, folder: Path) -> bool:
+    """Whether a failed write was the disk filling up. Each writer says it its own way: the OS error (ENOSPC),
+    safetensors its own error type with the OS text, torch.save's zip writer only "unexpected pos" (a short
+    write, seen on 2026-12-04); so the free space left, looked at before the partial files are removed, decides
+    too."""
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < FULL_BELOW
+    except OSError:
+        return False
 
 
 def write_folder(folder: Path, model, tokenizer, state: dict, weights: dict | None, card: str | None) -> None:

@@ -108,3 +108,23 @@ def test_a_full_disk_while_saving_is_one_error_and_the_last_checkpoint_stays(tmp
     assert not (tmp_path / ".checkpoint.tmp").exists()
     assert find_checkpoint(tmp_path) == first and (first / "model.safetensors").read_bytes() == before
     assert torch.load(first / "trainer_state.pt")["step"] == 1
+
+
+def test_a_short_write_on_a_full_disk_is_the_same_error(tmp_path, monkeypatch):
+    """torch.save's zip writer reports a full disk only as a short write ("unexpected pos"): the free space decides."""
+    import shutil as shutil_module
+    import r1lab.checkpoint as checkpoint
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer, {})
+    save_checkpoint(tmp_path, model, tokenizer, {"step": 1})
+
+    def short_write(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2011147904 vs 2011147796")
+    monkeypatch.setattr(checkpoint.torch, "save", short_write)
+    with pytest.raises(RuntimeError, match="unexpected pos"):          # plenty of room: not a full disk, raised as it is
+        save_checkpoint(tmp_path, model, tokenizer, {"step": 2})
+    usage = shutil_module.disk_usage(tmp_path)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage._replace(free=10 * 2**20))
+    with pytest.raises(R1labError, match=r"the disk is full; the checkpoint of step 2 was not written and .*intact"):
+        save_checkpoint(tmp_path, model, tokenizer, {"step": 2})
+    assert not (tmp_path / ".checkpoint.tmp").exists()
