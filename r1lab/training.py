@@ -78,8 +78,13 @@ def seed_everything(seed: int, full_determinism: bool = False) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
     if full_determinism:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        deterministic_kernels()
+
+
+def deterministic_kernels() -> None:
+    """torch's deterministic kernels from now on, cuBLAS's included (its fixed workspace)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
 
 
 def check_inputs(config) -> None:

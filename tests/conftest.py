@@ -54,6 +54,6 @@ def pytest_configure(config):
     against computed ones) need CUDA's deterministic kernels; CPU kernels already are.
     R1LAB_TEST_CUDA_NONDETERMINISTIC=1 leaves CUDA's defaults (to see what they change)."""
     import torch
+    from r1lab.training import deterministic_kernels
     if torch.cuda.is_available() and not os.environ.get("R1LAB_TEST_CUDA_NONDETERMINISTIC"):
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        deterministic_kernels()
