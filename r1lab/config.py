@@ -95,7 +95,7 @@ class GRPOConfig:
     gradient_checkpointing: bool = False   # recompute activations in backward: less memory, ~35% slower
     fsdp: bool = False                 # shard parameters, gradients and optimiser state over the processes (FSDP2)
     dtype: str = "float32"             # weights dtype: float32 or bfloat16
-    mixed_precision: str = "auto"      # "bf16": autocast training passes to bfloat16 (fp32 weights, loss math); auto: where native
+    mixed_precision: str = "auto"      # "bf16": autocast training passes (fp32 weights, loss math); auto: fp32 (bf16 rollouts: rollout_dtype)
     # bookkeeping
     seed: int = 0                      # problems, sampling and initialisation
     full_determinism: bool = False     # deterministic kernels (torch.use_deterministic_algorithms): on a GPU, runs and resumes
@@ -147,7 +147,7 @@ class SFTConfig:
     gradient_checkpointing: bool = False   # recompute activations in backward
     fsdp: bool = False                 # shard parameters, gradients and optimiser state over the processes (FSDP2)
     dtype: str = "float32"             # weights dtype
-    mixed_precision: str = "auto"      # "bf16" autocasts forward/backward; auto: bf16 where the device runs it natively
+    mixed_precision: str = "auto"      # "bf16" autocasts forward/backward; auto: fp32 (bf16 autocast measured to weaken short fine-tunes)
     seed: int = 0                      # data order
     full_determinism: bool = False     # deterministic kernels (torch.use_deterministic_algorithms): on a GPU, runs and resumes
                                        # repeat bit for bit, a little slower (transformers/TRL name); CPU runs already do
@@ -191,7 +191,7 @@ class CompeteConfig:
     max_grad_norm: float = 1.0
     lora_rank: int = 0                 # 0 = full fine-tuning; > 0 trains LoRA adapters (peft) on all linear layers
     lora_alpha: int = 32               # LoRA scaling numerator
-    mixed_precision: str = "auto"      # "bf16" autocasts training passes; auto: bf16 where the device runs it natively
+    mixed_precision: str = "auto"      # "bf16" autocasts training passes; auto: fp32 (bf16 rollouts: rollout_dtype)
     rollout_dtype: str = "auto"        # "bfloat16": sample from a bf16 copy of the policy; auto: bf16 where native
     fsdp: bool = False                 # shard parameters, gradients and optimiser state over the processes (FSDP2)
     seed: int = 0

@@ -35,7 +35,7 @@ RANGES = {  # field -> the interval its value must lie in; "Class.field" where o
 }
 CHOICES = {  # field -> its allowed values
     "lr_schedule": ("constant", "linear", "cosine"),
-    "mixed_precision": ("auto", "no", "bf16"),          # auto: bf16 only where the device runs it natively
+    "mixed_precision": ("auto", "no", "bf16"),          # auto: fp32 training (hardware.py says why)
     "rollout_dtype": ("auto", "float32", "bfloat16"),   # (r1lab/hardware.py)
     "dtype": ("float32", "bfloat16"),
     "loss_aggregation": ("sample", "token", "constant"),   # r1lab/algorithms/losses.py AGGREGATIONS
