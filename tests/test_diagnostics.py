@@ -37,12 +37,24 @@ def test_the_no_signal_warning_says_what_to_try():
 
 @pytest.mark.parametrize("key, values, fires", [
     ("truncated", [0.5, 0.6, 0.5], True), ("truncated", [0.5, 0.49, 0.5], False),
-    ("entropy", [0.04, 0.01, 0.049], True), ("entropy", [0.04, 0.05, 0.04], False),
+    ("entropy", [0.3, 0.04, 0.01, 0.049], True), ("entropy", [0.3, 0.04, 0.05, 0.04], False),
     ("sampler_mismatch", [0.2, 0.11, 0.5], True), ("sampler_mismatch", [0.2, 0.1, 0.5], False),
 ])
 def test_each_threshold_must_hold_three_steps_running(key, values, fires):
     code = {"truncated": "truncation", "entropy": "entropy_collapse", "sampler_mismatch": "sampler_mismatch"}[key]
     assert feed([{key: v} for v in values])[-1] == ([code] if fires else [])
+
+
+def test_entropy_collapse_is_a_fall_from_the_first_step_not_a_low_level():
+    """A cold start on templated traces begins near the floor (gemma3-270m's rl-gain runs: 0.06-0.09, then 0.02-0.05
+    with groups still spread in 29 of 30 steps): below 0.05 warns only once below a quarter of the first step's."""
+    assert feed([{"entropy": e} for e in [0.08, 0.03, 0.025, 0.021]])[-1] == []
+    assert feed([{"entropy": e} for e in [0.08, 0.019, 0.015, 0.01]])[-1] == ["entropy_collapse"]
+    assert feed([{}, {"entropy": 0.08}, {"entropy": 0.019}, {"entropy": 0.015}, {"entropy": 0.01}])[-1] == \
+        ["entropy_collapse"]                                       # the first step with an entropy is the reference
+    watch = Diagnostics()
+    message = [a.message for e in [3.0, 0.04, 0.03, 0.02] for a in watch.check({"entropy": e})][0]
+    assert message.startswith("entropy collapse: 0.020 nats per token for 3 steps, from 3.000 at the first step;")
 
 
 def test_a_missing_metric_counts_as_the_condition_not_holding():

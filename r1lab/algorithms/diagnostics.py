@@ -18,8 +18,10 @@ The checks, and why each is worth a line:
   earn the reward.
 - truncation: >= 50% of completions hit max_new_tokens (`truncated`) for 3 steps: their answers are cut off,
   so accuracy and format read 0 whatever the reasoning.
-- entropy_collapse: the policy's token entropy (`entropy`, nats per token) below 0.05 for 3 steps: the G
-  samples of a group become the same text, groups become all-equal and learning stops.
+- entropy_collapse: the policy's token entropy (`entropy`, nats per token) below 0.05 and below a quarter of the
+  first step's for 3 steps: the G samples of a group become the same text, groups become all-equal and learning
+  stops. A fall, not a level: a cold start on templated traces begins near 0.05 (gemma3-270m's: 0.06-0.09) with
+  most tokens fixed by the template and the few that matter (the numbers) still varied, and groups still spread.
 - length_collapse: the mean completion length below a quarter of the first step's for 3 steps (and the
   first step's at least 8 tokens): the policy found a short reply that scores, usually no reasoning at all.
 - reward_hacking: over the last 5 steps against the 5 before them, the format reward rose by >= 0.1 while
@@ -35,6 +37,7 @@ from typing import Callable, NamedTuple
 NO_SIGNAL_SHARE = 0.9              # share of groups whose rewards are all equal
 TRUNCATED_SHARE = 0.5              # share of completions that hit max_new_tokens
 ENTROPY_FLOOR = 0.05               # nats per token
+ENTROPY_FALL = 0.25                # of the first step's entropy
 LENGTH_SHARE = 0.25                # of the first step's mean completion length
 LENGTH_MIN_FIRST = 8               # tokens: shorter first steps are not judged
 HACK_WINDOW = 5                    # steps in each of the two windows compared
@@ -81,12 +84,13 @@ def truncation(rows: list[dict]) -> str | None:
 
 
 def entropy_collapse(rows: list[dict]) -> str | None:
-    """The latest step's token entropy below ENTROPY_FLOOR."""
+    """The latest step's token entropy below ENTROPY_FLOOR and below ENTROPY_FALL of the first step's that has one."""
+    first = next((r["entropy"] for r in rows if isinstance(r.get("entropy"), (int, float))), None)
     entropy = rows[-1].get("entropy")
-    if entropy is None or entropy >= ENTROPY_FLOOR:
+    if entropy is None or entropy >= ENTROPY_FLOOR or entropy >= ENTROPY_FALL * first:
         return None
-    return (f"entropy collapse: {entropy:.3f} nats per token for {PATIENCE} steps, a group's samples are nearly the "
-            "same text; raise "
+    return (f"entropy collapse: {entropy:.3f} nats per token for {PATIENCE} steps, from {first:.3f} at the first step; "
+            "a group's samples are nearly the same text; raise "
             "temperature, lower learning_rate, raise beta, use clip-higher (epsilon_high 0.28), or a shorter cold start")
 
 
