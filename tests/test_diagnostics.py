@@ -59,7 +59,7 @@ def test_entropy_collapse_is_a_fall_from_the_first_step_not_a_low_level():
 
 def test_a_missing_metric_counts_as_the_condition_not_holding():
     """No entropy is logged when no row was trained: that step neither warns nor continues a streak."""
-    assert feed([{"entropy": 0.01}, {"entropy": 0.01}, {}, {"entropy": 0.01}]) == [[]] * 4
+    assert feed([{"entropy": 1.0}, {"entropy": 0.01}, {"entropy": 0.01}, {}, {"entropy": 0.01}]) == [[]] * 5
 
 
 def test_length_collapse_is_measured_against_the_first_step():
