@@ -50,6 +50,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from r1lab import R1labError
+from r1lab.allocator import keep_freed_memory
 from r1lab.threads import ThreadGovernor
 
 
@@ -60,6 +61,7 @@ class Parallel:
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
         self.threads = ThreadGovernor()         # torch's threads: the cores other processes leave free
+        keep_freed_memory()                     # a step's buffers reused, not faulted in anew (r1lab/allocator.py)
         if self.sharded and not torch.distributed.is_initialized():        # one process, not launched: a group of one
             torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
                                                  store=torch.distributed.HashStore(), rank=0, world_size=1)

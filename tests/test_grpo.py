@@ -191,6 +191,25 @@ def test_warmup_is_counted_in_steps_not_optimiser_updates(tmp_path):
     assert [r["learning_rate"] for r in metrics(out)] == pytest.approx([0.75e-3, 1e-3, 1e-3], rel=1e-9)
 
 
+def test_the_fused_optimiser_takes_the_steps_plain_adamw_takes():
+    from r1lab.training import fusable, make_optimizer
+    torch.manual_seed(0)
+    mine, plain = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    plain.load_state_dict(mine.state_dict())
+    optimizer, _ = make_optimizer(mine, 1e-2, 0.1, 0, "constant", 3)
+    reference = torch.optim.AdamW(plain.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
+    assert optimizer.defaults["fused"]
+    for _ in range(3):
+        x = torch.randn(5, 8)
+        for model, opt in ((mine, optimizer), (plain, reference)):
+            model(x).square().sum().backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(mine.parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert not fusable([]) and not fusable([torch.zeros(2, dtype=torch.long)])
+
+
 @pytest.mark.parametrize("mode", ["sample", "constant"])
 def test_mask_truncated_divides_by_the_sequences_left_in_the_loss(tmp_path, monkeypatch, mode):
     shaped_rollouts(monkeypatch)
