@@ -86,13 +86,25 @@ def test_chunked_logprobs_and_entropy_equal_the_whole_logits_with_their_gradient
         whole = torch.log_softmax(logits / 0.7, -1)
         expected, expected_entropy = whole.gather(-1, ids[:, None]).squeeze(-1), -(whole.exp() * whole).sum(-1)
         expected_grads = torch.autograd.grad((expected * torch.arange(23.0)).sum(), (hidden, weight))
-        for chunk in (1, 5, 23, 100):
-            got, entropy = chunked_logprobs(hidden, weight, ids, 0.7, softcap, with_entropy=True, chunk=chunk)
+        for chunk, keep_bytes in ((1, 0), (5, 0), (23, 0), (100, 0), (None, 23 * 40 * 4)):   # recomputed; kept
+            got, entropy = chunked_logprobs(hidden, weight, ids, 0.7, softcap, with_entropy=True, chunk=chunk,
+                                            keep_bytes=keep_bytes)
             grads = torch.autograd.grad((got * torch.arange(23.0)).sum(), (hidden, weight))
             assert torch.allclose(got, expected, atol=1e-5) and torch.allclose(entropy, expected_entropy, atol=1e-5)
             assert all(torch.allclose(g, e, atol=1e-5) for g, e in zip(grads, expected_grads)), (softcap, chunk)
         plain, _ = logprobs_from_logits(logits, ids, 0.7)
         assert torch.allclose(plain, expected, atol=1e-6)
+
+
+def test_logits_are_kept_only_when_they_fit_and_recomputed_otherwise(monkeypatch):
+    from r1lab.algorithms import sequences
+    calls = []
+    monkeypatch.setattr(sequences, "checkpoint", lambda f, *args, **kw: calls.append(args[0].shape[0]) or f(*args))
+    hidden, weight, ids = torch.randn(10, 4, requires_grad=True), torch.randn(8, 4), torch.randint(0, 8, (10,))
+    sequences.chunked_logprobs(hidden, weight, ids, chunk=4, keep_bytes=10 * 8 * 4)          # 320 bytes fit
+    assert calls == []
+    sequences.chunked_logprobs(hidden, weight, ids, chunk=4, keep_bytes=10 * 8 * 4 - 1)      # one byte short
+    assert calls == [4, 4, 2]
 
 
 def test_model_logprobs_chunked_match_the_models_own_logits(monkeypatch):

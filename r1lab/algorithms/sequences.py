@@ -14,7 +14,8 @@ Log-probs and entropy are computed chunk by chunk over the completion tokens, st
 final hidden states and the LM head's weight (`chunked_logprobs`), so the fp32 (B, C, V) logits are
 never held whole (as Liger's and torchtune's chunked losses do): each chunk's logits are recomputed
 in backward (activation checkpointing of the head alone), which costs one more LM-head matmul and
-saves B x C x V x 4 bytes of memory and the passes over it. Models whose logits are more than
+saves B x C x V x 4 bytes of memory and the passes over it; a micro-batch whose logits fit in `KEEP_BYTES`
+keeps them instead (the matmul costs more than the memory there). Models whose logits are more than
 `softcap(hidden @ W.T)` (a bias, a logit scale, a LoRA-wrapped head) take their own logits instead.
 
 Packed (`pad_batch(..., packed=True)`, opt-in): the micro-batch runs as ONE row with no padding, each
@@ -40,6 +41,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
 CHUNK_BYTES = 32 * 2 ** 20      # fp32 logits per chunk: 170 tokens of a 49k vocabulary
+KEEP_BYTES = 128 * 2 ** 20      # a micro-batch's fp32 logits up to this size are kept for backward, not recomputed
 
 
 def pad_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, device,
@@ -206,9 +208,15 @@ def _head_chunk(hidden, weight, ids, temperature: float, softcap: float | None, 
 
 
 def chunked_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
-                     softcap: float | None = None, with_entropy: bool = False, chunk: int | None = None):
+                     softcap: float | None = None, with_entropy: bool = False, chunk: int | None = None,
+                     keep_bytes: int = KEEP_BYTES):
     """`logprobs_from_logits(softcap(hidden @ weight.T), ...)` for hidden (N, H), weight (V, H), ids (N,),
-    `chunk` rows at a time; a chunk's logits are recomputed in backward, never stored."""
+    `chunk` rows at a time; a chunk's logits are recomputed in backward, never stored. Logits of `keep_bytes`
+    or less in all (a small micro-batch: 512 tokens of a 49k vocabulary are 100 MB) are computed at once and
+    kept instead: the head's matmul in backward cost more than the memory (a GRPO training pass of SmolLM2-135M,
+    8 x 64 tokens, on 2 Zen 4 cores: 3.40 against 3.69 s, +0.1 GB peak)."""
+    if hidden.shape[0] * weight.shape[0] * 4 <= keep_bytes:
+        return _head_chunk(hidden, weight, ids, temperature, softcap, with_entropy)
     chunk = chunk or max(1, CHUNK_BYTES // (4 * weight.shape[0]))
     parts = [checkpoint(_head_chunk, hidden[i:i + chunk], weight, ids[i:i + chunk], temperature, softcap, with_entropy,
                         use_reentrant=False) for i in range(0, hidden.shape[0], chunk)]
