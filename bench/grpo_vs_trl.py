@@ -5,6 +5,7 @@
         [--micro-batch N] [--gradient-checkpointing] [--only r1lab|trl]      (r1lab's memory options; one trainer)
         [--every-row]          (one more r1lab run with skip_zero_advantage off: what skipping rows saves)
         [--model HF_FOLDER --template chat]    (e.g. a cold-started checkpoint, whose groups have a reward spread)
+        [--trl-keeps-freed-memory]   (TRL under the malloc setting r1lab's training applies, r1lab/allocator.py)
     .venv/bin/python bench/grpo_vs_trl.py --engine vllm ...     (GPU: r1lab rolls out with vLLM; TRL with its own generate)
 
 Each trainer runs in its own process (one after the other) so peak memory (max RSS) is its own.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -37,9 +39,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from r1lab.allocator import LARGEST
+
 SETTINGS = {"small": {"prompts": 2, "G": 4, "new_tokens": 64, "micro_batch": 8},
             "realistic": {"prompts": 8, "G": 8, "new_tokens": 256, "micro_batch": 16}}
 LR = 1e-6
+KEEP_FREED = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(LARGEST), "MALLOC_TOP_PAD_": str(LARGEST)}
 
 
 def peak_gb() -> float:
@@ -156,6 +161,9 @@ def main() -> None:
     parser.add_argument("--every-row", action="store_true",
                         help="also run r1lab with skip_zero_advantage off (with --only r1lab: only that way)")
     parser.add_argument("--only", choices=["r1lab", "trl"], help="run one trainer and print its figures as JSON")
+    parser.add_argument("--trl-keeps-freed-memory", action="store_true",
+                        help="run TRL with glibc's malloc set as r1lab's training sets it (MALLOC_MMAP_MAX_=0, trim "
+                             "threshold and top pad at 2 GiB): what TRL gets from the same setting")
     args = parser.parse_args()
     setting = {**SETTINGS[args.setting], **({"micro_batch": args.micro_batch} if args.micro_batch else {}),
                "model": args.model, "template": args.template}
@@ -176,7 +184,8 @@ def main() -> None:
                    *(["--gradient-checkpointing"] if args.gradient_checkpointing else []),
                    *(["--micro-batch", str(args.micro_batch)] if args.micro_batch else []),
                    *(["--every-row"] if name.endswith("every row") else [])]
-        output = subprocess.run(command, capture_output=True, text=True)
+        env = dict(os.environ, **(KEEP_FREED if name == "trl" and args.trl_keeps_freed_memory else {}))
+        output = subprocess.run(command, capture_output=True, text=True, env=env)
         line = next((l for l in output.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"{name} failed:\n{output.stderr[-3000:]}")
@@ -189,7 +198,8 @@ def main() -> None:
           f"<= {setting['new_tokens']} new tokens, beta 0, {args.steps} steps (median after the first)"
           + (f", precision {args.precision} (both)" if args.precision != "auto"
              else f", precision: r1lab auto, TRL {trl_precision('auto')}") + f", r1lab engine {args.engine}"
-          + f", r1lab micro-batch {setting['micro_batch']}" + (", r1lab with gradient checkpointing" if args.gradient_checkpointing else ""))
+          + f", r1lab micro-batch {setting['micro_batch']}" + (", r1lab with gradient checkpointing" if args.gradient_checkpointing else "")
+          + (", TRL with r1lab's malloc setting" if args.trl_keeps_freed_memory else ""))
     print(f"{'':18}{'s/step':>8}{'gen tok/s':>11}{'roofline':>10}{'train tok/s':>13}{'mean len':>10}{'peak GB':>9}"
           f"{'equal groups':>14}{'rows run':>10}")
     for name, r in results.items():
