@@ -9,7 +9,7 @@ import r1lab
 LAYERS = [  # (layer, module prefixes); a module belongs to the first layer with a matching prefix
     ("core", ["r1lab", "r1lab.types", "r1lab.config", "r1lab.data", "r1lab.checkpoint", "r1lab.metrics",
               "r1lab.runlock"]),
-    ("runtime", ["r1lab.distributed", "r1lab.hardware", "r1lab.threads"]),
+    ("runtime", ["r1lab.allocator", "r1lab.distributed", "r1lab.hardware", "r1lab.threads"]),
     ("text", ["r1lab.templates", "r1lab.streaming", "r1lab.tools", "r1lab.sandbox", "r1lab.sandbox_jail"]),
     ("tasks", ["r1lab.tasks"]),
     ("rewards", ["r1lab.rewards"]),
