@@ -8,7 +8,8 @@ of the bandwidth bound (rows x measured read bandwidth / bytes of weights read p
 bound (measured peak matmul FLOP/s / (2 x parameters) tokens per second), both measured here first.
 Breakdown per token step: forward (model calls after the prefill), sampling (`sample_tokens`), the rest
 (prefill, bookkeeping). "eager" is the same loop with the model's own nn.Linear layers and DynamicCache;
-"unfused" is the fast path with q/k/v and gate/up as separate matmuls (no FusedPack).
+"unfused" is the fast path with q/k/v and gate/up as separate matmuls (no FusedPack), which also leaves out the lean
+decode step (r1lab/rollout/lean_decode.py: it needs the fused packs), so each token runs the model's own forward.
 """
 from __future__ import annotations
 
@@ -32,6 +33,15 @@ def measure(engine, prompts: list[str], n: int, new_tokens: int) -> dict:
         if clock["calls"] > 1:                                  # the first call is the prefill
             clock["forward"] += time.perf_counter() - clock["started"]
 
+    from r1lab.rollout.lean_decode import LeanDecoder
+    lean_step = LeanDecoder.step
+
+    def timed_step(self, *args):                               # a decode step that bypasses the model's forward
+        began = time.perf_counter()
+        logits = lean_step(self, *args)
+        clock["forward"] += time.perf_counter() - began
+        return logits
+
     original = hf.sample_tokens
 
     def timed_sampling(*args):
@@ -42,13 +52,13 @@ def measure(engine, prompts: list[str], n: int, new_tokens: int) -> dict:
 
     hooks = [engine.model.register_forward_pre_hook(before, with_kwargs=True),
              engine.model.register_forward_hook(after, with_kwargs=True)]
-    hf.sample_tokens = timed_sampling
+    hf.sample_tokens, LeanDecoder.step = timed_sampling, timed_step
     try:
         began = time.perf_counter()
         groups = engine.generate(prompts, n, Sampling(temperature=1.0, max_new_tokens=new_tokens))
         total = time.perf_counter() - began
     finally:
-        hf.sample_tokens = original
+        hf.sample_tokens, LeanDecoder.step = original, lean_step
         for hook in hooks:
             hook.remove()
     tokens = sum(len(s.token_ids) for g in groups for s in g)

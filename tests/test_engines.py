@@ -231,6 +231,41 @@ def test_fast_decoding_matches_the_models_own_layers_and_follows_weight_updates(
     assert not engine._packs
 
 
+def test_the_lean_decode_step_is_the_models_own_step():
+    """r1lab/rollout/lean_decode.py against the model's forward, from the same left-padded prefill: the same
+    logits at every step; it applies only inside packed_linears and only to Llama."""
+    from r1lab.rollout import decoding
+    from r1lab.rollout.decoding import GrowingCache, packed_linears
+    from r1lab.rollout.lean_decode import LeanDecoder
+    model, _ = load_model("tiny-random")
+    model.eval()
+    if not decoding._packs_correctly(4):
+        pytest.skip("no oneDNN packing on this CPU: the lean step never runs here")
+    assert LeanDecoder.of(model) is None                                  # the model's own layers: no packs
+    torch.manual_seed(0)
+    ids = torch.randint(3, 500, (4, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = mask[2, :7] = 0                                          # left padding
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad(), packed_linears(model, 4, {}):
+        lean = LeanDecoder.of(model)
+        assert lean is not None
+        caches, tokens = [GrowingCache(), GrowingCache()], torch.tensor([5, 6, 7, 8])
+        for cache in caches:
+            model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        position = positions[:, -1] + 1
+        for _ in range(6):
+            mask = torch.cat([mask, mask.new_ones(4, 1)], dim=1)
+            mine = lean.step(tokens, mask, position, caches[0])
+            theirs = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position[:, None],
+                           cache=caches[1], use_cache=True).logits[:, -1]
+            torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+            tokens, position = theirs.argmax(-1), position + 1
+    gemma, _ = load_model("tiny-random-gemma3")
+    with packed_linears(gemma.eval(), 4, {}):
+        assert LeanDecoder.of(gemma) is None                               # another architecture: its own forward
+
+
 def test_growing_cache_equals_the_dynamic_cache_through_repeat_and_select():
     from transformers import DynamicCache
 

@@ -27,6 +27,7 @@ import torch
 
 from r1lab.rollout import Sample, Sampling, check_context
 from r1lab.rollout.decoding import GrowingCache, packed_linears
+from r1lab.rollout.lean_decode import LeanDecoder
 from r1lab.distributed import is_sharded
 
 
@@ -178,6 +179,7 @@ class HFEngine:
         mask = mask.repeat_interleave(n, 0)                                    # (B, W)
         next_position = positions[:, -1].repeat_interleave(n, 0) + 1          # (B,)
         rows = list(range(len(prompt_ids) * n))                                # output row of each batch row
+        lean = LeanDecoder.of(self.model)                                      # None: the model's own forward
         tokens = [[] for _ in rows]
         logprobs = [[] for _ in rows]
         finish = ["length"] * len(rows)
@@ -209,9 +211,11 @@ class HFEngine:
                 mask, next_position, chosen = mask[index], next_position[index], chosen[index]
                 rows = [rows[j] for j in keep]
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-            out = self.model(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_position[:, None],
-                             cache=cache, use_cache=True)
-            logits = out.logits[:, -1]
+            if lean is not None:
+                logits = lean.step(chosen, mask, next_position, cache)
+            else:
+                logits = self.model(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_position[:, None],
+                                    cache=cache, use_cache=True).logits[:, -1]
             next_position = next_position + 1
         return [Sample(t, lp, self.tokenizer.decode(t, skip_special_tokens=True), f)
                 for t, lp, f in zip(tokens, logprobs, finish)]
