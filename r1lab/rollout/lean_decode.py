@@ -11,6 +11,9 @@ When: a decode step (one new token a row) inside `packed_linears`, whose packs i
 the weights), for a model of type llama whose q/k/v and gate/up were fused. Otherwise `LeanDecoder.of`
 returns None and the engine calls the model itself, as it always does for the prefill (which fills the cache).
 Rotary embeddings come from the model's own rotary module, so every rope variant it knows is the same here.
+In bf16 (`auto`'s rollouts on a CPU with native bf16) `F.rms_norm` rounds once where the model's norm rounds
+twice: over 24 steps of SmolLM2-135M the KL from the fp32 logits was 0.00110 here against 0.00103 for the
+model's own bf16 forward.
 """
 from __future__ import annotations
 
@@ -78,4 +81,4 @@ class LeanDecoder:
             gate_up = layer.gate_up.output(F.rms_norm(h, (self.hidden,), layer.mlp_norm, self.eps))
             gate, up = gate_up.chunk(2, dim=-1)
             h = h + layer.down(F.silu(gate) * up)
-        return self.model.lm_head(F.rms_norm(h, (self.hidden,), inner.norm.weight, inner.norm.variance_epsilon))
+        return self.model.lm_head(F.rms_norm(h, (self.hidden,), inner.norm.weight, self.eps))
