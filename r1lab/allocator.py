@@ -22,6 +22,8 @@ import ctypes
 import ctypes.util
 import os
 
+from r1lab import R1labError
+
 ENV = "R1LAB_MALLOC"
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4     # glibc's malloc.h
 LARGEST = 2 ** 31 - 1                                     # mallopt takes an int
@@ -41,7 +43,6 @@ def keep_freed_memory(libc=None) -> bool:
     R1LAB_MALLOC=system (or anything but `keep`, the default) leaves malloc alone."""
     choice = os.environ.get(ENV, "keep")
     if choice not in ("keep", "system"):
-        from r1lab import R1labError
         raise R1labError(f"{ENV} must be 'keep' (the default: freed memory kept for reuse) or 'system' (malloc as "
                          f"it is), got {choice!r}")
     libc = libc or glibc()

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import rotate_half
 
 from r1lab.rollout.decoding import FusedPack, FusedSlice, PackedLinear
 
@@ -63,7 +64,7 @@ class LeanDecoder:
     def step(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
         """Logits (B, V) of the next token after `ids` (B,) at `positions` (B,); `mask` (B, T) covers the cache
         and the new token; each layer's key and value are appended to `cache` (the prefill's)."""
-        rows, heads, kv, d, half = ids.shape[0], self.heads, self.kv_heads, self.head_dim, self.head_dim // 2
+        rows, heads, kv, d = ids.shape[0], self.heads, self.kv_heads, self.head_dim
         inner = self.model.model
         h = inner.embed_tokens(ids)                                                       # (B, H)
         cos, sin = inner.rotary_emb(h[:, None], positions[:, None])                      # (B, 1, D)
@@ -73,7 +74,7 @@ class LeanDecoder:
             qkv = layer.qkv.output(F.rms_norm(h, (self.hidden,), layer.attention_norm, self.eps))
             qkv = qkv.view(rows, heads + 2 * kv, 1, d)
             qk, v = qkv[:, :heads + kv], qkv[:, heads + kv:]                              # (B, heads + kv, 1, D)
-            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin       # rotary
+            qk = qk * cos + rotate_half(qk) * sin                                        # rotary, q and k at once
             keys, values = cached.update(qk[:, heads:], v)                                # (B, kv, T, D)
             queries = qk[:, :heads].reshape(rows, kv, heads // kv, d)                     # a kv head's queries as rows
             attended = F.scaled_dot_product_attention(queries, keys, values, attn_mask=seen)
