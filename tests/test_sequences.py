@@ -74,7 +74,7 @@ def test_sample_tokens_draws_from_the_distribution_and_the_nucleus():
 
 
 def test_chunked_logprobs_and_entropy_equal_the_whole_logits_with_their_gradients():
-    """The chunked head (recomputed in backward) against log_softmax over the whole (N, V) logits."""
+    """The head by vocabulary slices (recomputed in backward) against log_softmax over the whole (N, V) logits."""
     from r1lab.algorithms.sequences import chunked_logprobs, logprobs_from_logits
     torch.manual_seed(0)
     for softcap in (None, 5.0):
@@ -86,12 +86,12 @@ def test_chunked_logprobs_and_entropy_equal_the_whole_logits_with_their_gradient
         whole = torch.log_softmax(logits / 0.7, -1)
         expected, expected_entropy = whole.gather(-1, ids[:, None]).squeeze(-1), -(whole.exp() * whole).sum(-1)
         expected_grads = torch.autograd.grad((expected * torch.arange(23.0)).sum(), (hidden, weight))
-        for chunk, keep_bytes in ((1, 0), (5, 0), (23, 0), (100, 0), (None, 23 * 40 * 4)):   # recomputed; kept
-            got, entropy = chunked_logprobs(hidden, weight, ids, 0.7, softcap, with_entropy=True, chunk=chunk,
+        for rows, keep_bytes in ((1, 0), (7, 0), (40, 0), (100, 0), (None, 0), (None, 23 * 40 * 4)):  # sliced; kept
+            got, entropy = chunked_logprobs(hidden, weight, ids, 0.7, softcap, with_entropy=True, rows=rows,
                                             keep_bytes=keep_bytes)
             grads = torch.autograd.grad((got * torch.arange(23.0)).sum(), (hidden, weight))
             assert torch.allclose(got, expected, atol=1e-5) and torch.allclose(entropy, expected_entropy, atol=1e-5)
-            assert all(torch.allclose(g, e, atol=1e-5) for g, e in zip(grads, expected_grads)), (softcap, chunk)
+            assert all(torch.allclose(g, e, atol=1e-5) for g, e in zip(grads, expected_grads)), (softcap, rows)
         plain, _ = logprobs_from_logits(logits, ids, 0.7)
         assert torch.allclose(plain, expected, atol=1e-6)
 
@@ -99,12 +99,40 @@ def test_chunked_logprobs_and_entropy_equal_the_whole_logits_with_their_gradient
 def test_logits_are_kept_only_when_they_fit_and_recomputed_otherwise(monkeypatch):
     from r1lab.algorithms import sequences
     calls = []
-    monkeypatch.setattr(sequences, "checkpoint", lambda f, *args, **kw: calls.append(args[0].shape[0]) or f(*args))
+    monkeypatch.setattr(sequences, "head_logprobs", lambda *args: calls.append(args[-1]) or (None, None))
     hidden, weight, ids = torch.randn(10, 4, requires_grad=True), torch.randn(8, 4), torch.randint(0, 8, (10,))
-    sequences.chunked_logprobs(hidden, weight, ids, chunk=4, keep_bytes=10 * 8 * 4)          # 320 bytes fit
+    sequences.chunked_logprobs(hidden, weight, ids, rows=4, keep_bytes=10 * 8 * 4)          # 320 bytes fit
     assert calls == []
-    sequences.chunked_logprobs(hidden, weight, ids, chunk=4, keep_bytes=10 * 8 * 4 - 1)      # one byte short
-    assert calls == [4, 4, 2]
+    sequences.chunked_logprobs(hidden, weight, ids, rows=4, keep_bytes=10 * 8 * 4 - 1)      # one byte short
+    assert calls == [4]
+
+
+def test_the_sliced_head_writes_each_weight_gradient_row_once_and_skips_unwanted_gradients():
+    """Backward makes no (V, H) gradient per slice: the weight's gradient is written slice by slice, and a frozen
+    weight (LoRA) or hidden states without grad get none; the entropy has no gradient."""
+    from r1lab.algorithms.head_logprobs import head_logprobs
+    torch.manual_seed(0)
+    hidden, weight, ids = torch.randn(6, 8, requires_grad=True), torch.randn(30, 8), torch.randint(0, 30, (6,))
+    logprobs, entropy = head_logprobs(hidden, weight, ids, with_entropy=True, rows=7)
+    assert not entropy.requires_grad and logprobs.requires_grad
+    logprobs.sum().backward()
+    expected = torch.autograd.grad(torch.log_softmax(hidden @ weight.T, -1).gather(-1, ids[:, None]).sum(), hidden)[0]
+    assert weight.grad is None and torch.allclose(hidden.grad, expected, atol=1e-5)
+
+
+def test_the_sliced_head_under_bf16_autocast_matches_autograd_through_the_cast():
+    """Under autocast the matmuls run in bf16 as `hidden @ weight.T` would; gradients come back in fp32."""
+    from r1lab.algorithms.head_logprobs import head_logprobs
+    torch.manual_seed(0)
+    hidden, weight, ids = torch.randn(12, 16, requires_grad=True), torch.randn(50, 16, requires_grad=True), torch.randint(0, 50, (12,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = head_logprobs(hidden, weight, ids, rows=9)[0]
+        expected = torch.log_softmax((hidden @ weight.T).float(), -1).gather(-1, ids[:, None]).squeeze(-1)
+    grads = torch.autograd.grad(got.sum(), (hidden, weight))
+    expected_grads = torch.autograd.grad(expected.sum(), (hidden, weight))
+    assert got.dtype == torch.float32 and all(g.dtype == torch.float32 for g in grads)
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert all(torch.allclose(g, e, atol=2e-2, rtol=2e-2) for g, e in zip(grads, expected_grads))
 
 
 def test_model_logprobs_chunked_match_the_models_own_logits(monkeypatch):
@@ -112,18 +140,20 @@ def test_model_logprobs_chunked_match_the_models_own_logits(monkeypatch):
     from r1lab.algorithms import sequences
     model, _ = load_model("tiny-random")
     batch = pad_batch(*rows(), pad_id=0, device="cpu")
-    results = {}
-    for chunked in (True, False):
-        if not chunked:
+    results, kept = {}, sequences.chunked_logprobs
+    for mode in ("kept", "sliced", "own"):
+        if mode == "sliced":                                                    # by vocabulary slices of 97 rows
+            monkeypatch.setattr(sequences, "chunked_logprobs", lambda *args: kept(*args, rows=97, keep_bytes=0))
+        if mode == "own":
             monkeypatch.setattr(sequences, "lm_head", lambda model: None)       # the model's own (B, C, V) logits
         for shared in (True, False):
             model.zero_grad()
             logprobs, entropy = token_logprobs(model, batch, 0.8, with_entropy=True, shared=shared)
             (torch.where(batch["completion_mask"].bool(), logprobs, 0.0)).sum().backward()
-            results[chunked, shared] = logprobs.detach(), entropy, torch.cat([p.grad.flatten() for p in model.parameters()])
+            results[mode, shared] = logprobs.detach(), entropy, torch.cat([p.grad.flatten() for p in model.parameters()])
     mask = batch["completion_mask"].bool()
-    for shared in (True, False):
-        (a, ea, ga), (b, eb, gb) = results[True, shared], results[False, shared]
+    for mode, shared in [("kept", True), ("kept", False), ("sliced", True), ("sliced", False)]:
+        (a, ea, ga), (b, eb, gb) = results[mode, shared], results["own", shared]
         assert torch.allclose(a[mask], b[mask], atol=1e-5) and abs(ea - eb) < 1e-5 and torch.allclose(ga, gb, atol=1e-5)
 
 

@@ -10,13 +10,13 @@ Layout: unique prompts (U, P) left-padded; completions (B, C) right-padded; `own
 completion to its prompt row. With gradient checkpointing (which cannot keep a cache) each row runs
 in full instead (`shared=False`).
 
-Log-probs and entropy are computed chunk by chunk over the completion tokens, straight from the
-final hidden states and the LM head's weight (`chunked_logprobs`), so the fp32 (B, C, V) logits are
-never held whole (as Liger's and torchtune's chunked losses do): each chunk's logits are recomputed
-in backward (activation checkpointing of the head alone), which costs one more LM-head matmul and
-saves B x C x V x 4 bytes of memory and the passes over it; a micro-batch whose logits fit in `KEEP_BYTES`
-keeps them instead (the matmul costs more than the memory there). Models whose logits are more than
-`softcap(hidden @ W.T)` (a bias, a logit scale, a LoRA-wrapped head) take their own logits instead.
+Log-probs and entropy are computed from the final hidden states and the LM head's weight one slice of the
+vocabulary at a time (`chunked_logprobs`, r1lab/algorithms/head_logprobs.py), so the fp32 (B, C, V) logits are
+never held whole (as Liger's and torchtune's chunked losses do): each slice's logits are recomputed in backward,
+which costs one more LM-head matmul and saves B x C x V x 4 bytes of memory and the passes over it; a
+micro-batch whose logits fit in `KEEP_BYTES` keeps them instead (the matmul costs more than the memory there).
+Models whose logits are more than `softcap(hidden @ W.T)` (a bias, a logit scale, a LoRA-wrapped head) take
+their own logits instead.
 
 Packed (`pad_batch(..., packed=True)`, opt-in): the micro-batch runs as ONE row with no padding, each
 unique prompt followed by the inputs of its completions, under an explicit (1, 1, L, L) mask: a prompt
@@ -37,10 +37,11 @@ padded speed with 0.88x its peak memory: it is a memory saving there, not a spee
 from __future__ import annotations
 
 import torch
-from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
-CHUNK_BYTES = 32 * 2 ** 20      # fp32 logits per chunk: 170 tokens of a 49k vocabulary
+from r1lab.algorithms.head_logprobs import head_logprobs
+
+CHUNK_BYTES = 32 * 2 ** 20      # fp32 logits per chunk of positions without gradient (serve_logprobs): 170 tokens of a 49k vocabulary
 KEEP_BYTES = 128 * 2 ** 20      # a micro-batch's fp32 logits up to this size are kept for backward, not recomputed
 
 
@@ -203,25 +204,17 @@ def head_logits(hidden: torch.Tensor, weight: torch.Tensor, softcap: float | Non
     return torch.tanh(logits / softcap) * softcap if softcap else logits
 
 
-def _head_chunk(hidden, weight, ids, temperature: float, softcap: float | None, with_entropy: bool):
-    return logprobs_from_logits(head_logits(hidden, weight, softcap), ids, temperature, with_entropy)
-
-
 def chunked_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
-                     softcap: float | None = None, with_entropy: bool = False, chunk: int | None = None,
+                     softcap: float | None = None, with_entropy: bool = False, rows: int | None = None,
                      keep_bytes: int = KEEP_BYTES):
-    """`logprobs_from_logits(softcap(hidden @ weight.T), ...)` for hidden (N, H), weight (V, H), ids (N,),
-    `chunk` rows at a time; a chunk's logits are recomputed in backward, never stored. Logits of `keep_bytes`
-    or less in all (a small micro-batch: 512 tokens of a 49k vocabulary are 100 MB) are computed at once and
-    kept instead: the head's matmul in backward cost more than the memory (a GRPO training pass of SmolLM2-135M,
-    8 x 64 tokens, on 2 Zen 4 cores: 3.40 against 3.69 s, +0.1 GB peak)."""
+    """`logprobs_from_logits(softcap(hidden @ weight.T), ...)` for hidden (N, H), weight (V, H), ids (N,), one slice
+    of `rows` vocabulary rows at a time, recomputed in backward (r1lab/algorithms/head_logprobs.py). Logits of
+    `keep_bytes` or less in all (a small micro-batch: 512 tokens of a 49k vocabulary are 100 MB) are computed at
+    once and kept instead: the head's matmul in backward cost more than the memory (a GRPO training pass of
+    SmolLM2-135M, 8 x 64 tokens, on 2 Zen 4 cores: 3.40 against 3.69 s, +0.1 GB peak)."""
     if hidden.shape[0] * weight.shape[0] * 4 <= keep_bytes:
-        return _head_chunk(hidden, weight, ids, temperature, softcap, with_entropy)
-    chunk = chunk or max(1, CHUNK_BYTES // (4 * weight.shape[0]))
-    parts = [checkpoint(_head_chunk, hidden[i:i + chunk], weight, ids[i:i + chunk], temperature, softcap, with_entropy,
-                        use_reentrant=False) for i in range(0, hidden.shape[0], chunk)]
-    logprobs = torch.cat([p[0] for p in parts])                                                     # (N,)
-    return logprobs, torch.cat([p[1] for p in parts]) if with_entropy else None
+        return logprobs_from_logits(head_logits(hidden, weight, softcap), ids, temperature, with_entropy)
+    return head_logprobs(hidden, weight, ids, temperature, softcap, with_entropy, rows)
 
 
 class CompletionLogits(torch.nn.Module):
