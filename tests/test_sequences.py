@@ -53,6 +53,7 @@ def test_bf16_decoder_follows_the_policy_weights():
     from r1lab.rollout import Sampling
     from r1lab.rollout.hf import HFEngine
     model, tokenizer = load_model("tiny-random")
+    model.eval()                                  # as in serving (a training policy's copy: the next test)
     engine = HFEngine(model, tokenizer, decode_dtype="bfloat16")
     engine.generate(["Calculate 1 + 2"], 2, Sampling(max_new_tokens=4))
     assert engine.model is not model and next(engine.model.parameters()).dtype == torch.bfloat16
@@ -61,6 +62,28 @@ def test_bf16_decoder_follows_the_policy_weights():
     samples = engine.generate(["Calculate 1 + 2"], 2, Sampling(max_new_tokens=4))
     assert torch.equal(engine.model.lm_head.weight, model.lm_head.weight.to(torch.bfloat16))
     assert next(model.parameters()).dtype == torch.float32 and len(samples[0]) == 2
+
+
+def test_a_training_policys_bf16_copy_holds_no_weights_between_rollouts(monkeypatch):
+    """While the policy trains, the decoding copy's weights are freed after each rollout and refilled from the
+    policy's current weights by the next: the same samples as a copy that keeps its weights."""
+    from r1lab.rollout import Sampling
+    from r1lab.rollout.hf import HFEngine
+    model, tokenizer = load_model("tiny-random")
+    model.train()
+    dropping = HFEngine(model, tokenizer, decode_dtype="bfloat16", seed=3)
+    keeping = HFEngine(model, tokenizer, decode_dtype="bfloat16", seed=3)
+    monkeypatch.setattr(keeping, "_drop_decoder_weights", lambda: None)
+    for _ in range(2):
+        ours, theirs = (engine.generate(["Calculate 1 + 2"], 3, Sampling(max_new_tokens=6)) for engine in (dropping, keeping))
+        assert [s.token_ids for s in ours[0]] == [s.token_ids for s in theirs[0]]
+        assert all(w.numel() == 0 for w in dropping.model.parameters())
+        assert torch.equal(keeping.model.lm_head.weight, model.lm_head.weight.to(torch.bfloat16))
+        with torch.no_grad():
+            model.lm_head.weight.add_(0.5)                    # a training step between rollouts
+    model.eval()                                              # serving: the copy keeps its weights between calls
+    dropping.generate(["Calculate 1 + 2"], 1, Sampling(max_new_tokens=2))
+    assert torch.equal(dropping.model.lm_head.weight, model.lm_head.weight.to(torch.bfloat16))
 
 
 def test_sample_tokens_draws_from_the_distribution_and_the_nucleus():

@@ -13,7 +13,8 @@ Log-probs are those of softmax(logits / temperature) before top-p truncation, th
 trainer recomputes (TRL and verl make the same choice).
 
 `decode_dtype="bfloat16"` samples from a bf16 copy of the policy, refreshed from the policy's weights at
-every `generate` call (as RL frameworks roll out in bf16 while training in fp32); on CPUs with bf16
+every `generate` call (as RL frameworks roll out in bf16 while training in fp32; while the policy trains, the
+copy holds no weights between calls); on CPUs with bf16
 units (AVX-512 bf16, as here) decoding is much faster (see bench/grpo_vs_trl.py). The trainer recomputes
 all log-probs with its own weights; the sampler's own log-probs (`Sample.logprobs`) enter the loss only
 through GRPO's truncated importance weights min(pi_old / pi_sampler, C) (algorithms/grpo.py).
@@ -115,7 +116,20 @@ class HFEngine:
         calls this at once (each parameter is gathered from all of them)."""
         from torch.distributed.tensor import DTensor
         for mine, theirs in zip(self.model.parameters(), self.policy.parameters(), strict=True):
-            mine.copy_(theirs.full_tensor() if isinstance(theirs, DTensor) else theirs)
+            full = theirs.full_tensor() if isinstance(theirs, DTensor) else theirs
+            if mine.shape != full.shape:                 # dropped after the last rollout (`_drop_decoder_weights`)
+                mine.data = torch.empty_like(full, dtype=mine.dtype)
+            mine.copy_(full)
+
+    @torch.no_grad()
+    def _drop_decoder_weights(self) -> None:
+        """Free a decoding copy's weights until the next `generate` refills them: while a policy is trained its
+        copy is refreshed at every call anyway, so between rollouts it would only add a model's worth of memory
+        to the training pass (SmolLM2-135M's bf16 copy: 0.27 GB). A sharded policy's copy is kept: it is
+        refreshed by every process together (`sync_weights`)."""
+        if self.model is not self.policy and not is_sharded(self.policy):
+            for weight in self.model.parameters():
+                weight.data = weight.data.new_empty(0)
 
     def generate(self, prompts: list[str], n: int, sampling: Sampling, watch=None, seeds=None) -> list[list[Sample]]:
         """n samples per prompt. `watch(k, tokens)`, if given, sees sample k's (= prompt * n + j) tokens
@@ -140,6 +154,7 @@ class HFEngine:
             self.model.train(was_training)
             if self.policy.training:         # a policy being trained changes its weights after every rollout:
                 self._packs.clear()          # its packs would be stale, and they hold a copy of its weights
+                self._drop_decoder_weights()  # so would a decoding copy's
         return [samples[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def _enders(self, stop: tuple[str, ...]) -> set[int]:
