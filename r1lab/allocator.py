@@ -11,10 +11,12 @@ PyTorch's CPU tuning guide gets this from jemalloc or tcmalloc by LD_PRELOAD; th
 How: `mallopt(M_MMAP_MAX, 0)` (no allocation by mmap: all from the heap), and the heap's trim threshold and
 top pad at their largest (2 GiB: the heap is trimmed only when more than 2 GiB at its top are free, and then
 keeps 2 GiB), once, when a training stage starts (`Parallel`). The cost: the process keeps its peak heap
-until it exits, and the peak can rise where later blocks do not fit the holes earlier ones left: SmolLM2-135M's
-small GRPO step kept its peak (3.9 GB), gemma3-270m's (262k-row head) went from 6.75 to 7.91 GB while its step
-went from 16.3 to 11.0 s. Only with glibc (Linux); elsewhere, or with R1LAB_MALLOC=system (the way back when
-memory is tight), malloc is left as it is.
+until it exits, and the peak can rise where later blocks do not fit the holes earlier ones left. With the LM
+head's gradient written once a pass (algorithms/head_logprobs.py) it did not in the GRPO steps measured:
+SmolLM2-135M small 3.9 GB either way; gemma3-270m (262k-row head) 6.60 GB against 6.71 without, at 8.7 against
+12.0 s a step (before that change its per-chunk 671 MB gradients fragmented the heap: 7.91 against 6.75 GB).
+Only with glibc (Linux); elsewhere, or with R1LAB_MALLOC=system (the way back when memory is tight), malloc is
+left as it is.
 """
 from __future__ import annotations
 

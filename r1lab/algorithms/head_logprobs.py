@@ -94,10 +94,17 @@ class HeadLogprobs(torch.autograd.Function):
                 if capped is not None:
                     grad_z.mul_(1 - capped * capped)                                               # d c tanh(z/c) / dz
                 grad_z = grad_z.to(dtype)
+                same = dtype == torch.float32 == weight.dtype          # matmuls straight into the fp32 gradients
                 if want_hidden:
-                    grad_hidden += grad_z @ w
+                    if same:
+                        grad_hidden.addmm_(grad_z, w)
+                    else:
+                        grad_hidden += grad_z @ w
                 if want_weight:
-                    grad_weight[start:start + rows] = grad_z.T @ h
+                    if same:
+                        torch.mm(grad_z.T, h, out=grad_weight[start:start + rows])    # rows of (V, H): contiguous
+                    else:
+                        grad_weight[start:start + rows] = grad_z.T @ h
         grad_hidden = grad_hidden.to(hidden.dtype) if want_hidden else None
         return grad_hidden, grad_weight, None, None, None, None, None
 
