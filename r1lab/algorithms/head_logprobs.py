@@ -40,7 +40,7 @@ def slice_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float,
     if softcap:
         capped = torch.tanh(logits / softcap)
         logits = capped * softcap
-    return logits / temperature, capped
+    return logits.div_(temperature), capped                                 # in place: one (n, s) block fewer
 
 
 class HeadLogprobs(torch.autograd.Function):
@@ -86,7 +86,7 @@ class HeadLogprobs(torch.autograd.Function):
             for start in range(0, weight.shape[0], rows):
                 w = weight[start:start + rows].to(dtype)
                 x, capped = slice_logits(h, w, temperature, softcap)                                # (N, s)
-                grad_x = (x - lse[:, None]).exp_().mul_(-g[:, None])                              # -g p
+                grad_x = x.sub_(lse[:, None]).exp_().mul_(-g[:, None])                            # -g p, in x's place
                 inside = (ids >= start) & (ids < start + x.shape[1])
                 local = (ids - start).clamp(0, x.shape[1] - 1)[:, None]
                 grad_x.scatter_add_(1, local, torch.where(inside, g, 0.0)[:, None])                # + g 1[j = id]
