@@ -13,8 +13,8 @@ top pad at their largest (2 GiB: the heap is trimmed only when more than 2 GiB a
 keeps 2 GiB), once, when a training stage starts (`Parallel`). The cost: the process keeps its peak heap
 until it exits, and the peak can rise where later blocks do not fit the holes earlier ones left. With the LM
 head's gradient written once a pass (algorithms/head_logprobs.py) it did not in the GRPO steps measured:
-SmolLM2-135M small 3.9 GB either way; gemma3-270m (262k-row head) 6.60 GB against 6.71 without, at 8.7 against
-12.0 s a step (before that change its per-chunk 671 MB gradients fragmented the heap: 7.91 against 6.75 GB).
+SmolLM2-135M small 3.9 GB either way; gemma3-270m (262k-row head) 6.20-6.60 GB against 6.71 without, at 8.3-8.7
+against 12.0 s a step (before that change its per-chunk 671 MB gradients fragmented the heap: 7.91 against 6.75 GB).
 Only with glibc (Linux); elsewhere, or with R1LAB_MALLOC=system (the way back when memory is tight), malloc is
 left as it is.
 """

@@ -41,7 +41,7 @@ from transformers import DynamicCache
 
 from r1lab.algorithms.head_logprobs import head_logprobs
 
-CHUNK_BYTES = 32 * 2 ** 20      # fp32 logits per chunk of positions without gradient (serve_logprobs): 170 tokens of a 49k vocabulary
+CHUNK_BYTES = 32 * 2 ** 20      # fp32 logits per chunk of positions, no gradient (serve_logprobs): 170 x 49k
 KEEP_BYTES = 128 * 2 ** 20      # a micro-batch's fp32 logits up to this size are kept for backward, not recomputed
 
 
