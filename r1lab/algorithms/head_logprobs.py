@@ -43,6 +43,11 @@ def slice_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float,
     return logits.div_(temperature), capped                                 # in place: one (n, s) block fewer
 
 
+def in_slice(ids: torch.Tensor, start: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(whether each id is in the slice [start, start + width), (N,); its column there, clamped into it, (N, 1))."""
+    return (ids >= start) & (ids < start + width), (ids - start).clamp(0, width - 1)[:, None]
+
+
 class HeadLogprobs(torch.autograd.Function):
     """(log-probs (N,), entropies (N,) or None) of `ids` (N,) under softcap(hidden (N, H) @ weight (V, H).T) / T."""
 
@@ -55,8 +60,8 @@ class HeadLogprobs(torch.autograd.Function):
             for start in range(0, weight.shape[0], rows):
                 x, _ = slice_logits(h, weight[start:start + rows].to(dtype), temperature, softcap)    # (N, s)
                 lses.append(x.logsumexp(-1))
-                inside = (ids >= start) & (ids < start + x.shape[1])
-                picked = x.gather(-1, (ids - start).clamp(0, x.shape[1] - 1)[:, None]).squeeze(-1)
+                inside, column = in_slice(ids, start, x.shape[1])
+                picked = x.gather(-1, column).squeeze(-1)
                 target = torch.where(inside, picked, target)
                 if with_entropy:
                     own = x - lses[-1][:, None]                                       # log of the slice's own softmax
@@ -87,9 +92,8 @@ class HeadLogprobs(torch.autograd.Function):
                 w = weight[start:start + rows].to(dtype)
                 x, capped = slice_logits(h, w, temperature, softcap)                                # (N, s)
                 grad_x = x.sub_(lse[:, None]).exp_().mul_(-g[:, None])                            # -g p, in x's place
-                inside = (ids >= start) & (ids < start + x.shape[1])
-                local = (ids - start).clamp(0, x.shape[1] - 1)[:, None]
-                grad_x.scatter_add_(1, local, torch.where(inside, g, 0.0)[:, None])                # + g 1[j = id]
+                inside, column = in_slice(ids, start, x.shape[1])
+                grad_x.scatter_add_(1, column, torch.where(inside, g, 0.0)[:, None])               # + g 1[j = id]
                 grad_z = grad_x.div_(temperature)
                 if capped is not None:
                     grad_z.mul_(1 - capped * capped)                                               # d c tanh(z/c) / dz
