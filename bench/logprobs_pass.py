@@ -1,7 +1,8 @@
 """The training pass's log-probs: chunked over the vocabulary (r1lab's default) against whole (B, C, V) logits;
-with --packed, padded rows against one packed row (both chunked), completions of 40% to 100% of --completion.
+with --packed, padded rows against one packed row (both chunked), completions of 40% to 100% of --completion;
+with --buckets, all rows padded to the longest against length buckets (r1lab's default), the same lengths.
 
-    .venv/bin/python bench/logprobs_pass.py [--rows 16] [--completion 96] [--precision fp32|bf16] [--packed]
+    .venv/bin/python bench/logprobs_pass.py [--rows 16] [--completion 96] [--precision fp32|bf16] [--packed | --buckets]
 
 SmolLM2-135M, `rows` completions sharing 2 prompts (GRPO's layout), one forward + backward of
 sum(log-probs) with entropy, as GRPO's first pass does. Each mode runs in its own process so its peak
@@ -29,9 +30,11 @@ def one_mode(mode: str, rows: int, completion: int, precision: str) -> dict:
     model, _ = load_model("smollm2-135m")
     if mode == "whole":
         sequences.lm_head = lambda model: None
+    if mode != "buckets":                                  # every other mode pads all rows to the longest
+        sequences.BUCKET_OVERHEAD = 10 ** 9
     torch.manual_seed(0)
     prompts = [torch.randint(100, 40000, (100,)).tolist()] * (rows // 2) + [torch.randint(100, 40000, (100,)).tolist()] * (rows - rows // 2)
-    varied = mode in ("padded", "packed")                  # the quickstart's spread: 40 to 96 of 96 tokens
+    varied = mode in ("padded", "packed", "buckets")    # the quickstart's spread: 40 to 96 of 96 tokens
     lengths = torch.randint(int(0.4 * completion), completion + 1, (rows,)).tolist() if varied else [completion] * rows
     completions = [torch.randint(100, 40000, (n,)).tolist() for n in lengths]
     batch = pad_batch(prompts, completions, 0, "cpu", packed=mode == "packed")
@@ -55,7 +58,9 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--packed", action="store_true",
                         help="padded against packed rows, completions of varied length")
-    parser.add_argument("--only", choices=["chunked", "whole", "padded", "packed"], help=argparse.SUPPRESS)
+    parser.add_argument("--buckets", action="store_true",
+                        help="padded to the longest against length buckets, completions of varied length")
+    parser.add_argument("--only", choices=["chunked", "whole", "padded", "packed", "buckets"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
         print("RESULT " + json.dumps(one_mode(args.only, args.rows, args.completion, args.precision)))
@@ -63,9 +68,10 @@ def main() -> None:
     from r1lab.hardware import cpu_name
     import torch
     print(f"{cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads; "
-          f"smollm2-135m, {args.rows} rows x (100 prompt + {'up to ' * args.packed}{args.completion} completion) "
+          f"smollm2-135m, {args.rows} rows x (100 prompt + {'up to ' * (args.packed or args.buckets)}{args.completion} completion) "
           f"tokens, {args.precision}")
-    results, modes = {}, ("padded", "packed") if args.packed else ("whole", "chunked")
+    results = {}
+    modes = ("padded", "packed") if args.packed else ("padded", "buckets") if args.buckets else ("whole", "chunked")
     for mode in modes:
         done = subprocess.run([sys.executable, __file__, "--only", mode, "--rows", str(args.rows), "--completion",
                                str(args.completion), "--precision", args.precision], capture_output=True, text=True)

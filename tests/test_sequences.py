@@ -1,3 +1,5 @@
+import math
+
 import torch
 
 from r1lab.algorithms.sequences import pad_batch, token_logprobs
@@ -201,3 +203,38 @@ def test_two_level_sampling_is_the_inverse_cdf_of_the_nucleus(monkeypatch):
         monkeypatch.setattr(hf, "NUCLEUS_CANDIDATES", candidates)
         share = torch.bincount(hf.sample_tokens(logprobs, 0.8, generator), minlength=6) / 40000
         assert torch.allclose(share, torch.tensor([0, 0.3, 0.15, 0, 0.4, 0]) / 0.85, atol=0.01)   # {0.4, 0.3, 0.15}
+
+
+def test_length_buckets_pad_each_bucket_to_its_longest_only_where_that_saves_more_than_a_forward():
+    from r1lab.algorithms.sequences import length_buckets
+    assert length_buckets([10, 11, 9, 12], overhead=32) == [[3, 1, 0, 2]]          # alike: one bucket
+    # 200, 190 | 20, 15, 10 costs 2 x 200 + 3 x 20 + 2 x 20 = 500; one bucket 1020; 200 | 190 | 20, 15, 10: 510;
+    # 200, 190 | 20 | 15, 10: 510
+    assert length_buckets([20, 200, 10, 190, 15], overhead=20) == [[1, 3], [0, 4, 2]]
+    assert length_buckets([20, 200, 10, 190, 15], overhead=1000) == [[1, 3, 0, 4, 2]]  # a forward costs more
+    assert length_buckets([3, 2, 1], overhead=0) == [[0], [1], [2]]                 # no padding at all
+    assert length_buckets([20, 200], overhead=math.inf) == [[1, 0]]                # a GPU: one bucket
+    assert length_buckets([]) == []
+
+
+def test_length_buckets_give_the_same_logprobs_and_gradients_as_one_padded_batch(monkeypatch):
+    """Completions of very different lengths over two prompts: split into buckets (overhead 0: every length its
+    own), against one bucket padded to the longest and against one unpadded forward per row."""
+    from r1lab.algorithms import sequences
+    model, _ = load_model("tiny-random")
+    prompts = [[5, 6, 7, 8]] * 3 + [[9, 10]] * 3
+    completions = [[11, 12, 13, 14, 15, 16, 17, 18, 19], [14], [15, 16], [20, 21, 22, 23, 24, 25], [26], []]
+    batch = pad_batch(prompts, completions, pad_id=0, device="cpu")
+    expected = reference_logprobs(model, prompts, completions)
+    results = []
+    for overhead in (0, 10 ** 6):
+        monkeypatch.setattr(sequences, "BUCKET_OVERHEAD", overhead)
+        model.zero_grad()
+        logprobs, entropy = token_logprobs(model, batch, with_entropy=True)
+        (logprobs * torch.arange(1.0, 10.0)).sum().backward()
+        results.append((logprobs.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+        for i, e in enumerate(expected):
+            assert torch.allclose(logprobs[i, :len(e)], e, atol=1e-5), (overhead, i)
+        assert (logprobs[batch["completion_mask"] == 0] == 0).all()                 # 0 at padding
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-5)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-5)

@@ -36,6 +36,8 @@ padded speed with 0.88x its peak memory: it is a memory saving there, not a spee
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from transformers import DynamicCache
 
@@ -43,6 +45,7 @@ from r1lab.algorithms.head_logprobs import head_logprobs
 
 CHUNK_BYTES = 32 * 2 ** 20      # fp32 logits per chunk of positions, no gradient (serve_logprobs): 170 x 49k
 KEEP_BYTES = 128 * 2 ** 20      # a micro-batch's fp32 logits up to this size are kept for backward, not recomputed
+BUCKET_OVERHEAD = 32           # a CPU forward's fixed cost in padded tokens: what one more length bucket must save
 
 
 def pad_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, device,
@@ -125,33 +128,69 @@ def _run(model, chunked: bool, keep: int = 0, **inputs) -> torch.Tensor:
     return model(**inputs, logits_to_keep=keep).logits
 
 
-def _outputs_shared(model, batch: dict, chunked: bool) -> torch.Tensor:
-    """Completion-position outputs (B, C, H or V): prompts once, their cache indexed out to the completions."""
+def length_buckets(lengths: list[int], overhead: int | None = None) -> list[list[int]]:
+    """The rows (indices into `lengths`) in buckets of similar length, each to be padded to its longest: of the
+    splits of the rows sorted by length, the one with the fewest padded tokens plus `overhead` (default
+    `BUCKET_OVERHEAD`) a bucket, by dynamic programming over the cut points. One bucket when lengths are alike."""
+    overhead = BUCKET_OVERHEAD if overhead is None else overhead
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)              # longest first
+    cost, cut = [0.0] + [math.inf] * len(order), [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):                       # cost[end]: the best split of the first `end` rows
+        for start in range(end):                               # its last bucket: order[start:end], longest first
+            candidate = cost[start] + (end - start) * lengths[order[start]] + overhead
+            if candidate < cost[end]:
+                cost[end], cut[end] = candidate, start
+    buckets, end = [], len(order)
+    while end:
+        buckets.append(order[cut[end]:end])
+        end = cut[end]
+    return buckets[::-1]
+
+
+def _outputs_shared(model, batch: dict, chunked: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs (N, H or V) at the real completion tokens and their places (N,) in the flattened (B, C): prompts
+    once, their cache indexed out to the completions, which run in length buckets, each padded to its longest."""
     positions = (batch["prompt_mask"].cumsum(-1) - 1).clamp(min=0)                                # (U, P)
     cache = DynamicCache()
     prefill = _run(model, chunked, 1, input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"],
                    position_ids=positions, cache=cache, use_cache=True)
-    owner = batch["owner"]
-    cache.batch_select_indices(owner)
-    first = prefill[:, -1][owner]                                                                   # (B, H|V)
-    completion_ids = batch["completion_ids"][:, :-1]                                               # (B, C-1) inputs
-    if completion_ids.shape[1] == 0:
-        return first[:, None]
-    mask = torch.cat([batch["prompt_mask"][owner], batch["completion_mask"][:, :-1]], dim=1)      # (B, P+C-1)
-    start = batch["prompt_mask"].sum(-1)[owner]                                                     # (B,)
-    rest = _run(model, chunked, input_ids=completion_ids, attention_mask=mask, cache=cache, use_cache=True,
-                position_ids=start[:, None] + torch.arange(completion_ids.shape[1], device=start.device))
-    return torch.cat([first[:, None], rest], dim=1)                                                 # (B, C, H|V)
+    prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]                        # (U, heads, P, d) each
+    starts = batch["prompt_mask"].sum(-1)                                                          # (U,)
+    completion_mask, width = batch["completion_mask"], batch["completion_ids"].shape[1]
+    lengths = completion_mask.sum(-1)                                                              # (B,)
+    outputs, places = [], []
+    for bucket in length_buckets(lengths.tolist(), None if lengths.device.type == "cpu" else math.inf):
+        rows = torch.tensor(bucket, device=lengths.device)
+        owner, span = batch["owner"][rows], max(1, int(lengths[rows].max()))
+        out = prefill[owner, -1:]                                  # (b, 1, H|V): predicts each completion's first token
+        if span > 1:
+            inputs = batch["completion_ids"][rows, :span - 1]                                       # (b, span-1)
+            mask = torch.cat([batch["prompt_mask"][owner], completion_mask[rows, :span - 1]], dim=1)
+            kv = DynamicCache(ddp_cache_data=[(keys[owner], values[owner]) for keys, values in prompt_kv])
+            rest = _run(model, chunked, input_ids=inputs, attention_mask=mask, cache=kv, use_cache=True,
+                        position_ids=starts[owner][:, None] + torch.arange(span - 1, device=rows.device))
+            out = torch.cat([out, rest], dim=1)                                                     # (b, span, H|V)
+        real = completion_mask[rows, :span].bool()
+        outputs.append(out[real])
+        places.append((rows[:, None] * width + torch.arange(span, device=rows.device))[real])
+    return torch.cat(outputs), torch.cat(places)
 
 
-def _outputs_full(model, batch: dict, chunked: bool) -> torch.Tensor:
-    """Completion-position outputs (B, C, H or V), each row run as prompt + completion (no cache)."""
+def _outputs_full(model, batch: dict, chunked: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs (N, H or V) at the real completion tokens and their places (N,) in the flattened (B, C), each row
+    run as prompt + completion (no cache)."""
     owner, width = batch["owner"], batch["completion_ids"].shape[1]
     input_ids = torch.cat([batch["prompt_ids"][owner], batch["completion_ids"]], dim=1)           # (B, P+C)
     mask = torch.cat([batch["prompt_mask"][owner], batch["completion_mask"]], dim=1)
     out = _run(model, chunked, width + 1, input_ids=input_ids, attention_mask=mask,
-               position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)
-    return out[:, :-1]
+               position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)[:, :-1]            # (B, C, H|V)
+    real = batch["completion_mask"].bool()
+    return out[real], _places(real)
+
+
+def _places(real: torch.Tensor) -> torch.Tensor:
+    """The places (N,) of the True entries of `real` (B, C) in the flattened (B, C), row-major."""
+    return real.flatten().nonzero().squeeze(1)
 
 
 def packed_attention(model, batch: dict):
@@ -175,13 +214,15 @@ def packed_attention(model, batch: dict):
     return masks if len(masks) > 1 else masks.popitem()[1]
 
 
-def _outputs_packed(model, batch: dict, chunked: bool, mask) -> torch.Tensor:
-    """Outputs (N, H or V) at `packed_at`: the one packed row run once under `mask`."""
+def _outputs_packed(model, batch: dict, chunked: bool, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs (N, H or V) at `packed_at`, the one packed row run once under `mask`, and their completion tokens'
+    places (N,) in the flattened (B, C)."""
     inputs = dict(input_ids=batch["packed_ids"], position_ids=batch["packed_positions"], attention_mask=mask,
                   use_cache=False)
+    places = _places(batch["completion_mask"].bool())
     if chunked:
-        return model.get_decoder()(**inputs).last_hidden_state[0, batch["packed_at"]]
-    return model(**inputs, logits_to_keep=batch["packed_at"]).logits[0]
+        return model.get_decoder()(**inputs).last_hidden_state[0, batch["packed_at"]], places
+    return model(**inputs, logits_to_keep=batch["packed_at"]).logits[0], places
 
 
 def logprobs_from_logits(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,
@@ -227,32 +268,22 @@ class CompletionLogits(torch.nn.Module):
         self.model, self.shared = model, shared
 
     def forward(self, batch: dict, temperature: float = 1.0, with_entropy: bool = False):
+        """Log-probs (B, C) of the completion tokens and their entropies (B, C) if asked; 0 at padding."""
         head = lm_head(self.model)
         mask = packed_attention(self.model, batch) if "packed_ids" in batch else None
         if mask is not None:
-            return self._packed(batch, head, mask, temperature, with_entropy)
-        outputs = (_outputs_shared if self.shared else _outputs_full)(self.model, batch, head is not None)  # (B, C, H|V)
-        ids = batch["completion_ids"]                                                               # (B, C)
-        flat, flat_ids = outputs.reshape(-1, outputs.shape[-1]), ids.reshape(-1)
-        if head is None:
-            logprobs, entropy = logprobs_from_logits(flat, flat_ids, temperature, with_entropy)
+            outputs, places = _outputs_packed(self.model, batch, head is not None, mask)            # (N, H|V), (N,)
         else:
-            logprobs, entropy = chunked_logprobs(flat, head[0], flat_ids, temperature, head[1], with_entropy)
-        # copies, not views of the flat tensors: FSDP2 hooks the module's outputs and warns about views
-        return logprobs.view(ids.shape).clone(), None if entropy is None else entropy.view(ids.shape)
-
-    def _packed(self, batch: dict, head, mask, temperature: float, with_entropy: bool):
-        """forward's (B, C) results from the packed row: log-probs (and entropies) at the N real completion
-        tokens, scattered to their (B, C) places; 0 at padding."""
-        outputs = _outputs_packed(self.model, batch, head is not None, mask)                          # (N, H|V)
-        real = batch["completion_mask"].bool()                                                          # (B, C)
-        ids = batch["completion_ids"][real]                                                             # (N,)
+            outputs, places = (_outputs_shared if self.shared else _outputs_full)(self.model, batch, head is not None)
+        shape = batch["completion_ids"].shape                                                       # (B, C)
+        ids = batch["completion_ids"].flatten()[places]                                             # (N,)
         if head is None:
             logprobs, entropy = logprobs_from_logits(outputs, ids, temperature, with_entropy)
         else:
             logprobs, entropy = chunked_logprobs(outputs, head[0], ids, temperature, head[1], with_entropy)
-        logprobs = logprobs.new_zeros(real.shape).masked_scatter(real, logprobs)                       # (B, C)
-        return logprobs, None if entropy is None else entropy.new_zeros(real.shape).masked_scatter(real, entropy)
+        at = (places // shape[1], places % shape[1])
+        in_place = lambda values: values.new_zeros(shape).index_put(at, values)      # a new tensor, not a view (FSDP2)
+        return in_place(logprobs), None if entropy is None else in_place(entropy)
 
 
 def token_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: bool = False, shared: bool = True):
