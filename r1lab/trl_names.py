@@ -76,6 +76,8 @@ TRL_NAMES: dict[str, tuple[TrlName, ...]] = {
     "completion_only_loss": (TrlName(None, "r1lab's SFT loss is always on the completion only"),),
     "assistant_only_loss": (TrlName(None, "r1lab's SFT loss is always on the completion only"),),
     "packing": (TrlName("packed", "r1lab packs a micro-batch's rows into one, each attending only to itself", flag=True),),
+    "padding_free": (TrlName("packed", "r1lab packs a micro-batch's rows into one, each attending only to itself; "
+                                       "unpacked rows run in length buckets, each padded to its own longest", flag=True),),
     # TrainingArguments
     "output_dir": (TrlName("out"),),
     "per_device_train_batch_size": (TrlName("micro_batch_size", "sequences per forward/backward pass, per device"),),

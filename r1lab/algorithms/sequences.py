@@ -45,7 +45,7 @@ from r1lab.algorithms.head_logprobs import head_logprobs
 
 CHUNK_BYTES = 32 * 2 ** 20      # fp32 logits per chunk of positions, no gradient (serve_logprobs): 170 x 49k
 KEEP_BYTES = 128 * 2 ** 20      # a micro-batch's fp32 logits up to this size are kept for backward, not recomputed
-BUCKET_OVERHEAD = 32           # a CPU forward's fixed cost in padded tokens: what one more length bucket must save
+BUCKET_OVERHEAD = 96           # what one more length bucket must save, in padded tokens: its forward and backward cost
 
 
 def pad_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, device,
