@@ -39,9 +39,9 @@ layout: the results are the same up to float summation order. The (B, C) layout 
 implementations other than sdpa and eager (flash-attention varlen, flex), and layer types other than
 full and sliding, cannot take such a mask: those models run padded, with the same results. The cost:
 the mask is dense, so attention scores L x L pairs (most of them masked) where padded rows score
-B x C x (P + C); fewer tokens go through the linear layers and the head. On a busy 2-core CPU
-(bench/logprobs_pass.py --packed, SmolLM2-135M, 8 rows of 40-96 tokens) packed ran at 0.83x the
-padded speed with 0.88x its peak memory: it is a memory saving there, not a speed-up.
+B x C x (P + C); fewer tokens go through the linear layers and the head. On 2 Zen 4 cores (SmolLM2-135M,
+8 rows of 102-256 tokens) packed ran at 1.06x the speed of one padded bucket, length buckets at 1.23x
+(bench/logprobs_pass.py --rows 8 --completion 256 --packed / --buckets): on a CPU buckets skip padding faster.
 """
 from __future__ import annotations
 
@@ -168,7 +168,8 @@ def _outputs_shared(model, batch: dict, chunked: bool) -> tuple[torch.Tensor, to
     completion_mask, width = batch["completion_mask"], batch["completion_ids"].shape[1]
     lengths = completion_mask.sum(-1)                                                              # (B,)
     outputs, places = [], []
-    for bucket in length_buckets(lengths.tolist(), None if lengths.device.type == "cpu" else math.inf):
+    overhead = BUCKET_OVERHEAD if lengths.device.type == "cpu" else math.inf          # a GPU: one bucket
+    for bucket in length_buckets(lengths.tolist(), overhead):
         rows = torch.tensor(bucket, device=lengths.device)
         owner, span = batch["owner"][rows], max(1, int(lengths[rows].max()))
         out = prefill[owner, -1:]                                  # (b, 1, H|V): predicts each completion's first token
