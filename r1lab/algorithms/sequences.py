@@ -137,7 +137,7 @@ def _run(model, chunked: bool, keep: int = 0, **inputs) -> torch.Tensor:
     return model(**inputs, logits_to_keep=keep).logits
 
 
-def length_buckets(lengths: list[int], overhead: int | None = None) -> list[list[int]]:
+def length_buckets(lengths: list[int], overhead: float | None = None) -> list[list[int]]:
     """The rows (indices into `lengths`) in buckets of similar length, each to be padded to its longest: of the
     splits of the rows sorted by length, the one with the fewest padded tokens plus `overhead` (default
     `BUCKET_OVERHEAD`) a bucket, by dynamic programming over the cut points. One bucket when lengths are alike."""
@@ -176,7 +176,8 @@ def _outputs_shared(model, batch: dict, chunked: bool) -> tuple[torch.Tensor, to
         if span > 1:
             inputs = batch["completion_ids"][rows, :span - 1]                                       # (b, span-1)
             mask = torch.cat([batch["prompt_mask"][owner], completion_mask[rows, :span - 1]], dim=1)
-            kv = DynamicCache(ddp_cache_data=[(keys[owner], values[owner]) for keys, values in prompt_kv])
+            kv = DynamicCache(ddp_cache_data=[(keys[owner], values[owner]) if keys is not None else (None, None)
+                                              for keys, values in prompt_kv])     # an empty layer stays empty
             rest = _run(model, chunked, input_ids=inputs, attention_mask=mask, cache=kv, use_cache=True,
                         position_ids=starts[owner][:, None] + torch.arange(span - 1, device=rows.device))
             out = torch.cat([out, rest], dim=1)                                                     # (b, span, H|V)
