@@ -11,9 +11,10 @@ together, each bucket padded only to its own longest, so a group's one long comp
 others to its length. That is on a CPU, where a padded token costs as much as a real one; on a GPU,
 where padding is cheap until the matmuls fill it, they run as one bucket (not measured there). A bucket
 costs its padded tokens plus `BUCKET_OVERHEAD` for its own forward and backward: on 2 Zen 4 cores one
-more bucket of 8 x 64 tokens cost SmolLM2-135M ~0.5 s, ~100 tokens' worth (gemma3-270m ~0.3 s, ~30),
-and 96 beat 32 in `bench/grpo_vs_trl.py --setting realistic` (51.4 against 54.9 s a step). The
-vocabulary projection is only computed at real completion tokens; the results are 0 at padding.
+more bucket of 8 x 64 tokens cost SmolLM2-135M ~0.18 s with training's malloc setting (r1lab/allocator.py),
+~40 tokens' worth (~0.5 s without it), and 96 beat 32 in `bench/grpo_vs_trl.py --setting realistic` (51.4
+against 54.9 s a step, one run each): the split is kept for long tails. The vocabulary projection is only
+computed at real completion tokens; the results are 0 at padding.
 
 Layout: unique prompts (U, P) left-padded; completions (B, C) right-padded; `owner` (B,) maps each
 completion to its prompt row. With gradient checkpointing (which cannot keep a cache) each row runs
