@@ -214,7 +214,7 @@ def test_length_buckets_pad_each_bucket_to_its_longest_only_where_that_saves_mor
     assert length_buckets([20, 200, 10, 190, 15], overhead=1000) == [[1, 3, 0, 4, 2]]  # a forward costs more
     assert length_buckets([3, 2, 1], overhead=0) == [[0], [1], [2]]                 # no padding at all
     assert length_buckets([20, 200], overhead=math.inf) == [[1, 0]]                # a GPU: one bucket
-    assert length_buckets([]) == []
+    assert length_buckets([], overhead=32) == []
 
 
 def test_length_buckets_give_the_same_logprobs_and_gradients_as_one_padded_batch(monkeypatch):

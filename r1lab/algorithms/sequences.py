@@ -138,11 +138,10 @@ def _run(model, chunked: bool, keep: int = 0, **inputs) -> torch.Tensor:
     return model(**inputs, logits_to_keep=keep).logits
 
 
-def length_buckets(lengths: list[int], overhead: float | None = None) -> list[list[int]]:
+def length_buckets(lengths: list[int], overhead: float) -> list[list[int]]:
     """The rows (indices into `lengths`) in buckets of similar length, each to be padded to its longest: of the
-    splits of the rows sorted by length, the one with the fewest padded tokens plus `overhead` (default
-    `BUCKET_OVERHEAD`) a bucket, by dynamic programming over the cut points. One bucket when lengths are alike."""
-    overhead = BUCKET_OVERHEAD if overhead is None else overhead
+    splits of the rows sorted by length, the one with the fewest padded tokens plus `overhead` a bucket, by
+    dynamic programming over the cut points. One bucket when lengths are alike or `overhead` is infinite."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)              # longest first
     cost, cut = [0.0] + [math.inf] * len(order), [0] * (len(order) + 1)
     for end in range(1, len(order) + 1):                       # cost[end]: the best split of the first `end` rows
