@@ -1,13 +1,16 @@
 """Decoding speed of the hf engine against this machine's roofline, fast path against the model's own layers.
 
-    .venv/bin/python bench/decode_roofline.py [--rows 16 64] [--new-tokens 64] [--dtype float32]
+    .venv/bin/python bench/decode_roofline.py [--rows 16 64] [--new-tokens 64] [--dtype float32] [--malloc keep|system]
 
 SmolLM2-135M, `rows` sequences (prompts of ~100 tokens, 4 samples each, as GRPO groups them), every row
 decoding `new-tokens` tokens (EOS ignored, so the row count stays fixed). Roofline for `rows`: the lower
 of the bandwidth bound (rows x measured read bandwidth / bytes of weights read per step) and the compute
 bound (measured peak matmul FLOP/s / (2 x parameters) tokens per second), both measured here first.
 Breakdown per token step: forward (model calls after the prefill), sampling (`sample_tokens`), the rest
-(prefill, bookkeeping). "eager" is the same loop with the model's own nn.Linear layers and DynamicCache;
+(prefill, bookkeeping). The peak matmul rate is the best of three 0.5 s windows (one 1 s window moved the
+compute bound by +-7% between runs). `--malloc keep` (the default) sets glibc's malloc as every training stage
+does, so as a GRPO rollout decodes (r1lab/allocator.py); `system` leaves it as it is (eval, serving).
+"eager" is the same loop with the model's own nn.Linear layers and DynamicCache;
 "unfused" is the fast path with q/k/v and gate/up as separate matmuls (no FusedPack), which also leaves out the lean
 decode step (r1lab/rollout/lean_decode.py: it needs the fused packs), so each token runs the model's own forward.
 """
@@ -73,7 +76,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--malloc", default="keep", choices=["keep", "system"],
+                        help="glibc's malloc as a training stage sets it (keep) or as it is (system)")
     args = parser.parse_args()
+    if args.malloc == "keep":
+        from r1lab.allocator import keep_freed_memory
+        keep_freed_memory()
 
     from r1lab.hardware import cpu_name, matmul_gflops, memory_gbps
     from r1lab.models import load_model
@@ -83,11 +91,11 @@ def main() -> None:
     model, tokenizer = load_model("smollm2-135m", args.dtype)
     model.eval()
     dtype = getattr(torch, args.dtype)
-    peak, bandwidth = matmul_gflops(dtype, size=1024, seconds=1.0), memory_gbps()
+    peak, bandwidth = max(matmul_gflops(dtype, size=1024, seconds=0.5) for _ in range(3)), memory_gbps()
     params = sum(p.numel() for p in model.parameters())
     weight_bytes = params * dtype.itemsize
     print(f"{cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; smollm2-135m {args.dtype}, {params / 1e6:.1f}M parameters")
+          f"torch {torch.__version__}; smollm2-135m {args.dtype}, {params / 1e6:.1f}M parameters; malloc {args.malloc}")
     print(f"measured: matmul {peak:.0f} GFLOP/s, memory read {bandwidth:.1f} GB/s -> compute bound "
           f"{peak * 1e9 / (2 * params):.0f} tok/s")
     torch.manual_seed(0)

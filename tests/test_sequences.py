@@ -218,23 +218,31 @@ def test_length_buckets_pad_each_bucket_to_its_longest_only_where_that_saves_mor
 
 
 def test_length_buckets_give_the_same_logprobs_and_gradients_as_one_padded_batch(monkeypatch):
-    """Completions of very different lengths over two prompts: split into buckets (overhead 0: every length its
-    own), against one bucket padded to the longest and against one unpadded forward per row."""
+    """Completions of very different lengths over two prompts (GRPO's shared prompt pass), and rows of their own
+    prompts of different lengths (SFT's full rows, prompt then completion with no padding between): split into
+    buckets (overhead 0: every length its own), against one bucket padded to the longest and against one unpadded
+    forward per row."""
     from r1lab.algorithms import sequences
     model, _ = load_model("tiny-random")
-    prompts = [[5, 6, 7, 8]] * 3 + [[9, 10]] * 3
-    completions = [[11, 12, 13, 14, 15, 16, 17, 18, 19], [14], [15, 16], [20, 21, 22, 23, 24, 25], [26], []]
-    batch = pad_batch(prompts, completions, pad_id=0, device="cpu")
-    expected = reference_logprobs(model, prompts, completions)
-    results = []
-    for overhead in (0, 10 ** 6):
-        monkeypatch.setattr(sequences, "BUCKET_OVERHEAD", overhead)
-        model.zero_grad()
-        logprobs, entropy = token_logprobs(model, batch, with_entropy=True)
-        (logprobs * torch.arange(1.0, 10.0)).sum().backward()
-        results.append((logprobs.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
-        for i, e in enumerate(expected):
-            assert torch.allclose(logprobs[i, :len(e)], e, atol=1e-5), (overhead, i)
-        assert (logprobs[batch["completion_mask"] == 0] == 0).all()                 # 0 at padding
-    assert torch.allclose(results[0][0], results[1][0], atol=1e-5)
-    assert torch.allclose(results[0][1], results[1][1], atol=1e-5)
+    layouts = {True: ([[5, 6, 7, 8]] * 3 + [[9, 10]] * 3,
+                      [[11, 12, 13, 14, 15, 16, 17, 18, 19], [14], [15, 16], [20, 21, 22, 23, 24, 25], [26], []]),
+               False: ([[5, 6, 7, 8, 9, 10, 11, 12], [9], [30, 31, 32], [40, 41, 42, 43, 44, 45], [50, 51]],
+                       [[11, 12], [13, 14, 15, 16, 17, 18, 19, 20, 21], [22], [], [23, 24, 25, 26]])}
+    for shared, (prompts, completions) in layouts.items():
+        batch = pad_batch(prompts, completions, pad_id=0, device="cpu")
+        expected = reference_logprobs(model, prompts, completions)
+        weights = torch.arange(1.0, batch["completion_ids"].shape[1] + 1)
+        results = []
+        for overhead in (0, 10 ** 6):
+            monkeypatch.setattr(sequences, "BUCKET_OVERHEAD", overhead)
+            model.zero_grad()
+            logprobs, entropy = token_logprobs(model, batch, with_entropy=True, shared=shared)
+            (logprobs * weights).sum().backward()
+            results.append((logprobs.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+            for i, e in enumerate(expected):
+                assert torch.allclose(logprobs[i, :len(e)], e, atol=1e-5), (shared, overhead, i)
+            assert (logprobs[batch["completion_mask"] == 0] == 0).all()                 # 0 at padding
+        assert torch.allclose(results[0][0], results[1][0], atol=1e-5)
+        assert torch.allclose(results[0][1], results[1][1], atol=1e-5)
+        if not shared:                                                 # the buckets split these rows
+            assert len(sequences.length_buckets([len(p) + len(c) for p, c in zip(prompts, completions)], 0)) > 1

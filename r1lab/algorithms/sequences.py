@@ -130,11 +130,12 @@ def lm_head(model) -> tuple[torch.Tensor, float | None] | None:
     return head.weight, getattr(config, "final_logit_softcapping", None)
 
 
-def _run(model, chunked: bool, keep: int = 0, **inputs) -> torch.Tensor:
-    """The last `keep` positions' (0: all) final hidden states (chunked: the head is applied later) or logits."""
+def _run(model, chunked: bool, keep: int | torch.Tensor = 0, **inputs) -> torch.Tensor:
+    """The final hidden states (chunked: the head is applied later) or logits at the last `keep` positions (0: all),
+    or at the positions `keep` (a 1-D tensor) names."""
     if chunked:
         hidden = model.get_decoder()(**inputs).last_hidden_state
-        return hidden[:, -keep:] if keep else hidden
+        return hidden[:, keep] if torch.is_tensor(keep) else hidden[:, -keep:] if keep else hidden
     return model(**inputs, logits_to_keep=keep).logits
 
 
@@ -189,14 +190,32 @@ def _outputs_shared(model, batch: dict, chunked: bool) -> tuple[torch.Tensor, to
 
 def _outputs_full(model, batch: dict, chunked: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs (N, H or V) at the real completion tokens and their places (N,) in the flattened (B, C), each row
-    run as prompt + completion (no cache)."""
+    run as its prompt then its completion (no cache), in length buckets of prompt + completion, each padded on the
+    right to its longest: no padding between a short prompt and its completion (SFT's rows, one prompt each)."""
     owner, width = batch["owner"], batch["completion_ids"].shape[1]
-    input_ids = torch.cat([batch["prompt_ids"][owner], batch["completion_ids"]], dim=1)           # (B, P+C)
-    mask = torch.cat([batch["prompt_mask"][owner], batch["completion_mask"]], dim=1)
-    out = _run(model, chunked, width + 1, input_ids=input_ids, attention_mask=mask,
-               position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)[:, :-1]            # (B, C, H|V)
-    real = batch["completion_mask"].bool()
-    return out[real], _places(real)
+    prompt_width = batch["prompt_ids"].shape[1]
+    prompt_lengths, lengths = batch["prompt_mask"].sum(-1)[owner], batch["completion_mask"].sum(-1)      # (B,)
+    totals = prompt_lengths + lengths
+    overhead = BUCKET_OVERHEAD if lengths.device.type == "cpu" else math.inf          # a GPU: one bucket
+    outputs, places = [], []
+    for bucket in length_buckets(totals.tolist(), overhead):
+        rows = torch.tensor(bucket, device=lengths.device)
+        span, longest = int(totals[rows].max()), max(1, int(lengths[rows].max()))
+        at = torch.arange(span, device=rows.device)                                                 # (L,)
+        starts = prompt_lengths[rows][:, None]                                                      # (b, 1)
+        prompt_tokens = batch["prompt_ids"][owner[rows]].gather(1, (prompt_width - starts + at).clamp(max=prompt_width - 1))
+        completion_tokens = batch["completion_ids"][rows].gather(1, (at - starts).clamp(0, width - 1))
+        inputs = torch.where(at < starts, prompt_tokens, completion_tokens)                        # (b, L)
+        first = max(0, int(starts.min()) - 1)                          # the earliest output that predicts a completion token
+        out = _run(model, chunked, torch.arange(first, span, device=rows.device), input_ids=inputs,
+                   attention_mask=(at < totals[rows][:, None]).long(), position_ids=at.expand(len(bucket), -1),
+                   use_cache=False)                                                                 # (b, L - first, H|V)
+        predicting = (starts - 1 - first + torch.arange(longest, device=rows.device)).clamp(0, out.shape[1] - 1)
+        out = out.gather(1, predicting[..., None].expand(-1, -1, out.shape[-1]))                   # (b, longest, H|V)
+        real = batch["completion_mask"][rows, :longest].bool()
+        outputs.append(out[real])
+        places.append((rows[:, None] * width + torch.arange(longest, device=rows.device))[real])
+    return torch.cat(outputs), torch.cat(places)
 
 
 def _places(real: torch.Tensor) -> torch.Tensor:
