@@ -83,6 +83,8 @@ class Parallel:
         Build the optimiser after this, from the model's parameters (sharding replaces them)."""
         if self.sharded:
             return shard(module)
+        if self.world == 1 and hasattr(module, "lookups_into_gradient"):
+            module.lookups_into_gradient = True     # a tied embedding's gradient in place: not under DDP (tied_lookup.py)
         return self.accelerator.prepare(module)
 
     def prepare_frozen(self, module: torch.nn.Module) -> torch.nn.Module:

@@ -246,3 +246,34 @@ def test_length_buckets_give_the_same_logprobs_and_gradients_as_one_padded_batch
         assert torch.allclose(results[0][1], results[1][1], atol=1e-5)
         if not shared:                                                 # the buckets split these rows
             assert len(sequences.length_buckets([len(p) + len(c) for p, c in zip(prompts, completions)], 0)) > 1
+
+
+def test_a_tied_embeddings_lookups_add_their_gradient_in_place_and_sum_to_autograds(monkeypatch):
+    """r1lab/algorithms/tied_lookup.py: over two accumulated micro-batches, by the sliced head and with kept logits,
+    the same gradients as autograd's dense lookup gradient; the embedding keeps its Parameter; no-op without grad
+    and for an untied embedding."""
+    from r1lab.algorithms import sequences
+    from r1lab.algorithms.sequences import CompletionLogits
+    from r1lab.algorithms.tied_lookup import lookups_into_gradient, tied_lookup
+    model, _ = load_model("tiny-random")
+    lookup, weight = model.get_input_embeddings(), model.get_output_embeddings().weight
+    assert tied_lookup(model) is lookup
+    policy = CompletionLogits(model)
+    batches = [pad_batch(*rows(), pad_id=0, device="cpu"), pad_batch([[7, 8, 9]] * 2, [[30, 31], [32]], pad_id=0, device="cpu")]
+    for keep_bytes in (0, 10 ** 9):                                     # the sliced head, then whole logits
+        defaults = list(sequences.chunked_logprobs.__defaults__)
+        monkeypatch.setattr(sequences.chunked_logprobs, "__defaults__", tuple(defaults[:-1] + [keep_bytes]))
+        grads = []
+        for in_place in (False, True):
+            policy.lookups_into_gradient = in_place
+            model.zero_grad(set_to_none=True)
+            for batch in batches:
+                logprobs, _ = policy(batch)
+                (logprobs * batch["completion_mask"]).sum().backward()
+            assert lookup.weight is weight and not lookup.sparse and not weight.grad.is_sparse
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        assert torch.allclose(grads[0], grads[1], atol=1e-5), keep_bytes
+    with torch.no_grad(), lookups_into_gradient(model):
+        assert lookup.weight is weight                                   # nothing to route without gradients
+    model.get_output_embeddings().weight = torch.nn.Parameter(weight.detach().clone())
+    assert tied_lookup(model) is None

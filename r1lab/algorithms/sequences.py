@@ -46,12 +46,14 @@ B x C x (P + C); fewer tokens go through the linear layers and the head. On 2 Ze
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 from transformers import DynamicCache
 
 from r1lab.algorithms.head_logprobs import head_logprobs
+from r1lab.algorithms.tied_lookup import lookups_into_gradient
 
 CHUNK_BYTES = 32 * 2 ** 20      # fp32 logits per chunk of positions, no gradient (serve_logprobs): 170 x 49k
 KEEP_BYTES = 128 * 2 ** 20      # a micro-batch's fp32 logits up to this size are kept for backward, not recomputed
@@ -296,9 +298,14 @@ class CompletionLogits(torch.nn.Module):
     def __init__(self, model, shared: bool = True):
         super().__init__()
         self.model, self.shared = model, shared
+        self.lookups_into_gradient = False      # one process: a tied embedding's gradient added in place (tied_lookup.py)
 
     def forward(self, batch: dict, temperature: float = 1.0, with_entropy: bool = False):
         """Log-probs (B, C) of the completion tokens and their entropies (B, C) if asked; 0 at padding."""
+        with lookups_into_gradient(self.model) if self.lookups_into_gradient else contextlib.nullcontext():
+            return self._forward(batch, temperature, with_entropy)
+
+    def _forward(self, batch: dict, temperature: float, with_entropy: bool):
         head = lm_head(self.model)
         mask = packed_attention(self.model, batch) if "packed_ids" in batch else None
         if mask is not None:
