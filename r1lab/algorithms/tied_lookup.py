@@ -7,7 +7,7 @@ head's own, which set the training pass's peak. A sparse lookup gradient (`nn.Em
 help by itself: autograd adds it to the head's dense one out of place (the dense one arrives first), a new 671 MB.
 
 How: during a training forward the embedding looks its rows up (sparse) in an alias of the weight made by
-`IntoGradient`, whose backward adds the rows' gradients into `weight.grad` in place (`index_add`). The head's
+`IntoGradient`, whose backward adds the rows' sparse gradients into `weight.grad` in place. The head's
 gradient reaches `weight.grad` first, through autograd as always (its accumulation runs as soon as the head's
 backward is done); were it later, autograd would add it to what is there, so the sum is the same either way.
 Only for one process: DDP and FSDP reduce a weight's gradient when autograd has accumulated it, before the
@@ -35,7 +35,7 @@ class IntoGradient(torch.autograd.Function):
         weight = ctx.weight
         if weight.grad is None:
             weight.grad = torch.zeros_like(weight)
-        weight.grad.add_(grad.coalesce() if grad.is_sparse else grad)        # dense += sparse: in place
+        weight.grad.add_(grad)                                    # dense += sparse rows: in place
         return None, None, None
 
 
