@@ -15,7 +15,7 @@ LAYERS = [  # (layer, module prefixes); a module belongs to the first layer with
     ("rewards", ["r1lab.rewards"]),
     ("rollout", ["r1lab.rollout", "r1lab.models"]),
     ("train", ["r1lab.training", "r1lab.algorithms.losses", "r1lab.algorithms.sequences", "r1lab.algorithms.head_logprobs",
-               "r1lab.algorithms.grpo", "r1lab.algorithms.sft", "r1lab.algorithms.compete", "r1lab.algorithms.phases",
+               "r1lab.algorithms.tied_lookup", "r1lab.algorithms.grpo", "r1lab.algorithms.sft", "r1lab.algorithms.compete", "r1lab.algorithms.phases",
                "r1lab.algorithms.diagnostics", "r1lab.algorithms.prompt_pool"]),
     ("stages", ["r1lab.algorithms", "r1lab.evaluate", "r1lab.cold_start"]),
     ("app", ["r1lab.cli", "r1lab.cli_parser", "r1lab.__main__", "r1lab.pipeline", "r1lab.experiment", "r1lab.report", "r1lab.serve",
