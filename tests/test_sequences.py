@@ -277,3 +277,24 @@ def test_a_tied_embeddings_lookups_add_their_gradient_in_place_and_sum_to_autogr
         assert lookup.weight is weight                                   # nothing to route without gradients
     model.get_output_embeddings().weight = torch.nn.Parameter(weight.detach().clone())
     assert tied_lookup(model) is None
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_with_the_tied_lookup():
+    """Full rows (what gradient checkpointing runs, prompt then completion in length buckets) with recomputed
+    activations and the tied lookup's in-place gradient, against the shared prompt pass without either."""
+    from r1lab.algorithms.sequences import CompletionLogits
+    model, _ = load_model("tiny-random")
+    batch = pad_batch(*rows(), pad_id=0, device="cpu")
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+        model.train()
+        policy = CompletionLogits(model, shared=not checkpointing)
+        policy.lookups_into_gradient = checkpointing
+        model.zero_grad(set_to_none=True)
+        logprobs, _ = policy(batch)
+        (logprobs * batch["completion_mask"]).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert any(getattr(layer, "gradient_checkpointing", False) for layer in model.modules())
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)

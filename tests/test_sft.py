@@ -95,3 +95,16 @@ def test_resumed_metrics_drop_a_torn_last_line_and_are_rewritten_atomically(tmp_
     path.write_text('{"step": 1}\n{"step": 2\n{"step": 3}\n')
     with pytest.raises(R1labError, match=r"metrics.jsonl, line 2: invalid JSON"):
         JsonlLog(path, resume_step=3)
+
+
+def test_sft_with_gradient_checkpointing_takes_the_same_steps(tmp_path):
+    """Recomputed activations (`gradient_checkpointing: true`) change memory and time, not the update."""
+    write_cold_start("arithmetic", 16, str(tmp_path / "cold.jsonl"))
+    losses = []
+    for checkpointing in (False, True):
+        out = tmp_path / f"sft_{checkpointing}"
+        train_sft(load_config(SFTConfig, None, {"model": "tiny-random", "data": str(tmp_path / "cold.jsonl"),
+                                                "batch_size": 8, "micro_batch_size": 4, "learning_rate": 3e-3,
+                                                "gradient_checkpointing": checkpointing, "out": str(out)}))
+        losses.append([json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()])
+    assert len(losses[0]) == 2 and losses[0] == pytest.approx(losses[1], rel=1e-4)
