@@ -194,7 +194,7 @@ def load_policy(spec: str, checkpoint: Path | None, dtype: str, lora_rank: int, 
             model, tokenizer = models.load_model(str(checkpoint) if checkpoint else spec, dtype)
     if gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable()                                         # transformers 5.25 renamed it; 5.24 has the old name only
+        enable()                                  # 5.25 deprecates the old name; kept where the new one is missing
         model.config.use_cache = False
     return model.to(device()), tokenizer
 
