@@ -20,8 +20,8 @@ Layout: unique prompts (U, P) left-padded; completions (B, C) right-padded; `own
 completion to its prompt row. SFT's rows (one completion a prompt, nothing to share) and gradient checkpointing
 (which cannot keep a cache) run each row in full instead (`shared=False`): its prompt then its completion with no
 padding between them, in length buckets of the two together, each padded on the right to its longest (SFT rows of
-20-100 + up to 256 tokens: 1.25x the speed of the prompts padded to the longest prompt and the completions to the
-longest completion, at 0.74x the memory; `bench/logprobs_pass.py --buckets --sft` against the code before).
+20-100 + up to 256 tokens: 1.23x the speed of one right-padded bucket at 0.77x the memory, `bench/logprobs_pass.py
+--buckets --sft --rows 8 --completion 256`; 1.25x and 0.74x against prompts and completions padded separately).
 
 Log-probs and entropy are computed from the final hidden states and the LM head's weight one slice of the
 vocabulary at a time (`chunked_logprobs`, r1lab/algorithms/head_logprobs.py), so the fp32 (B, C, V) logits are
@@ -162,6 +162,11 @@ def length_buckets(lengths: list[int], overhead: float) -> list[list[int]]:
     return buckets[::-1]
 
 
+def bucket_overhead(device: torch.device) -> float:
+    """A length bucket's cost in padded tokens: `BUCKET_OVERHEAD` on a CPU; infinite (one bucket) on a GPU."""
+    return BUCKET_OVERHEAD if device.type == "cpu" else math.inf
+
+
 def _outputs_shared(model, batch: dict, chunked: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs (N, H or V) at the real completion tokens and their places (N,) in the flattened (B, C): prompts
     once, their cache indexed out to the completions, which run in length buckets, each padded to its longest."""
@@ -174,8 +179,7 @@ def _outputs_shared(model, batch: dict, chunked: bool) -> tuple[torch.Tensor, to
     completion_mask, width = batch["completion_mask"], batch["completion_ids"].shape[1]
     lengths = completion_mask.sum(-1)                                                              # (B,)
     outputs, places = [], []
-    overhead = BUCKET_OVERHEAD if lengths.device.type == "cpu" else math.inf          # a GPU: one bucket
-    for bucket in length_buckets(lengths.tolist(), overhead):
+    for bucket in length_buckets(lengths.tolist(), bucket_overhead(lengths.device)):
         rows = torch.tensor(bucket, device=lengths.device)
         owner, span = batch["owner"][rows], max(1, int(lengths[rows].max()))
         out = prefill[owner, -1:]                                  # (b, 1, H|V): predicts each completion's first token
@@ -201,9 +205,8 @@ def _outputs_full(model, batch: dict, chunked: bool) -> tuple[torch.Tensor, torc
     prompt_width = batch["prompt_ids"].shape[1]
     prompt_lengths, lengths = batch["prompt_mask"].sum(-1)[owner], batch["completion_mask"].sum(-1)      # (B,)
     totals = prompt_lengths + lengths
-    overhead = BUCKET_OVERHEAD if lengths.device.type == "cpu" else math.inf          # a GPU: one bucket
     outputs, places = [], []
-    for bucket in length_buckets(totals.tolist(), overhead):
+    for bucket in length_buckets(totals.tolist(), bucket_overhead(lengths.device)):
         rows = torch.tensor(bucket, device=lengths.device)
         span, longest = int(totals[rows].max()), max(1, int(lengths[rows].max()))
         at = torch.arange(span, device=rows.device)                                                 # (L,)
