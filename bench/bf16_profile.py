@@ -11,7 +11,7 @@ The two phases of a GRPO step, each in fp32 and in bf16, on the same inputs:
   `completion` tokens after 2 shared prompts of 100 tokens, GRPO's layout (bench/logprobs_pass.py); bf16 = autocast,
   as `mixed_precision: bf16` trains (`auto` trains in fp32: README, Precision).
 Each phase runs twice to warm up, once timed, once under torch's profiler. Every operator's own (self) CPU time goes
-to one kind: matmul, attention, copies and casts, other operators (elementwise, norms, reductions, sampling), and
+to one kind: matmul, attention, copies and casts (with oneDNN's weight packing), other operators (elementwise, norms, reductions, sampling), and
 the rest of the profiled time is outside any operator (Python, autograd's engine, the engine's bookkeeping). Prints
 the matmul's own bf16 gain (1024^2), each kind's ms and bf16 gain per phase, and the gain the phase would have if
 only its matmuls sped up by the plain matmul's ratio (Amdahl's bound for "bf16 = faster matmuls").
@@ -30,6 +30,8 @@ COPY_OPS = {"aten::copy_", "aten::_to_copy", "aten::to", "aten::clone", "aten::c
 
 def kind(name: str) -> str:
     """The kind of a profiler event by its name (the bench's categories, KINDS)."""
+    if "reorder" in name:                      # oneDNN's weight packing: a layout copy, once a rollout
+        return "copies and casts"
     if name in MATMUL_OPS or name.startswith("mkldnn::") or name.startswith("aten::mkldnn_"):
         return "matmul"
     if "scaled_dot_product" in name or "flash_attention" in name:

@@ -13,7 +13,7 @@ spec.loader.exec_module(bf16_profile)
     ("mkldnn::_linear_pointwise", "matmul"), ("aten::mm", "matmul"), ("aten::addmm", "matmul"), ("aten::bmm", "matmul"),
     ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
     ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", "attention"),
-    ("aten::copy_", "copies and casts"), ("aten::_to_copy", "copies and casts"), ("aten::cat", "copies and casts"),
+    ("aten::copy_", "copies and casts"), ("mkldnn::_reorder_linear_weight", "copies and casts"), ("aten::_to_copy", "copies and casts"), ("aten::cat", "copies and casts"),
     ("aten::mul", "other operators"), ("aten::_fused_rms_norm", "other operators"), ("aten::fill_", "other operators"),
     ("autograd::engine::evaluate_function: MmBackward0", "outside operators"), ("MmBackward0", "outside operators"),
 ])
