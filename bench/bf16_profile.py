@@ -11,8 +11,9 @@ The two phases of a GRPO step, each in fp32 and in bf16, on the same inputs:
   `completion` tokens after 2 shared prompts of 100 tokens, GRPO's layout (bench/logprobs_pass.py); bf16 = autocast,
   as `mixed_precision: bf16` trains (`auto` trains in fp32: README, Precision).
 Each phase runs twice to warm up, once timed, once under torch's profiler. Every operator's own (self) CPU time goes
-to one kind: matmul, attention, copies and casts (with oneDNN's weight packing), other operators (elementwise, norms, reductions, sampling), and
-the rest of the profiled time is outside any operator (Python, autograd's engine, the engine's bookkeeping). Prints
+to one kind: matmul, attention, copies and casts (with oneDNN's weight packing), other operators (elementwise,
+norms, reductions, sampling); the rest of the profiled time is outside any operator (Python, autograd's engine, the
+engine's bookkeeping). Prints
 the matmul's own bf16 gain (1024^2), each kind's ms and bf16 gain per phase, and the gain the phase would have if
 only its matmuls sped up by the plain matmul's ratio (Amdahl's bound for "bf16 = faster matmuls").
 """
@@ -23,7 +24,7 @@ import time
 
 KINDS = ("matmul", "attention", "copies and casts", "other operators", "outside operators")
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
-              "aten::mkldnn_linear", "aten::_weight_int8pack_mm"}
+              "aten::mkldnn_linear"}
 COPY_OPS = {"aten::copy_", "aten::_to_copy", "aten::to", "aten::clone", "aten::contiguous", "aten::cat",
             "aten::_foreach_copy_"}
 
@@ -54,7 +55,7 @@ def by_kind(events, wall_ms: float) -> dict:
 
 
 def profiled(run) -> tuple[float, dict]:
-    """Wall ms of one plain run of `run` (after a warm-up), and its ms per kind from one run under the profiler."""
+    """Wall ms of one plain run of `run` (after two warm-ups), and its ms per kind from one run under the profiler."""
     from torch.profiler import ProfilerActivity, profile
 
     run()
