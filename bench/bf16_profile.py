@@ -1,4 +1,4 @@
-"""Where a GRPO step's time goes in fp32 and in bf16, by kind of operation: why bf16 speeds a step up less than a matmul.
+"""Where a GRPO step's time goes in fp32 and in bf16, by kind of operation: why bf16 gains less a step than a matmul.
 
     .venv/bin/python bench/bf16_profile.py [--rows 16] [--new-tokens 64] [--completion 96] [--model smollm2-135m]
 

@@ -4,16 +4,19 @@ from pathlib import Path
 
 import pytest
 
-spec = importlib.util.spec_from_file_location("bf16_profile", Path(__file__).parent.parent / "bench" / "bf16_profile.py")
+SCRIPT = Path(__file__).parent.parent / "bench" / "bf16_profile.py"
+spec = importlib.util.spec_from_file_location("bf16_profile", SCRIPT)
 bf16_profile = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bf16_profile)
 
 
 @pytest.mark.parametrize("name, expected", [
-    ("mkldnn::_linear_pointwise", "matmul"), ("aten::mm", "matmul"), ("aten::addmm", "matmul"), ("aten::bmm", "matmul"),
+    ("mkldnn::_linear_pointwise", "matmul"), ("aten::mm", "matmul"), ("aten::addmm", "matmul"),
+    ("aten::bmm", "matmul"),
     ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
     ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", "attention"),
-    ("aten::copy_", "copies and casts"), ("mkldnn::_reorder_linear_weight", "copies and casts"), ("aten::_to_copy", "copies and casts"), ("aten::cat", "copies and casts"),
+    ("aten::copy_", "copies and casts"), ("mkldnn::_reorder_linear_weight", "copies and casts"),
+    ("aten::_to_copy", "copies and casts"), ("aten::cat", "copies and casts"),
     ("aten::mul", "other operators"), ("aten::_fused_rms_norm", "other operators"), ("aten::fill_", "other operators"),
     ("autograd::engine::evaluate_function: MmBackward0", "outside operators"), ("MmBackward0", "outside operators"),
 ])
