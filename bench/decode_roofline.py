@@ -2,12 +2,15 @@
 
     .venv/bin/python bench/decode_roofline.py [--rows 16 64] [--new-tokens 64] [--dtype float32] [--malloc keep|system]
 
-SmolLM2-135M, `rows` sequences (prompts of ~100 tokens, 4 samples each, as GRPO groups them), every row
+SmolLM2-135M, `rows` sequences (prompts of 60 tokens, 4 samples each, as GRPO groups them), every row
 decoding `new-tokens` tokens (EOS ignored, so the row count stays fixed). Roofline for `rows`: the lower
 of the bandwidth bound (rows x measured read bandwidth / bytes of weights read per step) and the compute
 bound (measured peak matmul FLOP/s / (2 x parameters) tokens per second), both measured here first.
 Breakdown per token step: forward (model calls after the prefill), sampling (`sample_tokens`), the rest
-(prefill, bookkeeping). The peak matmul rate is the best of three 0.5 s windows (one 1 s window moved the
+(prefill, bookkeeping). Each path is timed on its second identical call: the first packs the weights and grows the
+heap to the batch's size (its pages faulted in: ~350 ms of a ~2 s call at 16 rows), which a GRPO run pays in its first
+steps only (r1lab/allocator.py); until session 19 the warm-up was one prompt of 4 tokens, so the timed call paid that
+growth. The peak matmul rate is the best of three 0.5 s windows (one 1 s window moved the
 compute bound by +-7% between runs). `--malloc keep` (the default) sets glibc's malloc as every training stage
 does, so as a GRPO rollout decodes (r1lab/allocator.py); `system` leaves it as it is (eval, serving).
 "eager" is the same loop with the model's own nn.Linear layers and DynamicCache;
@@ -115,7 +118,7 @@ def main() -> None:
                     stack.enter_context(_patched(hf, "GrowingCache", DynamicCache))
                 if path == "unfused":                          # the fast path, q/k/v and gate/up as separate matmuls
                     stack.enter_context(_patched(decoding, "FUSED", ()))
-                measure(engine, prompts[:1], 4, 4)              # warm-up (and packing, as a first GRPO step would)
+                measure(engine, prompts, 4, args.new_tokens)   # warm-up: the same call, so packs and heap are warm
                 r = measure(engine, prompts, 4, args.new_tokens)
             print(f"{rows:5d} {path:>6} {r['tokens_per_s']:7.0f} {roofline:9.0f} {r['tokens_per_s'] / roofline:9.1%} "
                   f"{r['forward_ms']:11.1f} {r['sampling_ms']:12.1f} {r['rest_ms']:8.1f}")
