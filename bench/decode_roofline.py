@@ -9,9 +9,8 @@ bound (measured peak matmul FLOP/s / (2 x parameters) tokens per second), both m
 Breakdown per token step: forward (model calls after the prefill), sampling (`sample_tokens`), the rest
 (prefill, bookkeeping). Each path is timed on its second identical call: the first packs the weights and grows the
 heap to the batch's size (its pages faulted in: ~350 ms of a ~2 s call at 16 rows), which a GRPO run pays in its first
-steps only (r1lab/allocator.py); until session 19 the warm-up was one prompt of 4 tokens, so the timed call paid that
-growth. The peak matmul rate is the best of three 0.5 s windows (one 1 s window moved the
-compute bound by +-7% between runs). `--malloc keep` (the default) sets glibc's malloc as every training stage
+steps only (r1lab/allocator.py; docs/speed.md, session 19). The peak matmul rate is the best of three 0.5 s windows
+(one 1 s window moved the compute bound by +-7% between runs). `--malloc keep` (the default) sets glibc's malloc as every training stage
 does, so as a GRPO rollout decodes (r1lab/allocator.py); `system` leaves it as it is (eval, serving).
 "eager" is the same loop with the model's own nn.Linear layers and DynamicCache;
 "unfused" is the fast path with q/k/v and gate/up as separate matmuls (no FusedPack), which also leaves out the lean
